@@ -1,0 +1,174 @@
+"""Bring your own PyTorch actor-critic: adapters named as `module:factory`.
+
+A factory is any function `factory(checkpoint: str | None) -> ExternalModel` in an
+importable module (installed, or a file in the current folder). It builds the user's
+network (CleanRL, Stable-Baselines3, their own code), loads its weights, and declares what
+the gallery needs to know: observation format, action names and the layers to offer.
+The factory is the user's own code, named by the user; checkpoint files are still never
+unpickled by the gallery (a factory should load weights with
+`torch.load(path, weights_only=True)` or safetensors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import GalleryError
+from .policy import PolicyBase, load_policy
+
+ADAPTER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class AdapterError(GalleryError):
+    """An adapter cannot be imported, or what it returned is not usable."""
+
+
+@dataclass
+class ExternalModel:
+    """What an adapter's factory returns."""
+
+    module: nn.Module
+    """The user's network; `module(obs)` is called on observations in `obs_layout`."""
+    layers: dict[str, str]
+    """Display name -> dotted path of the submodule whose (N, C, H, W) output is offered."""
+    observation_shape: tuple[int, int, int]
+    """(H, W, C) of one observation."""
+    action_names: list[str]
+    """One name per action, e.g. button combinations 'LEFT+UP'."""
+    outputs: Callable[[Any], tuple[Tensor, Tensor]] | None = None
+    """Maps the module's output to (logits (N, A), value (N,)); default: it returns that pair."""
+    obs_layout: str = "NHWC"
+    """Layout `module` expects: 'NHWC' or 'NCHW'."""
+    obs_scale: float = 1.0
+    """`module` is given obs * obs_scale (255.0 for networks that take byte-range pixels)."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Environment and training facts: env_kind, env_name, gamma, lambda, ..."""
+    architecture: str = "external"
+
+
+class AdapterPolicy(PolicyBase):
+    """A PolicyBase over an ExternalModel; layers are read and replaced with forward hooks."""
+
+    def __init__(self, model: ExternalModel, source: str = "", sha256: str = ""):
+        super().__init__()
+        if model.obs_layout not in ("NHWC", "NCHW"):
+            raise AdapterError(f"{source}: obs_layout must be 'NHWC' or 'NCHW'")
+        self.model = model
+        self.net = model.module.eval()
+        self.architecture = model.architecture
+        self.args = {"env_kind": "procgen", "gamma": 0.999, "lambda": 0.95, **model.args}
+        self.action_names = list(model.action_names)
+        self.observation_shape = tuple(model.observation_shape)  # type: ignore[assignment]
+        self.source, self.sha256 = source, sha256
+        modules = dict(self.net.named_modules())
+        missing = [p for p in model.layers.values() if p not in modules]
+        if missing:
+            raise AdapterError(f"{source}: no submodule {', '.join(missing)}; the module has "
+                               f"{', '.join(n for n in modules if n)}")
+        self._modules_by_layer = {k: modules[v] for k, v in model.layers.items()}
+        self.layer_shapes = self._layer_shapes()
+        logits, _ = self(torch.zeros(1, *self.observation_shape))
+        if logits.shape[-1] != len(self.action_names):
+            raise AdapterError(f"{source}: {logits.shape[-1]} logits but "
+                               f"{len(self.action_names)} action names")
+
+    def _call(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        x = obs * self.model.obs_scale if self.model.obs_scale != 1.0 else obs
+        if self.model.obs_layout == "NCHW":
+            x = x.permute(0, 3, 1, 2)
+        out = self.net(x)
+        logits, value = self.model.outputs(out) if self.model.outputs else out
+        return logits, value.reshape(-1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        return self._call(obs)
+
+    def activations_nchw(self, obs: Tensor, layer: str) -> Tensor:
+        if layer == "input":
+            return obs.permute(0, 3, 1, 2)
+        captured: list[Tensor] = []
+        handle = self._module(layer).register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            self._call(obs)
+        finally:
+            handle.remove()
+        return captured[0]
+
+    def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        if layer == "input":
+            return self._call(acts.permute(0, 2, 3, 1))
+        if obs is None:  # offered layers are bottlenecks: upstream values do not matter
+            obs = torch.zeros(acts.shape[0], *self.observation_shape, dtype=acts.dtype)
+        handle = self._module(layer).register_forward_hook(lambda m, i, o: acts)
+        try:
+            return self._call(obs)
+        finally:
+            handle.remove()
+
+    def _module(self, layer: str) -> nn.Module:
+        try:
+            return self._modules_by_layer[layer]
+        except KeyError:
+            raise self._unknown_layer(layer) from None
+
+    @torch.no_grad()
+    def _layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        obs = torch.zeros(1, *self.observation_shape)
+        shapes = {}
+        for name in self.model.layers:
+            a = self.activations_nchw(obs, name)
+            if a.dim() != 4:
+                raise AdapterError(f"{self.source}: layer {name!r} has shape {tuple(a.shape)}; "
+                                   "offered layers must be 4-D (N, C, H, W)")
+            shapes[name] = (a.shape[2], a.shape[3], a.shape[1])
+        return shapes
+
+
+def import_factory(spec: str) -> Callable[[str | None], ExternalModel]:
+    """Import `module:factory`, looking in the current folder too."""
+    if not ADAPTER_PATTERN.match(spec):
+        raise AdapterError(f"adapter {spec!r} is not of the form module.path:function")
+    module_name, func_name = spec.split(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise AdapterError(f"adapter {spec}: cannot import {module_name} ({err})") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise AdapterError(f"adapter {spec}: {module_name} has no function {func_name}")
+    return factory
+
+
+def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
+    """Build a policy from the adapter `spec`, given the checkpoint path (or None)."""
+    model = import_factory(spec)(checkpoint)
+    if not isinstance(model, ExternalModel):
+        raise AdapterError(f"adapter {spec} returned {type(model).__name__}, "
+                           "expected gallery.adapters.ExternalModel")
+    sha = ""
+    if checkpoint and Path(checkpoint).is_file():
+        from .checkpoint import sha256_of
+        sha = sha256_of(checkpoint)
+    return AdapterPolicy(model, source=checkpoint or spec, sha256=sha)
+
+
+def load_any(target: str, adapter: str | None = None) -> PolicyBase:
+    """A checkpoint path, or `module:factory`, or a checkpoint read through `adapter`."""
+    if adapter:
+        return load_adapter(adapter, target)
+    if ADAPTER_PATTERN.match(target) and not Path(target).exists():
+        return load_adapter(target, None)
+    return load_policy(target)

@@ -1,0 +1,1 @@
+"""One module per `gallery` subcommand; see docs/dev-contract.md."""

@@ -1,0 +1,234 @@
+"""Policies: a network plus what it means (observations, actions, layers) -- the public API.
+
+Every public method takes and returns NHWC tensors (the checkpoints' convention);
+the `_nchw` variants skip the layout conversions for hot loops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import Checkpoint, read_checkpoint
+from .errors import CheckpointError, GalleryError
+from .layers import LayerOptions, bottlenecks, offered_layers
+from .networks import GraphNetwork, Node, build_network
+
+#: Procgen's 15 actions as button combinations, in the environment's order.
+PROCGEN_COMBOS = (
+    ("LEFT", "DOWN"), ("LEFT",), ("LEFT", "UP"), ("DOWN",), (), ("UP",), ("RIGHT", "DOWN"),
+    ("RIGHT",), ("RIGHT", "UP"), ("D",), ("A",), ("W",), ("S",), ("Q",), ("E",),
+)
+COINRUN_OLD_ACTIONS = ("()", "RIGHT", "LEFT", "UP", "RIGHT+UP", "LEFT+UP", "DOWN", "A", "B")
+
+
+def combo_name(combo: tuple[str, ...]) -> str:
+    """'LEFT+UP' for ('LEFT', 'UP'); '()' for no button (the original tool's spelling)."""
+    return "+".join(combo) if combo else "()"
+
+
+def default_action_names(args: dict[str, Any], n_actions: int) -> list[str]:
+    """Action names known without creating the environment (Procgen), else generic ones."""
+    if args.get("env_kind") == "procgen":
+        if args.get("env_name") == "coinrun_old" and n_actions == len(COINRUN_OLD_ACTIONS):
+            return list(COINRUN_OLD_ACTIONS)
+        if n_actions == len(PROCGEN_COMBOS):
+            return [combo_name(c) for c in PROCGEN_COMBOS]
+    if args.get("env_kind") == "atari":
+        names = _atari_action_names(str(args.get("env_id", "")))
+        if names is not None and len(names) == n_actions:
+            return names
+    return [f"action {i}" for i in range(n_actions)]
+
+
+def _atari_action_names(env_id: str) -> list[str] | None:
+    try:
+        from .environments import atari_action_names
+    except ImportError:
+        return None
+    try:
+        return list(atari_action_names(env_id))
+    except Exception:  # the game may not exist here; names are then generic
+        return None
+
+
+class LayerError(GalleryError):
+    """A layer name that the policy does not offer."""
+
+
+class PolicyBase(nn.Module):
+    """An actor-critic policy over image observations: the interface every analysis uses.
+
+    `policy(obs)` maps observations (N, H, W, C) float in [0, 1] to logits (N, A) and
+    value (N,). Layers offered for attribution are `layer_names`. Subclasses implement
+    `forward`, `activations_nchw`, `forward_from_nchw` and fill the attributes below.
+    """
+
+    architecture: str
+    args: dict[str, Any]
+    action_names: list[str]
+    observation_shape: tuple[int, int, int]
+    layer_shapes: dict[str, tuple[int, ...]]
+    source: str = ""
+    sha256: str = ""
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.layer_shapes)
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def gamma(self) -> float:
+        return float(self.args.get("gamma", 0.999))
+
+    @property
+    def lam(self) -> float:
+        return float(self.args.get("lambda", 0.95))
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> dict[str, Any]:
+        """What `gallery inspect` shows."""
+        keys = ["env_kind", "env_name" if self.args.get("env_kind") != "atari" else "env_id",
+                "distribution_mode", "num_levels", "frame_stack"]
+        env = {k: self.args.get(k) for k in keys}
+        return {
+            "source": self.source, "sha256": self.sha256, "architecture": self.architecture,
+            "environment": {k: v for k, v in env.items() if v is not None},
+            "observation_shape": list(self.observation_shape),
+            "actions": list(self.action_names),
+            "layers": [{"name": k, "shape": list(v)} for k, v in self.layer_shapes.items()],
+            "parameters": self.parameter_count(),
+        }
+
+    def activations(self, obs: Tensor, layer: str) -> Tensor:
+        """Activations of `layer` for observations `obs`, (N, h, w, c)."""
+        return _to_nhwc(self.activations_nchw(obs, layer))
+
+    def forward_from(self, acts: Tensor, layer: str, obs: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """Logits and value computed from `layer`'s activations (N, h, w, c)."""
+        return self.forward_from_nchw(_to_nchw(acts), layer, obs)
+
+    def activations_nchw(self, obs: Tensor, layer: str) -> Tensor:
+        raise NotImplementedError
+
+    def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _unknown_layer(self, layer: str) -> LayerError:
+        return LayerError(f"no layer {layer!r}; this policy offers "
+                          f"{', '.join(self.layer_names) or 'none'} (and 'input')")
+
+
+class Policy(PolicyBase):
+    """A policy whose network is one of the rl-clarity graphs (clear, impala, nature)."""
+
+    def __init__(self, network: GraphNetwork, *, args: dict[str, Any], action_names: list[str],
+                 observation_shape: tuple[int, int, int],
+                 layer_options: LayerOptions = LayerOptions(), source: str = "",
+                 sha256: str = ""):
+        super().__init__()
+        self.network = network
+        self.args = args
+        self.action_names = action_names
+        self.observation_shape = observation_shape
+        self.source, self.sha256 = source, sha256
+        shapes = self._node_shapes()
+        self._layers: dict[str, Node] = {n.label: n for n in offered_layers(
+            network.nodes, {k: len(s) + 1 for k, s in shapes.items()}, layer_options)}
+        self.layer_shapes = {label: _hwc(shapes[n.name]) for label, n in self._layers.items()}
+        self._bottlenecks = bottlenecks(network.nodes)
+        self.eval()
+
+    @property
+    def architecture(self) -> str:  # type: ignore[override]
+        return self.network.architecture
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        latent, _ = self.network.run(_to_nchw(obs))
+        return self.network.heads(latent)
+
+    def activations_nchw(self, obs: Tensor, layer: str) -> Tensor:
+        node = self._node(layer)
+        x = _to_nchw(obs)
+        if node.op == "input":
+            return x
+        _, kept = self.network.run(x, keep=frozenset([node.name]))
+        return kept[node.name]
+
+    def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """As `forward_from`, NCHW. `obs` is needed only for layers that are not bottlenecks."""
+        node = self._node(layer)
+        if node.op == "input":
+            latent, _ = self.network.run(acts)
+        else:
+            if obs is None and node.name not in self._bottlenecks:
+                raise LayerError(f"layer {layer!r} is not a bottleneck: pass the observations")
+            x = None if obs is None else _to_nchw(obs)
+            latent, _ = self.network.run(x, start=node.name, start_value=acts)
+        return self.network.heads(latent)
+
+    def _node(self, layer: str) -> Node:
+        if layer == "input":
+            return self.network.nodes[0]
+        try:
+            return self._layers[layer]
+        except KeyError:
+            raise self._unknown_layer(layer) from None
+
+    @torch.no_grad()
+    def _node_shapes(self) -> dict[str, tuple[int, ...]]:
+        h, w, c = self.observation_shape
+        _, values = self.network.run(torch.zeros(1, c, h, w),
+                                     keep=frozenset(n.name for n in self.network.nodes))
+        return {k: tuple(v.shape[1:]) for k, v in values.items()}
+
+
+def _to_nchw(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+
+
+def _to_nhwc(x: Tensor) -> Tensor:
+    return x.permute(0, 2, 3, 1) if x.dim() == 4 else x
+
+
+def _hwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[1], shape[2], shape[0]) if len(shape) == 3 else shape
+
+
+def policy_from_checkpoint(ckpt: Checkpoint, layer_options: LayerOptions = LayerOptions()
+                           ) -> Policy:
+    """Build the PyTorch policy for a validated checkpoint."""
+    args = ckpt.args
+    obs_shape = ckpt.observation_shape()
+    network, problems = build_network(args["cnn"], ckpt.params, obs_shape,
+                                      str(args["stack_channels"]), int(args["emb_size"]))
+    if problems:
+        shown = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+        raise CheckpointError(ckpt.path, f"does not match the {args['cnn']} architecture "
+                              f"(args.cnn) on {obs_shape} observations: {shown}")
+    n_actions = network.pi.weight.shape[0]
+    return Policy(network, args=args, action_names=default_action_names(args, n_actions),
+                  observation_shape=obs_shape, layer_options=layer_options,
+                  source=ckpt.path, sha256=ckpt.sha256)
+
+
+def load_policy(path: str | Path, layer_options: LayerOptions = LayerOptions()) -> Policy:
+    """Load an rl-clarity checkpoint (a path or file:// URL) as a PyTorch policy, safely."""
+    text = str(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise CheckpointError(text, "remote checkpoints are fetched by `gallery build`; "
+                              "download the file and pass its path")
+    return policy_from_checkpoint(read_checkpoint(text), layer_options)
