@@ -1,0 +1,32 @@
+"""Shared test fixtures.
+
+Files from ../shared/ (beside the repository) may be missing on a user's machine, where
+the tests that need them skip; under CI (CI=true) a missing file is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """Path of a file under ../shared/, skipping the test (failing it on CI) when absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is missing (../shared/ beside the repository)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def coinrun_path() -> Path:
+    """The paper's own CoinRun checkpoint (official OpenAI model, MIT licence)."""
+    return shared_path("checkpoints", "coinrun.jd")
