@@ -23,6 +23,8 @@ from torch import Tensor, nn
 
 PREFIX = "ppo2_model/pi/"
 
+Initializer = Callable[[str, tuple[int, ...]], np.ndarray]
+
 
 @dataclass(frozen=True)
 class Node:
@@ -60,8 +62,10 @@ def _pad_same(x: Tensor, kernel: int, stride: int, value: float = 0.0) -> Tensor
 class Conv(nn.Module):
     """2-D convolution with TensorFlow "SAME" or "VALID" padding; weights given as HWIO."""
 
-    def __init__(self, kernel_hwio: np.ndarray, bias: np.ndarray, stride: int, padding: str):
+    def __init__(self, kernel_hwio: np.ndarray, bias: np.ndarray, stride: int, padding: str,
+                 names: tuple[str, str] = ("", "")):
         super().__init__()
+        self.names, self.bias_shape = names, bias.shape
         self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(
             kernel_hwio.transpose(3, 2, 0, 1))).float(), requires_grad=False)
         self.bias = nn.Parameter(torch.from_numpy(bias.reshape(-1).copy()).float(),
@@ -81,8 +85,9 @@ class Conv(nn.Module):
 class Dense(nn.Module):
     """y = x @ W + b with W stored as TensorFlow's (in, out)."""
 
-    def __init__(self, kernel: np.ndarray, bias: np.ndarray):
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray, names: tuple[str, str] = ("", "")):
         super().__init__()
+        self.names, self.bias_shape = names, bias.shape
         self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(kernel.T)).float(),
                                    requires_grad=False)
         self.bias = nn.Parameter(torch.from_numpy(bias.reshape(-1).copy()).float(),
@@ -172,8 +177,9 @@ def _key(name: str) -> str:
 class NetworkBuilder:
     """Builds a GraphNetwork from TensorFlow variables, checking every name and shape."""
 
-    def __init__(self, params: Mapping[str, np.ndarray], problems: list[str]):
-        self.params, self.problems = params, problems
+    def __init__(self, params: Mapping[str, np.ndarray], problems: list[str],
+                 init: Initializer | None = None):
+        self.params, self.problems, self.init = params, problems, init
         self.nodes: list[Node] = [Node(PREFIX + "input", "input", ())]
         self.modules: dict[str, nn.Module] = {}
         self.width = 0  # output width of the last dense layer: the heads' input
@@ -183,8 +189,10 @@ class NetworkBuilder:
         return self.nodes[-1].name
 
     def var(self, name: str, shape: tuple[int | None, ...]) -> np.ndarray:
-        full = name if name.startswith("ppo2_model/") else PREFIX + name
+        full = self.full_name(name)
         value = self.params.get(full + ":0")
+        if value is None and self.init is not None and None not in shape:
+            return self.init(full + ":0", tuple(int(s) for s in shape))  # type: ignore[arg-type]
         if value is None:
             self.problems.append(f"missing variable {full}:0")
             return np.zeros([1 if s is None else s for s in shape], np.float32)
@@ -194,6 +202,13 @@ class NetworkBuilder:
             self.problems.append(f"variable {full}:0 has shape {value.shape}, expected {want}")
             return np.zeros([1 if s is None else s for s in shape], np.float32)
         return value
+
+    @staticmethod
+    def full_name(name: str) -> str:
+        return name if name.startswith("ppo2_model/") else PREFIX + name
+
+    def names(self, scope: str, names: tuple[str, str]) -> tuple[str, str]:
+        return (self.full_name(scope + names[0]) + ":0", self.full_name(scope + names[1]) + ":0")
 
     def add(self, name: str, op: str, inputs: tuple[str, ...] | None = None,
             module: nn.Module | None = None) -> str:
@@ -207,14 +222,15 @@ class NetworkBuilder:
              bias_shape: tuple[int | None, ...] = (None,)) -> str:
         w = self.var(scope + names[0], (kernel, kernel, depth_in, depth))
         b = self.var(scope + names[1], bias_shape if bias_shape != (None,) else (depth,))
-        return self.add(name, "conv", module=Conv(w, b, stride, padding))
+        return self.add(name, "conv",
+                        module=Conv(w, b, stride, padding, self.names(scope, names)))
 
     def dense(self, name: str, scope: str, width_in: int | None, width: int,
               names: tuple[str, str] = ("kernel", "bias")) -> str:
         w = self.var(scope + names[0], (width_in, width))
         b = self.var(scope + names[1], (width,))
         self.width = width
-        return self.add(name, "dense", module=Dense(w, b))
+        return self.add(name, "dense", module=Dense(w, b, self.names(scope, names)))
 
 
 def _channels_in(params: Mapping[str, np.ndarray], name: str) -> int:
@@ -282,11 +298,16 @@ ARCHITECTURES = ("clear", "impala", "nature")
 
 
 def build_network(cnn: str, params: Mapping[str, np.ndarray], obs_shape: tuple[int, int, int],
-                  stack_channels: str = "16_32_32", emb_size: int = 256
+                  stack_channels: str = "16_32_32", emb_size: int = 256,
+                  n_actions: int | None = None, init: Initializer | None = None
                   ) -> tuple[GraphNetwork, list[str]]:
-    """Build the network named `cnn`; returns it and the list of problems found (if any)."""
+    """Build the network named `cnn`; returns it and the list of problems found (if any).
+
+    With `init`, variables absent from `params` are created by `init(name, shape)` (fresh
+    networks for training; `n_actions` then sizes the policy head).
+    """
     problems: list[str] = []
-    b = NetworkBuilder(params, problems)
+    b = NetworkBuilder(params, problems, init)
     if cnn == "clear":
         build_clear(b, obs_shape)
     elif cnn == "impala":
@@ -296,7 +317,24 @@ def build_network(cnn: str, params: Mapping[str, np.ndarray], obs_shape: tuple[i
         build_nature(b, obs_shape)
     else:
         raise ValueError(f"unknown cnn {cnn!r}")
-    pi_w = b.var("ppo2_model/pi/w", (b.width, None))
-    pi = Dense(pi_w, b.var("ppo2_model/pi/b", (pi_w.shape[1],)))
-    vf = Dense(b.var("ppo2_model/vf/w", (b.width, 1)), b.var("ppo2_model/vf/b", (1,)))
+    pi_w = b.var("ppo2_model/pi/w", (b.width, n_actions))
+    pi = Dense(pi_w, b.var("ppo2_model/pi/b", (pi_w.shape[1],)), b.names("ppo2_model/pi/", ("w", "b")))
+    vf = Dense(b.var("ppo2_model/vf/w", (b.width, 1)), b.var("ppo2_model/vf/b", (1,)),
+               b.names("ppo2_model/vf/", ("w", "b")))
     return GraphNetwork(cnn, b.nodes, b.modules, pi, vf), problems
+
+
+def export_params(network: GraphNetwork) -> dict[str, np.ndarray]:
+    """The network's variables under their TensorFlow names and layouts (HWIO, (in, out))."""
+    params: dict[str, np.ndarray] = {}
+    for module in network.modules():
+        if isinstance(module, Conv):
+            kernel = module.weight.detach().permute(2, 3, 1, 0)
+        elif isinstance(module, Dense):
+            kernel = module.weight.detach().T
+        else:
+            continue
+        params[module.names[0]] = kernel.contiguous().numpy().astype(np.float32)
+        params[module.names[1]] = module.bias.detach().numpy().reshape(module.bias_shape).astype(
+            np.float32)
+    return params
