@@ -28,6 +28,7 @@ Decisions worth knowing:
   with `frame_stack=False, clip_rewards=False`): `<Game>NoFrameskip-v4` (or `-v0`, whose
   actions are sticky with probability 0.25, when `use_sticky_actions` is 1), up to 30
   random no-ops on reset, max-and-skip 4, episodic life, fire on reset, 84x84 grayscale.
+  Games are cut at ALE's limit of 108,000 frames (30 minutes of play).
   The wrappers are written out below because gymnasium's `AtariPreprocessing` differs
   (life loss ends the episode there, no fire reset, and it needs OpenCV).
 """

@@ -229,11 +229,18 @@ def test_max_and_skip_is_max_of_last_two_frames_and_sum_of_rewards():
 
 
 def test_fire_reset_presses_fire_then_action_2():
-    wrapped, raw = FireReset(raw_atari("BreakoutNoFrameskip-v4")), raw_atari("BreakoutNoFrameskip-v4")
-    obs, _ = wrapped.reset(seed=1)
-    raw.reset(seed=1)
-    raw.step(1)
-    assert np.array_equal(obs, raw.step(2)[0])
+    def state_after(actions: list[int]) -> np.ndarray:
+        raw = raw_atari("BreakoutNoFrameskip-v4")
+        raw.reset(seed=1)
+        for action in actions:
+            raw.step(action)
+        return raw.unwrapped.ale.getRAM()
+
+    wrapped = FireReset(raw_atari("BreakoutNoFrameskip-v4"))
+    wrapped.reset(seed=1)
+    ram = wrapped.unwrapped.ale.getRAM()
+    assert np.array_equal(ram, state_after([1, 2]))
+    assert not np.array_equal(ram, state_after([0, 0]))  # FIRE made a difference
 
 
 def test_noop_reset_takes_1_to_30_noops():
