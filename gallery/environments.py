@@ -35,6 +35,8 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from abc import ABC, abstractmethod
@@ -349,12 +351,10 @@ class ProcgenVecEnv(VecEnv):
     """Procgen's own vectorised gym3 environment, observations from its 'rgb' key."""
 
     def __init__(self, spec: EnvSpec, num_envs: int, seed: int, full_resolution: bool = False):
-        from procgen import ProcgenGym3Env
-
         kwargs = dict(spec.options)
         if kwargs["distribution_mode"] == "exploration":  # procgen picks the level itself
             del kwargs["num_levels"], kwargs["start_level"]
-        self._env = ProcgenGym3Env(
+        self._env = _procgen().ProcgenGym3Env(
             num=num_envs, env_name=spec.env_name, rand_seed=_procgen_seed(seed),
             render_mode="rgb_array" if full_resolution else None, **kwargs)
         self._full_resolution = full_resolution
@@ -382,6 +382,14 @@ class ProcgenVecEnv(VecEnv):
 
     def close(self) -> None:
         self._env = None  # gym3 environments are released by garbage collection
+
+
+def _procgen() -> Any:
+    # procgen imports the unmaintained `gym` only to register its ids there, and gym prints
+    # a notice to migrate to gymnasium -- which this package already uses -- on import
+    with contextlib.redirect_stderr(io.StringIO()):
+        import procgen
+    return procgen
 
 
 def _procgen_seed(seed: int) -> int:

@@ -69,14 +69,16 @@ class ProgressPrinter:
     """Prints a line to stderr each time collection passes another tenth of its total."""
 
     def __init__(self) -> None:
-        self.shown: dict[str, int] = {}
-        self.start = time.perf_counter()
+        self.shown: dict[tuple[str, int], int] = {}
+        self.started: dict[str, tuple[float, int]] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        start, done_at_start = self.started.setdefault(stage, (now, done))
         tenth = 10 * done // max(total, 1)
-        if tenth > self.shown.get(stage, 0):
-            self.shown[stage] = tenth
-            rate = done / max(time.perf_counter() - self.start, 1e-9)
+        if tenth > self.shown.get((stage, total), 0):  # totals grow with --episodes
+            self.shown[stage, total] = tenth
+            rate = (done - done_at_start) / max(now - start, 1e-9)
             print(f"  {stage}: {done}/{total} steps ({rate:.0f} steps/s)", file=sys.stderr)
 
 
@@ -105,7 +107,7 @@ def print_summary(output: str, rollouts: Any) -> None:
     seconds = (rollouts.metadata.get("collection_seconds") or {}).get("trajectories")
     speed = "reused from the saved file" if rollouts.reused else ""
     if not rollouts.reused and seconds:
-        speed = f"{steps / seconds:.0f} steps/s"
+        speed = f"{seconds:.1f} s, {steps / seconds:.0f} steps/s with environment start-up"
     print(f"wrote {output}" if not rollouts.reused else f"{output} is up to date")
     print(f"steps              {recorded.num_envs} x {recorded.num_steps} = {steps} ({speed})")
     print(f"episodes completed {stats.count}")
