@@ -10,13 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from .environments import PROCGEN_GAMES
 from .errors import CheckpointError
 from .safe_pickle import safe_load
 
-PROCGEN_GAMES = (
-    "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball",
-    "fruitbot", "heist", "jumper", "leaper", "maze", "miner", "ninja", "plunder", "starpilot",
-)
 
 #: Defaults of the `args` keys that matter (checkpoint-format.md).
 ARG_DEFAULTS: dict[str, Any] = {

@@ -13,21 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import Checkpoint, read_checkpoint
+from .environments import PROCGEN_COMBOS, atari_action_names, combo_name
 from .errors import CheckpointError, GalleryError
 from .layers import LayerOptions, bottlenecks, offered_layers
 from .networks import GraphNetwork, Node, build_network
 
-#: Procgen's 15 actions as button combinations, in the environment's order.
-PROCGEN_COMBOS = (
-    ("LEFT", "DOWN"), ("LEFT",), ("LEFT", "UP"), ("DOWN",), (), ("UP",), ("RIGHT", "DOWN"),
-    ("RIGHT",), ("RIGHT", "UP"), ("D",), ("A",), ("W",), ("S",), ("Q",), ("E",),
-)
 COINRUN_OLD_ACTIONS = ("()", "RIGHT", "LEFT", "UP", "RIGHT+UP", "LEFT+UP", "DOWN", "A", "B")
-
-
-def combo_name(combo: tuple[str, ...]) -> str:
-    """'LEFT+UP' for ('LEFT', 'UP'); '()' for no button (the original tool's spelling)."""
-    return "+".join(combo) if combo else "()"
 
 
 def default_action_names(args: dict[str, Any], n_actions: int) -> list[str]:
@@ -45,10 +36,6 @@ def default_action_names(args: dict[str, Any], n_actions: int) -> list[str]:
 
 
 def _atari_action_names(env_id: str) -> list[str] | None:
-    try:
-        from .environments import atari_action_names
-    except ImportError:
-        return None
     try:
         return list(atari_action_names(env_id))
     except Exception:  # the game may not exist here; names are then generic

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from gallery.adapters import ExternalModel
-from gallery.policy import PROCGEN_COMBOS, combo_name
+from gallery.environments import PROCGEN_COMBOS, combo_name
 
 
 class ResidualBlock(nn.Module):
