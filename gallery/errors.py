@@ -27,3 +27,7 @@ class UnsafeCheckpointError(CheckpointError):
 
 class EnvironmentNotAvailable(GalleryError):
     """The environment a checkpoint was trained on cannot be created here."""
+
+
+class UsageError(GalleryError):
+    """A command-line or API value that cannot be used."""

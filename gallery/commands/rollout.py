@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from ..environments import EnvSpec
-from ..errors import GalleryError
+from ..errors import UsageError
 from ..adapters import load_any
 from ..rollouts import (
     ObservationConfig,
@@ -18,10 +18,6 @@ from ..rollouts import (
     episode_statistics,
     load_or_collect,
 )
-
-
-class UsageError(GalleryError):
-    """A command-line value that cannot be used."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
