@@ -73,7 +73,7 @@ class _WeightMaker:
         if not self.quantized:
             return self.rng.normal(0.0, std, shape)
         if int(np.prod(shape)) > 20000:  # big dense kernels: sparse ternary, same variance
-            keep = 0.4
+            keep = 0.3
             signs = self.rng.choice([-1.0, 0.0, 1.0], size=shape,
                                     p=[keep / 2, 1 - keep, keep / 2])
             return signs * (std / math.sqrt(keep))
@@ -91,7 +91,7 @@ class _WeightMaker:
 
 #: Gains above He's sqrt(2) for the plain chains: without them the signal (and so the
 #: spread of logits across frames) shrinks layer by layer on real frames.
-CHAIN_GAIN = 2.2
+CHAIN_GAIN = 2.0
 
 
 def _clear_params(m: _WeightMaker, obs_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
@@ -181,7 +181,8 @@ def make_checkpoint(cnn: str, *, env_kind: str = "procgen", n_actions: int | Non
 
     `obs_shape` is (H, W, C) of the frames the network will see (the dense layers' widths
     depend on it); it defaults to 64x64x3 for Procgen and 84x84x1 for Atari, and its channel
-    count becomes `args["frame_stack"]` for Atari (C = frame_stack there).
+    count gives `args["frame_stack"]` (C = frame_stack for Atari, 3 * frame_stack for
+    Procgen). Other sizes build weights that only a network built for that size can use.
     """
     if env_kind not in _DEFAULT_ACTIONS:
         raise ValueError(f"env_kind must be 'procgen' or 'atari', not {env_kind!r}")
@@ -198,7 +199,7 @@ def make_checkpoint(cnn: str, *, env_kind: str = "procgen", n_actions: int | Non
     else:
         raise ValueError(f"cnn must be 'clear', 'impala' or 'nature', not {cnn!r}")
     params.update(_heads(m, width, n_actions))
-    frame_stack = obs_shape[2] if env_kind == "atari" else 1
+    frame_stack = obs_shape[2] if env_kind == "atari" else max(1, obs_shape[2] // 3)
     args = make_args(cnn, env_kind=env_kind, stack_channels=stack_channels, emb_size=emb_size,
                      env_name=env_name, env_id=env_id, frame_stack=frame_stack)
     return {"params": params, "args": args, "extra": {"synthetic_seed": seed},

@@ -11,8 +11,9 @@ the given activations, everything else (an IMPALA block's skip connection, which
 the ReLU) still sees the observation. `tf_integrated_gradients` is method.md section 4
 on top of that.
 
-Run it with TF_ENABLE_ONEDNN_OPTS=0: oneDNN's float32 fast paths move results by ~1e-3
-relative. This module sets it (before TensorFlow is imported) when it is unset.
+Run it with TF_ENABLE_ONEDNN_OPTS=0: oneDNN's float32 fast paths reorder sums, so results
+would depend on the CPU and the build. This module sets it (before TensorFlow is imported)
+when it is unset; that only works if nothing imported TensorFlow earlier.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class TFNetwork:
 
     # -- torsos ------------------------------------------------------------------------
     def _clear(self, x: tf.Tensor, tap: _Taps) -> tf.Tensor:
-        for scope, pool in zip(CLEAR_LAYERS, (True, False, True, True, True)):
+        for scope, pool in zip(CLEAR_LAYERS, (True, False, True, True, True), strict=True):
             x = tap(scope, tf.nn.relu(self._conv(
                 x, f"{PI}{scope}/conv2d/kernel:0", f"{PI}{scope}/conv2d/bias:0")))
             if pool:
@@ -134,7 +135,7 @@ class TFNetwork:
         return tf.nn.relu(self._dense(x, f"{PI}layer_{k}/kernel:0", f"{PI}layer_{k}/bias:0"))
 
     def _nature(self, x: tf.Tensor, tap: _Taps) -> tf.Tensor:
-        for scope, stride in zip(NATURE_LAYERS, (4, 2, 1)):
+        for scope, stride in zip(NATURE_LAYERS, (4, 2, 1), strict=True):
             x = tap(scope, tf.nn.relu(self._conv(
                 x, f"{PI}{scope}/w:0", f"{PI}{scope}/b:0", stride=stride, padding="VALID")))
         return tf.nn.relu(self._dense(self._flatten(x), f"{PI}fc1/w:0", f"{PI}fc1/b:0"))
