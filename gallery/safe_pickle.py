@@ -230,14 +230,11 @@ class _ZlibReader(io.RawIOBase):
 
     def readinto(self, b: Any) -> int:
         while not self._buf and not self._z.eof:
-            chunk = self._raw.read(1 << 16)
-            if not chunk:
-                break
-            self._buf = self._z.decompress(chunk, len(b))
-            while not self._buf and self._z.unconsumed_tail:
-                self._buf = self._z.decompress(self._z.unconsumed_tail, len(b))
-        if not self._buf and self._z.unconsumed_tail:
-            self._buf = self._z.decompress(self._z.unconsumed_tail, len(b))
+            # leftover input from the last call comes first, so the stream stays in order
+            data = self._z.unconsumed_tail or self._raw.read(1 << 16)
+            if not data:
+                raise EOFError("zlib stream ends early: the file is truncated")
+            self._buf = self._z.decompress(data, max(len(b), 1 << 16))
         n = min(len(b), len(self._buf))
         b[:n], self._buf = self._buf[:n], self._buf[n:]
         return n

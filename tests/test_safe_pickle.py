@@ -79,6 +79,27 @@ def test_huge_declared_array_fails_without_allocating(tmp_path):
         safe_load(path, max_bytes=1 << 30)
 
 
+@pytest.mark.parametrize("compress", [3, True, ("zlib", 9)])
+def test_zlib_compressed_realistic_checkpoint(tmp_path, compress):
+    # larger than one read chunk, so the decompressor's leftover input must come first
+    from tests.reference.checkpoints import make_checkpoint
+    ckpt = make_checkpoint("clear")
+    path = tmp_path / "z.jd"
+    joblib.dump(ckpt, path, compress=compress)
+    loaded = safe_load(path)
+    for name, value in ckpt["params"].items():
+        np.testing.assert_array_equal(loaded["params"][name], value)
+
+
+@pytest.mark.parametrize("compress", [3, ("gzip", 3), ("xz", 3)])
+def test_truncated_compressed_file(tmp_path, compress):
+    path = tmp_path / "t.jd"
+    joblib.dump({"a": np.random.default_rng(0).normal(size=100000)}, path, compress=compress)
+    path.write_bytes(path.read_bytes()[:20000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        safe_load(path)
+
+
 def test_truncated_file(tmp_path):
     path = tmp_path / "t.jd"
     joblib.dump({"a": np.ones(10000, np.float32)}, path)
