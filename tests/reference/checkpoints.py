@@ -19,7 +19,6 @@ shared checkpoint is a failure.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -214,16 +213,8 @@ def write_checkpoint(path: str | Path, ckpt: dict[str, Any], compress: Any = 0) 
 
 
 def shared_checkpoint(name: str) -> Path:
-    """Path of /work/shared/checkpoints/<name> (the folder beside the repository).
+    """Path of ../shared/checkpoints/<name> beside the repository (see tests/conftest.py:
+    skipped when missing, a failure when CI == 'true')."""
+    from tests.conftest import shared_path
 
-    Skips the calling test when the file is missing; fails instead when CI == 'true'.
-    """
-    import pytest
-
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "checkpoints" / name
-    if not path.is_file():
-        message = f"shared checkpoint {path} is missing"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (required on CI)")
-        pytest.skip(message)
-    return path
+    return shared_path("checkpoints", name)
