@@ -1,0 +1,613 @@
+"""`gallery build`: manifest -> fetched checkpoints -> one result per model -> MkDocs site.
+
+Stages, per model: **fetch** (gallery.fetch: cache, sha256) then **model** (the per-model
+step, `build_model`, cached under a key of the checkpoint's sha256, the model's effective
+settings and the result/bundle format versions). Then, once: **compare** (comparison data),
+**site** (gallery.site: pages, mkdocs.yml, `mkdocs build --strict`) and a **size** check
+against GitHub Pages' limits.
+
+Failures are isolated: a model whose fetch or build fails is reported in the summary and on
+its page, the other models and the site are still built, and the exit code is 1.
+
+The per-model step is any `ModelBuilder`:
+
+    build_model(spec, checkpoint_path, settings, out_dir, *, progress=None) -> ModelResult
+
+It writes its files (thumbnail, interface) into `out_dir`, a fresh folder that is renamed
+into the cache only when the step succeeds. The default one below describes the policy,
+records its trajectories (mean return and length) and, when `gallery.interface` exists,
+generates the interactive interface -- see `build_interface`, the single place where it is
+called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import __version__
+from .fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint
+from .manifest import AnalysisOptions, ComparisonSpec, Manifest, ModelSpec
+from .site import (
+    BuildInfo,
+    ComparisonEntry,
+    EpisodeSummary,
+    ModelEntry,
+    ModelResult,
+    SharedObservations,
+    build_site,
+    check_output_dir,
+    plan_project,
+    write_project,
+)
+from .site.results import RESULT_FORMAT_VERSION
+
+log = logging.getLogger(__name__)
+
+ROLLOUTS_FILE = "rollouts.npz"
+THUMBNAIL_FILE = "thumbnail.png"
+INTERFACE_DIR = "interface"
+#: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
+SHARED_FRAMES, SHARED_STRIDE = 32, 4
+COMPARISON_FORMAT_VERSION = 1
+
+#: GitHub Pages limits: the whole site, and one file; a warning from WARN_FRACTION of them.
+PAGES_SITE_LIMIT = 1 << 30
+PAGES_FILE_LIMIT = 100 * (1 << 20)
+WARN_FRACTION = 0.8
+
+
+def bundle_format_version() -> int:
+    """The interface bundle format version (gallery.bundle), 0 while it does not exist."""
+    if importlib.util.find_spec("gallery.bundle") is None:
+        return 0
+    from . import bundle  # type: ignore[attr-defined]
+
+    return int(getattr(bundle, "FORMAT_VERSION", 0))
+
+
+# --- settings and keys -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What a model's result depends on besides its checkpoint."""
+
+    options: AnalysisOptions
+    env: dict[str, Any]
+    """Overrides of the checkpoint's environment args."""
+
+    @classmethod
+    def of(cls, manifest: Manifest, spec: ModelSpec) -> ModelSettings:
+        return cls(manifest.settings(spec.id), dict(spec.env))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"options": self.options.model_dump(), "env": self.env}
+
+
+def model_key(checkpoint_sha256: str, settings: ModelSettings) -> str:
+    """The cache key of a model's result: checkpoint, settings and format versions."""
+    described = {"checkpoint_sha256": checkpoint_sha256, "settings": settings.to_dict(),
+                 "result_format": RESULT_FORMAT_VERSION,
+                 "bundle_format": bundle_format_version()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+StageProgress = Callable[[str], None]
+
+
+class ModelBuilder(Protocol):
+    def __call__(self, spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
+                 out_dir: Path, *, progress: StageProgress | None = None) -> ModelResult: ...
+
+
+# --- the per-model step -------------------------------------------------------------------------
+
+
+def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings, out_dir: Path,
+                *, progress: StageProgress | None = None) -> ModelResult:
+    """Describe the policy, record its trajectories, make the interface (when available)."""
+    from .checkpoint import read_checkpoint
+    from .environments import EnvSpec
+    from .policy import policy_from_checkpoint
+    from .rollouts import TrajectoryConfig, episode_statistics, load_or_collect
+    from .site.stats import chart_samples
+
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
+    checkpoint = read_checkpoint(checkpoint_path)
+    policy = policy_from_checkpoint(checkpoint)
+    described = policy.describe()
+    env_spec = EnvSpec.from_args(policy.args, settings.env)
+    options = settings.options.trajectories
+    say(f"rollouts {options.num_envs} x {options.num_steps} steps, {env_spec.describe()}")
+    rollouts = load_or_collect(
+        out_dir / ROLLOUTS_FILE, policy, env_spec,
+        trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
+        observations=None, seed=options.seed, checkpoint_sha256=checkpoint.sha256)
+    recorded = rollouts.trajectories
+    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
+    say("values and advantages")
+    values = policy_values(policy, recorded.observations)
+    pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
+                                      policy.lam)
+    save_thumbnail(recorded.observations[0, 0], out_dir / THUMBNAIL_FILE)
+    interface = build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say)
+    return ModelResult(
+        model_id=spec.id, key="", checkpoint_sha256=checkpoint.sha256,
+        architecture=described["architecture"], parameters=described["parameters"],
+        observation_shape=described["observation_shape"], actions=described["actions"],
+        layers=described["layers"], environment=env_spec.to_dict(),
+        environment_description=env_spec.describe(),
+        training_args=_jsonable(dict(policy.args)),
+        training_steps=_training_steps(checkpoint.extra),
+        settings=settings.options.model_dump(),
+        episodes=EpisodeSummary(**stats.to_dict()),
+        steps_recorded=[recorded.num_envs, recorded.num_steps],
+        gamma=policy.gamma, lam=policy.lam, values_vs_returns=pairs, advantages=advantages,
+        thumbnail=THUMBNAIL_FILE, interface=interface,
+        built_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        seconds=time.perf_counter() - start, versions={"gallery": __version__})
+
+
+def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSettings,
+                    say: StageProgress) -> str | None:
+    """THE place where a model's interactive interface is generated.
+
+    Calls `gallery.interface.generate_interface(checkpoint, output_dir, **options)` when that
+    module exists, and returns the folder's name (its index.html is embedded in the model
+    page); returns None while it does not exist (the page then shows a recorded frame).
+    """
+    if importlib.util.find_spec("gallery.interface") is None:
+        return None
+    from .interface import generate_interface  # type: ignore[attr-defined]
+
+    say("interface")
+    generate_interface(str(checkpoint_path), str(out_dir),
+                       **_accepted(generate_interface, interface_options(settings)))
+    return out_dir.name if (out_dir / "index.html").is_file() else None
+
+
+def interface_options(settings: ModelSettings) -> dict[str, Any]:
+    """The manifest's options as keyword arguments of `generate_interface`."""
+    o = settings.options
+    return {
+        "env": settings.env, "num_envs": o.trajectories.num_envs,
+        "num_steps": o.trajectories.num_steps, "seed": o.trajectories.seed,
+        "bookmarks": o.trajectories.bookmarks,
+        "obs_num_envs": o.observations.num_envs, "num_obs": o.observations.num_obs,
+        "obs_every": o.observations.obs_every,
+        "layers": o.layers.include, "discard_first_n": o.layers.discard_first_n,
+        "input_layer": o.layers.input_layer,
+        "integrate_steps": o.attribution.integrate_steps, "policy": o.attribution.policy,
+        "single_features": o.attribution.single_features,
+        "nmf_features": o.nmf.features, "nmf_integrate_steps": o.nmf.integrate_steps,
+        "options": o,
+    }
+
+
+def _accepted(function: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The options `function` takes (all of them if it takes **kwargs); others are logged."""
+    parameters = inspect.signature(function).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return options
+    dropped = sorted(set(options) - set(parameters))
+    if dropped:
+        log.debug("generate_interface does not take %s", ", ".join(dropped))
+    return {k: v for k, v in options.items() if k in parameters}
+
+
+def policy_values(policy: Any, observations: np.ndarray, batch: int = 512) -> np.ndarray:
+    """The value estimate of uint8 observations (E, T, H, W, C), as (E, T) float64."""
+    import torch
+
+    from .rollouts import TORCH_THREADS, torch_threads
+
+    flat = observations.reshape(-1, *observations.shape[2:])
+    out = []
+    with torch.inference_mode(), torch_threads(TORCH_THREADS):
+        for i in range(0, len(flat), batch):
+            obs = torch.from_numpy(flat[i:i + batch]).float().div_(255)
+            out.append(policy(obs)[1].double().numpy())
+    return np.concatenate(out).reshape(observations.shape[:2])
+
+
+def save_thumbnail(observation: np.ndarray, path: Path, size: int = 256) -> None:
+    """A frame (H, W, C) uint8 as a PNG, enlarged without smoothing (the agent's view)."""
+    from PIL import Image
+
+    frame = observation[..., -3:] if observation.shape[-1] >= 3 else observation[..., -1]
+    image = Image.fromarray(np.ascontiguousarray(frame))
+    image.resize((size, size), Image.NEAREST).save(path, optimize=True)
+
+
+def _training_steps(extra: dict[str, Any]) -> int | None:
+    for key in ("steps", "total_steps", "timesteps"):
+        if isinstance(extra.get(key), (int, np.integer)):
+            return int(extra[key])
+    return None
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item")
+                                 else str(v)))
+
+
+# --- the orchestrator ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Where a build reads and writes, and how."""
+
+    output: Path
+    """The built site (replaced when the build succeeds)."""
+    cache_dir: Path
+    """Downloads, model results and the generated MkDocs project."""
+    force: bool = False
+    """Recompute every model even if its result is cached."""
+    fetch: FetchPolicy = FetchPolicy()
+    strict: bool = True
+    """`mkdocs build --strict`: any warning (a broken link, ...) fails the site."""
+    project_dir: Path | None = None
+    """The generated MkDocs project; default: a folder in the cache for this manifest."""
+
+
+@dataclass
+class ModelOutcome:
+    """How one model's build went."""
+
+    model_id: str
+    status: str = "pending"
+    """'built', 'cached' or 'failed'."""
+    stage: str = ""
+    """The stage that failed, when it did."""
+    error: str | None = None
+    seconds: float = 0.0
+    fetched: str = ""
+    """'cache', 'download' or 'local'."""
+    mean_return: float | None = None
+
+
+@dataclass
+class SizeReport:
+    """The built site's size against GitHub Pages' limits."""
+
+    total_bytes: int
+    files: int
+    largest_path: str
+    largest_bytes: int
+
+    def problems(self) -> tuple[list[str], list[str]]:
+        """(errors, warnings): limits exceeded, and limits approached."""
+        errors, warnings = [], []
+        checks = [(self.total_bytes, PAGES_SITE_LIMIT, "the site"),
+                  (self.largest_bytes, PAGES_FILE_LIMIT, f"the largest file ({self.largest_path})")]
+        for size, limit, what in checks:
+            text = f"{what} is {_mb(size)}; GitHub Pages allows {_mb(limit)}"
+            if size > limit:
+                errors.append(text + ": it will not deploy; reduce the settings or the models")
+            elif size > WARN_FRACTION * limit:
+                warnings.append(text + f" (over {WARN_FRACTION:.0%} of the limit)")
+        return errors, warnings
+
+
+@dataclass
+class BuildReport:
+    """What `build_gallery` did."""
+
+    models: list[ModelOutcome]
+    output: Path | None = None
+    project: Path | None = None
+    size: SizeReport | None = None
+    site_error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        failed = any(m.status == "failed" for m in self.models) or self.site_error
+        too_big = self.size is not None and self.size.problems()[0]
+        return 1 if failed or too_big else 0
+
+
+class Reporter:
+    """Progress lines on stderr: `[2/5] model-id  stage  message`."""
+
+    def __init__(self, total: int, stream: Any = None):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.width = 12
+
+    def __call__(self, index: int, model_id: str, stage: str, message: str) -> None:
+        self.width = max(self.width, len(model_id))
+        prefix = f"[{index + 1}/{self.total}] " if index >= 0 else "      "
+        print(f"{prefix}{model_id:<{self.width}}  {stage:<8} {message}", file=self.stream,
+              flush=True)
+
+
+def project_dir_for(manifest: Manifest, cache_dir: Path) -> Path:
+    digest = hashlib.sha256(str(manifest.path.resolve()).encode()).hexdigest()[:16]
+    return cache_dir / "projects" / digest
+
+
+def build_gallery(manifest: Manifest, config: BuildConfig, *,
+                  builder: ModelBuilder = build_model, reporter: Reporter | None = None
+                  ) -> BuildReport:
+    """Build every model (reusing cached results), the comparisons and the site."""
+    start = time.perf_counter()
+    check_output_dir(config.output, protected=[manifest.root, config.cache_dir])
+    report_line = reporter or Reporter(len(manifest.models))
+    project = config.project_dir or project_dir_for(manifest, config.cache_dir)
+    report = BuildReport([], project=project)
+    site_start = time.perf_counter()
+    try:
+        written, report.models = generate_project(manifest, config, project, builder,
+                                                  report_line)
+        report_line(-1, "site", "site", f"{written} project file(s) changed; mkdocs build")
+        site_start = time.perf_counter()
+        build_site(project, config.output, strict=config.strict)
+    except Exception as err:  # the site is one unit: report it, as a model failure would be
+        report.site_error = _describe(err)
+        report_line(-1, "site", "site", f"FAILED: {report.site_error}")
+    else:
+        report.output = config.output
+        report.size = measure_site(config.output)
+        report_line(-1, "site", "site", f"built in {time.perf_counter() - site_start:.1f} s: "
+                    f"{report.size.files} files, {_mb(report.size.total_bytes)}")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
+                     builder: ModelBuilder, report: Reporter
+                     ) -> tuple[int, list[ModelOutcome]]:
+    """Models, comparisons, then the MkDocs project; returns (files changed, outcomes)."""
+    entries, fetched, outcomes = prepare_models(manifest, config, builder, report)
+    comparisons = prepare_comparisons(manifest, entries, fetched, config.cache_dir, report)
+    info = BuildInfo(built=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                     version=__version__)
+    written = write_project(plan_project(manifest.site, entries, comparisons, info), project)
+    return written, outcomes
+
+
+def refresh_project(manifest: str, cache_dir: str, project: str, retries: int = 3) -> int:
+    """Bring a generated project up to date with its manifest (for `gallery serve`)."""
+    from .manifest import load_manifest
+
+    loaded = load_manifest(manifest)
+    config = BuildConfig(output=Path(project) / "unused", cache_dir=Path(cache_dir),
+                         fetch=FetchPolicy(retries=retries))
+    written, _ = generate_project(loaded, config, Path(project), build_model,
+                                  Reporter(len(loaded.models)))
+    return written
+
+
+def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilder,
+                   report: Reporter) -> tuple[list[ModelEntry], dict[str, Fetched],
+                                              list[ModelOutcome]]:
+    """Fetch and build each model in turn; a failure stays with its model."""
+    cache = Cache(config.cache_dir)
+    entries, fetched, outcomes = [], {}, []
+    for index, spec in enumerate(manifest.models):
+        outcome = ModelOutcome(spec.id)
+        entry = ModelEntry(spec)
+        start = time.perf_counter()
+
+        def say(stage: str, message: str, index: int = index, spec: ModelSpec = spec) -> None:
+            report(index, spec.id, stage, message)
+
+        try:
+            outcome.stage = "fetch"
+            got = fetch_checkpoint(spec.checkpoint, spec.sha256, cache, root=manifest.root,
+                                   policy=config.fetch)
+            fetched[spec.id] = got
+            outcome.fetched = got.origin
+            say("fetch", f"{got.origin}: sha256 {got.sha256[:12]}")
+            outcome.stage = "model"
+            entry.result, entry.folder, outcome.status = model_result(
+                spec, got, ModelSettings.of(manifest, spec), config, builder, say)
+            outcome.stage, outcome.mean_return = "", entry.result.episodes.mean_return
+        except Exception as err:  # isolate the failure: the other models still build
+            outcome.status, outcome.error = "failed", _describe(err)
+            entry.error = f"{outcome.stage}: {outcome.error}"
+            _save_traceback(config.cache_dir, spec.id, err)
+            say(outcome.stage, f"FAILED: {outcome.error}")
+        outcome.seconds = time.perf_counter() - start
+        entries.append(entry)
+        outcomes.append(outcome)
+    return entries, fetched, outcomes
+
+
+def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config: BuildConfig,
+                 builder: ModelBuilder, say: Callable[[str, str], None]
+                 ) -> tuple[ModelResult, Path, str]:
+    """The cached result for (checkpoint, settings), or build it now and cache it."""
+    key = model_key(got.sha256, settings)
+    folder = config.cache_dir / "models" / key
+    cached = None if config.force else ModelResult.load(folder)
+    if cached is not None:
+        say("model", f"cached ({key[:12]})")
+        return cached, folder, "cached"
+    partial = folder.with_name(f".{key}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    say("model", f"building ({key[:12]})")
+    try:
+        result = builder(spec, got.path, settings, partial,
+                         progress=lambda message: say("model", message))
+        result.key = key
+        result.save(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    say("model", f"built in {result.seconds:.1f} s: mean return "
+        f"{_number(result.episodes.mean_return)} over {result.episodes.count} episode(s)")
+    return result, folder, "built"
+
+
+def _describe(err: BaseException) -> str:
+    from .errors import GalleryError
+
+    if isinstance(err, GalleryError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
+
+
+def _save_traceback(cache_dir: Path, model_id: str, err: BaseException) -> None:
+    path = cache_dir / "logs" / f"{model_id}.txt"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(err)))
+        log.debug("traceback of %s in %s", model_id, path)
+    except OSError:
+        pass
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MB"
+
+
+# --- comparisons ---------------------------------------------------------------------------------
+
+
+def prepare_comparisons(manifest: Manifest, entries: list[ModelEntry],
+                        fetched: dict[str, Fetched], cache_dir: Path,
+                        report: Reporter) -> list[ComparisonEntry]:
+    """Each comparison, with its models evaluated on shared observations when possible."""
+    by_id = {e.spec.id: e for e in entries}
+    out = []
+    for spec in manifest.comparisons:
+        entry = ComparisonEntry(spec)
+        try:
+            entry.shared, entry.folder, entry.note = shared_observations(
+                spec, by_id, fetched, cache_dir)
+        except Exception as err:  # a comparison's extra never stops the site
+            entry.note = f"The models could not be evaluated on shared observations: " \
+                         f"{_describe(err)}"
+        report(-1, spec.id, "compare", entry.note or "shared observations ready")
+        out.append(entry)
+    return out
+
+
+def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
+                        fetched: dict[str, Fetched], cache_dir: Path
+                        ) -> tuple[SharedObservations | None, Path | None, str | None]:
+    """Every model of `spec` on frames recorded by its first built model (cached by the
+    models' keys)."""
+    built = [models[i] for i in spec.models if models[i].ok and i in fetched]
+    if len(built) < 2:
+        return None, None, "Fewer than two of these models were built."
+    source = next((e for e in built if (e.folder / ROLLOUTS_FILE).is_file()), None)
+    if source is None:
+        return None, None, "No model of this comparison has recorded observations."
+    key = hashlib.sha256(json.dumps(
+        {"models": [e.result.key for e in built], "source": source.spec.id,
+         "format": COMPARISON_FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()
+    folder = cache_dir / "comparisons" / key
+    saved = folder / "shared.json"
+    if saved.is_file():
+        return SharedObservations(**json.loads(saved.read_text())), folder, None
+    frames = _shared_frames(source.folder / ROLLOUTS_FILE)
+    values, actions = {}, {}
+    for e in built:
+        values[e.spec.id], actions[e.spec.id] = _evaluate(fetched[e.spec.id].path, frames)
+    partial = folder.with_name(f".{key}.partial-{os.getpid()}")
+    partial.mkdir(parents=True, exist_ok=True)
+    _save_strip(frames, partial / "frames.png")
+    shared = SharedObservations(source.spec.id, "frames.png", values, actions)
+    (partial / "shared.json").write_text(json.dumps(asdict(shared)))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return shared, folder, None
+
+
+def _shared_frames(rollouts_path: Path) -> np.ndarray:
+    with np.load(rollouts_path, allow_pickle=False) as data:
+        observations = data["trajectories.observations"]
+    return observations[0, ::SHARED_STRIDE][:SHARED_FRAMES]
+
+
+def _evaluate(checkpoint_path: Path, frames: np.ndarray) -> tuple[list[float], list[str]]:
+    import torch
+
+    from . import load_policy
+
+    policy = load_policy(checkpoint_path)
+    if tuple(policy.observation_shape) != tuple(frames.shape[1:]):
+        raise ValueError(f"{checkpoint_path.name} takes {tuple(policy.observation_shape)} "
+                         f"observations, the shared ones are {tuple(frames.shape[1:])}")
+    with torch.inference_mode():
+        logits, value = policy(torch.from_numpy(frames).float().div_(255))
+    names = [policy.action_names[i] for i in logits.argmax(-1).tolist()]
+    return [round(float(v), 4) for v in value], names
+
+
+def _save_strip(frames: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    rgb = frames[..., -3:] if frames.shape[-1] >= 3 else np.repeat(frames[..., -1:], 3, -1)
+    strip = np.concatenate(list(rgb), axis=1)
+    Image.fromarray(np.ascontiguousarray(strip)).save(path, optimize=True)
+
+
+# --- size, summary ---------------------------------------------------------------------------------
+
+
+def measure_site(folder: Path) -> SizeReport:
+    total, count, largest, largest_path = 0, 0, 0, ""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            size = path.stat().st_size
+            total, count = total + size, count + 1
+            if size > largest:
+                largest, largest_path = size, path.relative_to(folder).as_posix()
+    return SizeReport(total, count, largest_path, largest)
+
+
+def format_summary(report: BuildReport) -> str:
+    """The table printed at the end of a build."""
+    width = max([len(m.model_id) for m in report.models] + [5])
+    lines = [f"{'model':<{width}}  {'status':<7} {'fetch':<8} {'time':>8}  {'return':>7}  "
+             "problem"]
+    for m in report.models:
+        problem = f"{m.stage}: {m.error}" if m.error else ""
+        status = m.status.upper() if m.status == "failed" else m.status
+        lines.append(f"{m.model_id:<{width}}  {status:<7} {m.fetched or '-':<8} "
+                     f"{m.seconds:>7.1f}s  {_number(m.mean_return):>7}  {problem}")
+    built = sum(m.status == "built" for m in report.models)
+    cached = sum(m.status == "cached" for m in report.models)
+    failed = sum(m.status == "failed" for m in report.models)
+    lines.append(f"models: {built} built, {cached} cached, {failed} failed; "
+                 f"total {report.seconds:.1f} s")
+    if report.site_error:
+        lines.append(f"site: FAILED: {report.site_error}")
+    elif report.size:
+        size = report.size
+        lines.append(f"site: {report.output} ({size.files} files, {_mb(size.total_bytes)}; "
+                     f"largest {size.largest_path}, {_mb(size.largest_bytes)})")
+        errors, warnings = size.problems()
+        lines += [f"size: ERROR: {e}" for e in errors] + [f"size: warning: {w}"
+                                                           for w in warnings]
+    lines += report.notes
+    return "\n".join(lines)

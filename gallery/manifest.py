@@ -1,0 +1,518 @@
+"""The manifest (`checkpoints.yaml`): which models the gallery shows, and how to build them.
+
+`load_manifest(path)` reads and validates the whole file before any work starts, and
+raises one `ManifestError` listing *every* problem with its file, line and key (unknown
+keys, bad or duplicate ids, missing checkpoint files, a missing sha256 for a remote
+checkpoint, comparisons naming unknown models, bad analysis options, ...).
+
+Everything in a manifest is untrusted text: the site generator escapes titles and tags and
+sanitises the Markdown descriptions (see gallery/site/sanitize.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from .errors import GalleryError
+
+#: Ids appear in URLs (/models/<id>/): lowercase letters, digits and '-'.
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+MAX_ID_LENGTH = 64
+
+
+# --- analysis options (method.md section 8: the defaults of the reference tool) ---------
+
+
+def valid_id(value: str) -> str:
+    """`value` if it can be a model or comparison id (it appears in URLs), else ValueError."""
+    if not ID_PATTERN.match(value) or len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{value!r} is not a valid id: use lowercase letters, digits and "
+                         f"'-' (starting with a letter or digit, at most {MAX_ID_LENGTH})")
+    return value
+
+
+Id = Annotated[str, AfterValidator(valid_id)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrajectoryOptions(_Strict):
+    """Recorded trajectories (method.md section 1)."""
+
+    num_envs: int = Field(8, ge=1, le=256)
+    """Environments stepped together: one trajectory each."""
+    num_steps: int = Field(512, ge=2, le=100_000)
+    """Steps recorded per trajectory (after one discarded step)."""
+    seed: int = Field(0, ge=0)
+    """Seeds the environments and the agent's sampled actions."""
+    bookmarks: int = Field(16, ge=0)
+    """Frames with the highest (and lowest) advantages linked from the interface."""
+
+
+class ObservationOptions(_Strict):
+    """Extra observations for NMF and feature visualisation."""
+
+    num_envs: int = Field(32, ge=1, le=1024)
+    """Environments running the policy."""
+    num_obs: int = Field(128, ge=1)
+    """Observations kept per environment."""
+    obs_every: int = Field(128, ge=1)
+    """Steps between two kept observations."""
+
+
+class LayerSelection(_Strict):
+    """Which layers the interface offers for attribution."""
+
+    include: list[str] | None = None
+    """Layer names (as `gallery inspect` lists them); None: every layer offered."""
+    discard_first_n: int = Field(0, ge=0)
+    """Leave out the first n offered layers."""
+    input_layer: bool = False
+    """Also offer the input (plain gradients)."""
+
+
+class AttributionOptions(_Strict):
+    """Integrated gradients to a hidden layer (method.md section 4)."""
+
+    integrate_steps: int = Field(10, ge=1, le=1000)
+    """Points of the right Riemann sum."""
+    policy: bool = False
+    """Also attribute every action's logit and action group (multiplies the work)."""
+    single_features: bool = True
+    """Offer views of one NMF feature at a time."""
+
+
+class NMFOptions(_Strict):
+    """Dimensionality reduction of the attribution (method.md section 5)."""
+
+    features: int = Field(8, ge=1, le=64)
+    """NMF components per layer."""
+    integrate_steps: int = Field(10, ge=1, le=1000)
+    """Riemann points of the attribution that the NMF is fitted on."""
+
+
+class AnalysisOptions(_Strict):
+    """Every option of one model's interface: the manifest's `defaults`, overridden by the
+    model's `options`."""
+
+    trajectories: TrajectoryOptions = TrajectoryOptions()
+    observations: ObservationOptions = ObservationOptions()
+    layers: LayerSelection = LayerSelection()
+    attribution: AttributionOptions = AttributionOptions()
+    nmf: NMFOptions = NMFOptions()
+
+
+# --- the manifest ------------------------------------------------------------------------
+
+
+class SiteConfig(_Strict):
+    """The site as a whole."""
+
+    name: str = Field("Model zoo", min_length=1, max_length=200)
+    """Title of the site (header, browser tab, social cards)."""
+    url: str | None = None
+    """Canonical URL where the site is published, e.g. https://USER.github.io/zoo/."""
+    repo_url: str | None = None
+    """Link to the repository shown in the header."""
+    description: str | None = Field(None, max_length=1000)
+    """Plain-text summary for search engines and social cards."""
+    author: str | None = Field(None, max_length=200)
+    """Shown in page metadata."""
+
+    @field_validator("url", "repo_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} is not an http(s):// URL")
+        return value
+
+
+class ModelSpec(_Strict):
+    """One model of the zoo."""
+
+    id: Id
+    """[a-z0-9][a-z0-9-]*, unique; the page is /models/<id>/."""
+    title: str = Field(min_length=1, max_length=200)
+    checkpoint: str = Field(min_length=1)
+    """http(s):// URL, file:// URL, or a path relative to the manifest."""
+    sha256: str | None = None
+    """Hex digest of the checkpoint file; required for http(s)."""
+    description: str = ""
+    """Markdown shown on the model page (raw HTML is sanitised)."""
+    tags: list[str] = []
+    env: dict[str, Any] = {}
+    """Overrides of the checkpoint's environment args (e.g. distribution_mode)."""
+    options: dict[str, Any] = {}
+    """Overrides of the manifest's `defaults` for this model."""
+    features: dict[str, dict[int, str]] = {}
+    """Labels of NMF features, per layer: {layer: {feature index: label}}."""
+    training_steps: int | None = Field(None, ge=0)
+    """Environment steps the agent was trained for, when the checkpoint does not say."""
+    citation: str | None = None
+    """Markdown: how to cite this model (the paper's citation is always shown)."""
+
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().lower()
+        if not SHA256_PATTERN.match(value):
+            raise ValueError("expected 64 hexadecimal digits (`sha256sum FILE` prints them)")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not tag.strip() or len(tag) > 60:
+                raise ValueError(f"tag {tag!r}: tags are 1 to 60 characters")
+        return list(dict.fromkeys(tag.strip() for tag in value))
+
+    @property
+    def is_remote(self) -> bool:
+        return urlparse(self.checkpoint).scheme in ("http", "https")
+
+
+class ComparisonSpec(_Strict):
+    """A page comparing models of the zoo."""
+
+    id: Id
+    """[a-z0-9][a-z0-9-]*, unique among comparisons; the page is /compare/<id>/."""
+    title: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(min_length=2)
+    description: str = ""
+
+
+
+class Manifest(_Strict):
+    """A validated manifest. Use `load_manifest` to read one."""
+
+    site: SiteConfig = SiteConfig()
+    defaults: AnalysisOptions = AnalysisOptions()
+    models: list[ModelSpec] = Field(min_length=1)
+    comparisons: list[ComparisonSpec] = []
+
+    _path: Path = PrivateAttr(default=Path("checkpoints.yaml"))
+    _settings: dict[str, AnalysisOptions] = PrivateAttr(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        """The manifest file."""
+        return self._path
+
+    @property
+    def root(self) -> Path:
+        """The folder relative checkpoint paths are resolved against."""
+        return self._path.parent
+
+    def settings(self, model_id: str) -> AnalysisOptions:
+        """The effective options of one model: defaults, then the model's overrides."""
+        return self._settings[model_id]
+
+    def model(self, model_id: str) -> ModelSpec:
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a manifest: where it is and what to do."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ManifestError(GalleryError):
+    """The manifest cannot be used; `problems` lists every reason (exit code 2)."""
+
+    def __init__(self, path: Path | str, problems: list[Problem]):
+        self.path = str(path)
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{self.path}: {count}; nothing was built:\n{lines}")
+
+
+# --- reading YAML with line numbers ----------------------------------------------------------
+
+Key = tuple[str | int, ...]
+
+
+class _Lines:
+    """Line numbers (1-based) of every key and item of a YAML document, by path."""
+
+    def __init__(self, node: yaml.Node | None, loader: yaml.SafeLoader):
+        self.lines: dict[Key, int] = {}
+        self.duplicates: list[tuple[Key, int]] = []
+        self._loader = loader
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Key) -> None:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                key = self._key(key_node)
+                if key in seen:
+                    self.duplicates.append((path + (key,), key_node.start_mark.line + 1))
+                seen.add(key)
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                self._walk(value_node, path + (key,))
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def line(self, path: Key) -> int | None:
+        """The line of `path`, or of its nearest ancestor present in the file."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+
+    def _key(self, node: yaml.Node) -> Any:
+        """A mapping key as the safe loader constructs it (ints stay ints: `{0: coin}`)."""
+        if isinstance(node, yaml.ScalarNode):
+            return self._loader.construct_object(node)
+        return f"<{node.tag}>"
+
+
+def key_text(path: Key) -> str:
+    """('models', 1, 'options', 'nmf') -> 'models[1].options.nmf'."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _read_yaml(path: Path, text: str) -> tuple[Any, _Lines]:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+        lines = _Lines(node, loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        raise ManifestError(path, [Problem(
+            str(path), mark.line + 1 if mark else None, "",
+            f"not valid YAML: {err.problem or err}; fix the syntax there")]) from None
+    except yaml.YAMLError as err:
+        raise ManifestError(path, [Problem(str(path), None, "", f"not valid YAML: {err}")]) \
+            from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+# --- validation --------------------------------------------------------------------------------
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; raise ManifestError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ManifestError(path, [Problem(str(path), None, "", f"cannot read the manifest "
+                                           f"({err.strerror or err}); pass -m FILE")]) from None
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: str | Path = "checkpoints.yaml") -> Manifest:
+    """Validate manifest text; relative checkpoint paths are resolved against path's folder."""
+    path = Path(path)
+    data, lines = _read_yaml(path, text)
+    problems = [Problem(str(path), line, key_text(key), "this key appears twice; keep one")
+                for key, line in lines.duplicates]
+    if not isinstance(data, dict):
+        problems.append(Problem(str(path), 1, "", "a manifest is a mapping with `models:` "
+                                "(and optionally `site:`, `defaults:`, `comparisons:`)"))
+        raise ManifestError(path, problems)
+    manifest = None
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        problems += _pydantic_problems(err, (), path, lines)
+    problems += _cross_check(data, path, lines)
+    settings, option_problems = _effective_settings(data, path, lines)
+    problems += option_problems
+    if problems or manifest is None:
+        raise ManifestError(path, _unique(problems))
+    manifest._path = path
+    manifest._settings = settings
+    return manifest
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: dict[tuple, Problem] = {}
+    for p in problems:
+        seen.setdefault((p.line, p.key, p.message), p)
+    return sorted(seen.values(), key=lambda p: (p.line or 0, p.key))
+
+
+def _pydantic_problems(err: ValidationError, prefix: Key, path: Path,
+                       lines: _Lines) -> list[Problem]:
+    problems = []
+    for e in err.errors():
+        loc = prefix + tuple(e["loc"])
+        problems.append(Problem(str(path), lines.line(loc), key_text(loc), _message(e)))
+    return problems
+
+
+def _message(error: dict[str, Any]) -> str:
+    """A pydantic error, said for a person editing YAML."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key; check its spelling against docs/site.md (the manifest schema)"
+    if kind == "missing":
+        return "required key is missing; add it"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "too_short" and "min_length" in ctx:
+        return f"needs at least {ctx['min_length']} item(s)"
+    return f"{error['msg']} (got {error.get('input')!r})" if "input" in error else error["msg"]
+
+
+def _cross_check(data: dict[str, Any], path: Path, lines: _Lines) -> list[Problem]:
+    """What pydantic cannot see field by field: duplicates, references, files, sha256."""
+    problems: list[Problem] = []
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    comparisons = data.get("comparisons") if isinstance(data.get("comparisons"), list) else []
+
+    def problem(key: Key, message: str) -> None:
+        problems.append(Problem(str(path), lines.line(key), key_text(key), message))
+
+    model_ids = _check_ids(models, "models", problem)
+    _check_ids(comparisons, "comparisons", problem)
+    for i, model in enumerate(models):
+        if isinstance(model, dict):
+            _check_checkpoint(model, ("models", i), path.parent, problem)
+            _check_env(model, ("models", i), problem)
+    for i, comparison in enumerate(comparisons):
+        names = comparison.get("models") if isinstance(comparison, dict) else None
+        for j, name in enumerate(names if isinstance(names, list) else []):
+            if name not in model_ids:
+                problem(("comparisons", i, "models", j),
+                        f"no model has id {name!r}; the ids are "
+                        f"{', '.join(sorted(model_ids)) or '(none)'}")
+    return problems
+
+
+def _check_ids(items: list[Any], section: str, problem: Any) -> set[str]:
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(item_id, str):
+            if item_id in seen:
+                problem((section, i, "id"), f"id {item_id!r} is already used by "
+                        f"{section}[{seen[item_id]}]; ids must be unique")
+            seen.setdefault(item_id, i)
+    return set(seen)
+
+
+def _check_checkpoint(model: dict[str, Any], key: Key, root: Path, problem: Any) -> None:
+    source = model.get("checkpoint")
+    if not isinstance(source, str) or not source:
+        return
+    scheme = urlparse(source).scheme
+    if scheme in ("http", "https"):
+        if not model.get("sha256"):
+            problem(key + ("sha256",), "required for an http(s) checkpoint: add the file's "
+                    "sha256 (`sha256sum FILE`), so that every download can be verified")
+        return
+    if scheme not in ("", "file"):
+        problem(key + ("checkpoint",), f"unsupported URL scheme {scheme!r}: use http(s)://, "
+                "file:// or a path relative to the manifest")
+        return
+    local = local_checkpoint_path(source, root)
+    if not local.is_file():
+        problem(key + ("checkpoint",), f"file not found: {local}; fix the path (relative "
+                "paths are relative to the manifest's folder)")
+
+
+def _check_env(model: dict[str, Any], key: Key, problem: Any) -> None:
+    env = model.get("env")
+    if not isinstance(env, dict):
+        return
+    from .environments import ENV_KEYS  # the environment's own list of options
+
+    for name in env:
+        if name not in ENV_KEYS:
+            problem(key + ("env", name), "unknown environment option; the options are "
+                    f"{', '.join(ENV_KEYS)}")
+
+
+def local_checkpoint_path(source: str, root: Path) -> Path:
+    """The file a non-http(s) checkpoint entry names (file:// URL or relative path)."""
+    if source.startswith("file://"):
+        return Path(urlparse(source).path)
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _deep_merge(base: Any, override: Any) -> Any:
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = copy.deepcopy(base)
+        for k, v in override.items():
+            merged[k] = _deep_merge(merged.get(k), v)
+        return merged
+    return copy.deepcopy(override)
+
+
+def _effective_settings(data: dict[str, Any], path: Path, lines: _Lines
+                        ) -> tuple[dict[str, AnalysisOptions], list[Problem]]:
+    """Each model's defaults + options, validated; errors point at the model's options
+    (errors inside `defaults` are reported once, by the Manifest validation)."""
+    defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
+    models = data.get("models") if isinstance(data.get("models"), list) else []
+    settings: dict[str, AnalysisOptions] = {}
+    problems: list[Problem] = []
+    for i, model in enumerate(models):
+        if not isinstance(model, dict) or not isinstance(model.get("options", {}), dict):
+            continue
+        options = model.get("options") or {}
+        try:
+            settings[str(model.get("id"))] = AnalysisOptions.model_validate(
+                _deep_merge(defaults, options))
+        except ValidationError as err:
+            for e in err.errors():
+                loc = tuple(e["loc"])
+                if _has_path(options, loc):
+                    key = ("models", i, "options") + loc
+                    problems.append(Problem(str(path), lines.line(key), key_text(key),
+                                            _message(e)))
+    return settings, problems
+
+
+def _has_path(data: Any, loc: Key) -> bool:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True

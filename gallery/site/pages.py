@@ -1,0 +1,296 @@
+"""The pages of the site and its mkdocs.yml, computed from the manifest and the build results.
+
+Pure: every function returns text (or a dict); `project.py` writes them. Manifest text is
+untrusted: Jinja2 autoescapes everything placed in the pages, titles placed in mkdocs.yml
+(navigation, <title>, meta tags: the theme does not escape them) are escaped here, and
+descriptions go through `render_markdown` (sanitised).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
+
+from .charts import Series, bar_chart, histogram_series, line_chart, scatter_chart
+from .results import ComparisonEntry, ModelEntry, ModelResult
+from .sanitize import escape, plain_text, render_markdown
+
+PAPER_BIBTEX = """@article{hilton2020understanding,
+  author = {Hilton, Jacob and Cammarata, Nick and Carter, Shan and Goh, Gabriel and Olah, Chris},
+  title = {Understanding RL Vision},
+  journal = {Distill},
+  year = {2020},
+  note = {https://distill.pub/2020/understanding-rl-vision},
+  doi = {10.23915/distill.00029}
+}"""
+
+_env = Environment(loader=PackageLoader("gallery.site", "templates"), autoescape=True,
+                   trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                   undefined=StrictUndefined)
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """When and with what the site was built."""
+
+    built: str
+    """ISO date of the build."""
+    version: str
+    """gallery version."""
+
+
+# --- formatting -----------------------------------------------------------------------------
+
+
+def fmt_number(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a (no episode completed)"
+    return f"{value:.{digits}f}"
+
+
+def fmt_steps(steps: int | None) -> str:
+    if not steps:
+        return ""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if steps >= size:
+            return f"{steps / size:.3g}{unit}"
+    return str(steps)
+
+
+def fmt_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _environment_name(entry: ModelEntry) -> str:
+    if entry.result:
+        env = entry.result.environment
+        mode = env.get("options", {}).get("distribution_mode")
+        return f"{env.get('env_name', '?')}" + (f" ({mode})" if mode else "")
+    return str(entry.spec.env.get("env_name", "unknown"))
+
+
+def _training_steps(entry: ModelEntry) -> int | None:
+    if entry.spec.training_steps:
+        return int(entry.spec.training_steps)
+    return entry.result.training_steps if entry.result else None
+
+
+# --- the zoo --------------------------------------------------------------------------------
+
+
+def zoo_page(site: Any, models: list[ModelEntry], comparisons: list[ComparisonEntry],
+             info: BuildInfo) -> str:
+    """index.md: one card per model, the tag filter, the list of comparisons."""
+    tag_counts = Counter(tag for m in models for tag in m.spec.tags)
+    cards = [{
+        "id": m.spec.id, "title": m.spec.title, "tags": m.spec.tags,
+        "tags_json": json.dumps(m.spec.tags), "failed": not m.ok,
+        "thumbnail": m.result.thumbnail if m.result else None,
+        "environment": _environment_name(m),
+        "architecture": m.result.architecture if m.result else "unknown",
+        "training_steps": fmt_steps(_training_steps(m)),
+        "mean_return": fmt_number(m.result.episodes.mean_return) if m.result else "n/a",
+    } for m in models]
+    titles = {m.spec.id: m.spec.title for m in models}
+    comparison_rows = [{"id": c.spec.id, "title": c.spec.title,
+                        "models": [titles.get(i, i) for i in c.spec.models]}
+                       for c in comparisons]
+    body = _env.get_template("zoo.md.j2").render(
+        site=site, intro=site.description or "", models=cards, comparisons=comparison_rows,
+        tags=[{"name": t, "count": n} for t, n in sorted(tag_counts.items())],
+        built=info.built, version=info.version)
+    # no `title`: the theme then titles the home page with the site name alone
+    return _front_matter(description=site.description or site.name) + body
+
+
+# --- a model --------------------------------------------------------------------------------
+
+
+def model_page(entry: ModelEntry, info: BuildInfo) -> str:
+    """models/<id>/index.md: the interface and the model card."""
+    spec, result = entry.spec, entry.result
+    context: dict[str, Any] = {
+        "title": spec.title, "tags": spec.tags, "error": entry.error,
+        "description": Markup(render_markdown(spec.description)),
+        "citation": Markup(render_markdown(spec.citation)) if spec.citation else None,
+        "paper_bibtex": PAPER_BIBTEX, "result": result,
+        "interface": result.interface if result else None,
+        "thumbnail": result.thumbnail if result else None,
+        "checkpoint": spec.checkpoint,
+        "checkpoint_url": spec.checkpoint if spec.is_remote else None,
+    }
+    if result:
+        context.update(_model_card(entry, result))
+    body = _env.get_template("model.md.j2").render(**context)
+    summary = plain_text(spec.description) or spec.title
+    return _front_matter(title=spec.title, description=summary,
+                         image=result.thumbnail if result else None) + body
+
+
+def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
+    labels = entry.spec.features
+    layer_names = {layer["name"] for layer in result.layers}
+    layers = [{"name": layer["name"], "shape": layer["shape"],
+               "features": [{"index": i, "label": label}
+                            for i, label in sorted(labels.get(layer["name"], {}).items())]}
+              for layer in result.layers]
+    return {
+        "parameters": f"{result.parameters:,}",
+        "training_steps": f"{_training_steps(entry):,}" if _training_steps(entry) else None,
+        "mean_return": fmt_number(result.episodes.mean_return),
+        "mean_length": fmt_number(result.episodes.mean_length, 1),
+        "build_seconds": fmt_seconds(result.seconds),
+        "layers": layers,
+        "unknown_feature_layers": sorted(set(labels) - layer_names),
+        "environment": _flatten(result.environment),
+        "training_args": sorted((str(k), _value(v)) for k, v in result.training_args.items()),
+        "settings_yaml": yaml.safe_dump(result.settings, sort_keys=True).rstrip(),
+        "charts": {"value": Markup(_values_chart([entry])),
+                   "advantages": Markup(_advantages_chart([entry]))},
+    }
+
+
+def _flatten(env: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [(k, _value(v)) for k, v in env.items() if k != "options"]
+    rows += [(k, _value(v)) for k, v in sorted(env.get("options", {}).items())]
+    return rows
+
+
+def _value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _values_chart(entries: list[ModelEntry]) -> str:
+    series = [Series(e.spec.title, [p[1] for p in e.result.values_vs_returns],
+                     [p[0] for p in e.result.values_vs_returns])
+              for e in entries if e.result and e.result.values_vs_returns]
+    return scatter_chart("Value against discounted return", series, "discounted return",
+                         "value estimate", diagonal=True)
+
+
+def _advantages_chart(entries: list[ModelEntry]) -> str:
+    samples = {e.spec.title: e.result.advantages for e in entries if e.result}
+    return line_chart("Advantage distribution", histogram_series(samples), "advantage",
+                      "density")
+
+
+# --- a comparison ---------------------------------------------------------------------------
+
+
+def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) -> str:
+    """compare/<id>/index.md: the models' statistics side by side."""
+    spec = comparison.spec
+    entries = [models[i] for i in spec.models]
+    built = [e for e in entries if e.result]
+    rows = [{
+        "id": e.spec.id, "title": e.spec.title, "environment": _environment_name(e),
+        "architecture": e.result.architecture if e.result else "n/a",
+        "mean_return": fmt_number(e.result.episodes.mean_return) if e.result else "n/a",
+        "mean_length": fmt_number(e.result.episodes.mean_length, 1) if e.result else "n/a",
+        "episodes": e.result.episodes.count if e.result else "n/a",
+        "interface": e.result.interface if e.result else None,
+        "thumbnail": e.result.thumbnail if e.result else None,
+    } for e in entries]
+    charts = {
+        "returns": Markup(bar_chart("Mean episode return", [e.spec.title for e in built],
+                                    [e.result.episodes.mean_return for e in built],
+                                    "mean return")),
+        "value": Markup(_values_chart(built)),
+        "advantages": Markup(_advantages_chart(built)),
+        "shared": Markup(_shared_chart(comparison, models)),
+    }
+    shared = None
+    if comparison.shared:
+        shared = {"frames": comparison.shared.frames,
+                  "count": len(next(iter(comparison.shared.values.values()), [])),
+                  "source_title": models[comparison.shared.source_model].spec.title}
+    body = _env.get_template("comparison.md.j2").render(
+        title=spec.title, description=Markup(render_markdown(spec.description)),
+        models=rows, failed=[e.spec.title for e in entries if not e.ok], charts=charts,
+        shared=shared, shared_note=comparison.note, features=matched_features(entries))
+    summary = plain_text(spec.description) or spec.title
+    return _front_matter(title=spec.title, description=summary) + body
+
+
+def _shared_chart(comparison: ComparisonEntry, models: dict[str, ModelEntry]) -> str:
+    if not comparison.shared:
+        return ""
+    series = [Series(models[i].spec.title, list(range(len(v))), v)
+              for i, v in comparison.shared.values.items()]
+    return line_chart("Value on shared observations", series, "observation", "value estimate")
+
+
+def matched_features(entries: list[ModelEntry]) -> list[dict[str, Any]]:
+    """Rows of (label, one cell per model: 'layer: index, ...'), for labels that appear in
+    the manifest's `features` of any model of the comparison."""
+    by_label: dict[str, list[list[str]]] = {}
+    for column, entry in enumerate(entries):
+        for layer, labels in entry.spec.features.items():
+            for index, label in labels.items():
+                cells = by_label.setdefault(label, [[] for _ in entries])
+                cells[column].append(f"{layer}: {index}")
+    return [{"label": label, "cells": [", ".join(c) for c in cells]}
+            for label, cells in sorted(by_label.items(), key=lambda kv: kv[0].lower())]
+
+
+# --- mkdocs.yml -----------------------------------------------------------------------------
+
+
+def mkdocs_config(site: Any, models: list[ModelEntry], comparisons: list[ComparisonEntry],
+                  info: BuildInfo) -> dict[str, Any]:
+    """The MkDocs configuration. The theme prints titles as given: they are escaped here."""
+    nav: list[Any] = [{"Zoo": "index.md"}]
+    nav.append({"Models": [{escape(m.spec.title): f"models/{m.spec.id}/index.md"}
+                           for m in models]})
+    if comparisons:
+        nav.append({"Comparisons": [{escape(c.spec.title): f"compare/{c.spec.id}/index.md"}
+                                    for c in comparisons]})
+    config: dict[str, Any] = {
+        "site_name": escape(site.name),
+        "site_description": escape(site.description or f"{site.name}: a model zoo"),
+        "docs_dir": "docs",
+        "use_directory_urls": True,
+        "theme": {
+            "name": "material", "custom_dir": "overrides", "language": "en",
+            "icon": {"logo": "material/robot-outline"},
+            "features": ["navigation.top", "navigation.tracking", "search.suggest",
+                         "search.highlight", "content.code.copy", "toc.follow"],
+            "palette": [
+                {"media": "(prefers-color-scheme: light)", "scheme": "default",
+                 "primary": "indigo", "accent": "amber",
+                 "toggle": {"icon": "material/weather-night", "name": "Switch to dark mode"}},
+                {"media": "(prefers-color-scheme: dark)", "scheme": "slate",
+                 "primary": "indigo", "accent": "amber",
+                 "toggle": {"icon": "material/weather-sunny", "name": "Switch to light mode"}},
+            ],
+        },
+        "plugins": [{"search": {"lang": "en"}}],
+        "markdown_extensions": ["attr_list", "admonition", "tables", {"toc": {"permalink": True}}],
+        "extra_css": ["css/gallery.css"],
+        "extra_javascript": ["js/zoo.js"],
+        "extra": {"generator": False, "gallery": {"version": info.version, "built": info.built}},
+        "validation": {"omitted_files": "warn", "absolute_links": "warn",
+                       "unrecognized_links": "warn", "anchors": "warn"},
+        "nav": nav,
+    }
+    if site.url:
+        config["site_url"] = site.url
+    if site.repo_url:
+        config["repo_url"] = site.repo_url
+    if site.author:
+        config["site_author"] = escape(site.author)
+    return config
+
+
+def _front_matter(**meta: Any) -> str:
+    """YAML front matter; `title` and `description` are escaped (the theme prints them raw)."""
+    cleaned = {k: escape(v) if k in ("title", "description") else v
+               for k, v in meta.items() if v is not None}
+    return "---\n" + yaml.safe_dump(cleaned, sort_keys=True, allow_unicode=True) + "---\n\n"

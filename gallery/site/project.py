@@ -1,0 +1,204 @@
+"""The MkDocs project on disk, and the static site MkDocs builds from it.
+
+`plan_project` lists every file of the project (text computed by pages.py, or a file to
+link in from the cache or from site_src/ and theme/); `write_project` makes the folder
+match the plan, touching only what changed (so `mkdocs serve` reloads only then, and a
+no-change rebuild writes nothing); `build_site` runs `mkdocs build --strict` into a
+temporary folder and moves the finished site into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import GalleryError
+from .pages import BuildInfo, comparison_page, mkdocs_config, model_page, zoo_page
+from .results import ComparisonEntry, ModelEntry
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SITE_SRC = REPO_ROOT / "site_src"
+"""Static sources copied into docs/ (css, js, images)."""
+THEME_DIR = REPO_ROOT / "theme"
+"""Material overrides (main.html with meta tags, 404.html), the project's overrides/."""
+
+
+class SiteBuildError(GalleryError):
+    """MkDocs could not build the site (strict mode turns its warnings into this)."""
+
+    exit_code = 1
+
+
+@dataclass
+class ProjectPlan:
+    """Every file of a MkDocs project, by path relative to the project folder."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    """Files to link (or copy) from elsewhere."""
+
+    def add_tree(self, source: Path, prefix: str) -> None:
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                self.files[f"{prefix}/{path.relative_to(source).as_posix()}"] = path
+
+
+def plan_project(site: object, models: list[ModelEntry], comparisons: list[ComparisonEntry],
+                 info: BuildInfo) -> ProjectPlan:
+    """The project for a manifest's site, its models and comparisons (nothing written)."""
+    plan = ProjectPlan()
+    config = mkdocs_config(site, models, comparisons, info)
+    plan.texts["mkdocs.yml"] = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    plan.texts["docs/index.md"] = zoo_page(site, models, comparisons, info)
+    by_id = {m.spec.id: m for m in models}
+    for entry in models:
+        base = f"docs/models/{entry.spec.id}"
+        plan.texts[f"{base}/index.md"] = model_page(entry, info)
+        result, folder = entry.result, entry.folder
+        if result and folder:
+            if result.thumbnail:
+                plan.files[f"{base}/{result.thumbnail}"] = folder / result.thumbnail
+            if result.interface:
+                plan.add_tree(folder / result.interface, f"{base}/{result.interface}")
+    for comparison in comparisons:
+        base = f"docs/compare/{comparison.spec.id}"
+        plan.texts[f"{base}/index.md"] = comparison_page(comparison, by_id)
+        shared = comparison.shared
+        if shared and shared.frames and comparison.folder:
+            plan.files[f"{base}/{shared.frames}"] = comparison.folder / shared.frames
+    _check_sources()
+    plan.add_tree(SITE_SRC, "docs")
+    plan.add_tree(THEME_DIR, "overrides")
+    return plan
+
+
+def _check_sources() -> None:
+    for folder in (SITE_SRC, THEME_DIR):
+        if not folder.is_dir():
+            raise SiteBuildError(f"{folder} is missing: the site's static sources ship with "
+                                 "the repository; reinstall gallery from a checkout")
+
+
+def write_project(plan: ProjectPlan, project: Path) -> int:
+    """Make `project` hold exactly the planned files; returns how many were (re)written."""
+    project.mkdir(parents=True, exist_ok=True)
+    changed = 0
+    for rel, text in plan.texts.items():
+        changed += _write_text(project / rel, text)
+    for rel, source in plan.files.items():
+        changed += _link(source, project / rel)
+    wanted = {project / rel for rel in [*plan.texts, *plan.files]}
+    for path in sorted(project.rglob("*"), reverse=True):
+        if path.is_file() and path not in wanted:
+            path.unlink()
+            changed += 1
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return changed
+
+
+def _write_text(path: Path, text: str) -> int:
+    data = text.encode("utf-8")
+    try:
+        if path.read_bytes() == data:
+            return 0
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return 1
+
+
+def _link(source: Path, target: Path) -> int:
+    """Hard-link `source` at `target` (a copy across file systems), unless already there."""
+    try:
+        if target.samefile(source):
+            return 0
+        have, want = target.stat(), source.stat()
+        if (have.st_size, have.st_mtime_ns) == (want.st_size, want.st_mtime_ns):
+            return 0
+    except OSError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+    return 1
+
+
+# --- building with MkDocs ------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def check_output_dir(output: Path, protected: list[Path] = ()) -> None:
+    """Refuse to replace a folder that is not a previously built site: MkDocs empties it."""
+    output = output.resolve()
+    forbidden = {Path.home().resolve(), Path("/").resolve(), Path.cwd().resolve(),
+                 *(p.resolve() for p in protected)}
+    if output in forbidden or any(output == p or p.is_relative_to(output) for p in protected):
+        raise GalleryError(f"{output}: refusing to build the site here (it would replace this "
+                           "folder); choose another -o, e.g. site/")
+    if output.is_dir() and any(output.iterdir()) and not (output / "sitemap.xml").exists():
+        raise GalleryError(f"{output} is not empty and does not hold a built site; choose "
+                           "another -o or empty it first")
+
+
+def build_site(project: Path, output: Path, strict: bool = True) -> None:
+    """`mkdocs build` of `project` into `output` (built aside, then moved into place)."""
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+    from mkdocs.exceptions import Abort, ConfigurationError
+
+    output = output.resolve()
+    partial = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    collect = _Collect()
+    mkdocs_log = logging.getLogger("mkdocs")
+    mkdocs_log.addHandler(collect)
+    previous_level = mkdocs_log.level
+    mkdocs_log.setLevel(logging.WARNING)
+    mkdocs_log.propagate = False
+    try:
+        config = load_config(config_file=str(project / "mkdocs.yml"), site_dir=str(partial),
+                             strict=strict)
+        build(config)
+    except (Abort, ConfigurationError) as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        details = "\n".join(f"  {m}" for m in collect.messages) or f"  {err}"
+        raise SiteBuildError(f"mkdocs could not build the site from {project}:\n{details}") \
+            from None
+    finally:
+        mkdocs_log.removeHandler(collect)
+        mkdocs_log.setLevel(previous_level)
+        mkdocs_log.propagate = True
+    _replace_dir(partial, output)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,281 @@
+"""The build orchestrator: cache keys, incremental rebuilds, isolated failures, progress,
+summary, size check; the per-model step on a synthetic checkpoint; the real CoinRun model
+built offline from a pre-seeded cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import types
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gallery import build as build_module
+from gallery.build import (
+    PAGES_FILE_LIMIT,
+    PAGES_SITE_LIMIT,
+    BuildConfig,
+    ModelSettings,
+    Reporter,
+    SizeReport,
+    build_gallery,
+    build_interface,
+    build_model,
+    format_summary,
+    model_key,
+)
+from gallery.cli import main
+from gallery.fetch import FetchPolicy
+from gallery.manifest import AnalysisOptions, load_manifest
+from gallery.site.stats import discounted_returns, gae_advantages
+from tests.reference.checkpoints import make_checkpoint, write_checkpoint
+from tests.test_site import fake_result
+
+OFFICIAL_URL = ("https://openaipublic.blob.core.windows.net/rl-clarity/attribution/models/"
+                "procgen/coinrun.jd")
+OFFICIAL_SHA = "18818904a32842cc177dd3c666b0229a657d0e96b9a7f2be197d6c7f4431a1ac"
+
+
+class FakeBuilder:
+    """A per-model step that records its calls and fails for the ids in `failing`."""
+
+    def __init__(self, failing: tuple[str, ...] = ()):
+        self.calls: list[str] = []
+        self.failing = failing
+
+    def __call__(self, spec, checkpoint_path, settings, out_dir, *, progress=None):
+        self.calls.append(spec.id)
+        if progress:
+            progress("pretending to work")
+        if spec.id in self.failing:
+            (out_dir / "half-written").write_text("x")
+            raise RuntimeError(f"boom in {spec.id}")
+        result = fake_result(spec.id, mean_return=float(len(self.calls)))
+        Image.new("RGB", (256, 256)).save(out_dir / result.thumbnail)
+        return replace(result, settings=settings.options.model_dump())
+
+
+def write_manifest(folder: Path, models: list[dict], **extra) -> Path:
+    text = {"site": {"name": "Test zoo"},
+            "defaults": {"trajectories": {"num_envs": 2, "num_steps": 16}},
+            "models": models, **extra}
+    path = folder / "checkpoints.yaml"
+    path.write_text(json.dumps(text, indent=1))  # JSON is YAML
+    return path
+
+
+@pytest.fixture
+def zoo(tmp_path: Path) -> dict:
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.jd").write_bytes(name.encode())
+    models = [{"id": n, "title": n.upper(), "checkpoint": f"{n}.jd", "tags": ["t"]}
+              for n in ("a", "b", "c")]
+    config = BuildConfig(output=tmp_path / "site", cache_dir=tmp_path / "cache",
+                         fetch=FetchPolicy(retries=0))
+    return {"dir": tmp_path, "models": models, "config": config}
+
+
+def build(zoo: dict, builder: FakeBuilder, **extra):
+    manifest = load_manifest(write_manifest(zoo["dir"], zoo["models"], **extra))
+    stream = io.StringIO()
+    report = build_gallery(manifest, zoo["config"], builder=builder,
+                           reporter=Reporter(len(manifest.models), stream))
+    return report, stream.getvalue()
+
+
+def test_unchanged_models_are_not_recomputed(zoo):
+    builder = FakeBuilder()
+    report, _ = build(zoo, builder)
+    assert report.exit_code == 0 and builder.calls == ["a", "b", "c"]
+    assert [m.status for m in report.models] == ["built"] * 3
+    assert (zoo["config"].output / "models" / "b" / "index.html").is_file()
+    again = FakeBuilder()
+    report, log = build(zoo, again)
+    assert again.calls == [] and [m.status for m in report.models] == ["cached"] * 3
+    assert "0 project file(s) changed" in log
+
+
+def test_changing_one_models_options_recomputes_only_it(zoo):
+    build(zoo, FakeBuilder())
+    zoo["models"][1]["options"] = {"nmf": {"features": 4}}
+    builder = FakeBuilder()
+    report, _ = build(zoo, builder)
+    assert builder.calls == ["b"]
+    assert [m.status for m in report.models] == ["cached", "built", "cached"]
+    zoo["models"][2]["env"] = {"distribution_mode": "easy"}
+    builder = FakeBuilder()
+    build(zoo, builder)
+    assert builder.calls == ["c"]
+
+
+def test_presentation_changes_rebuild_pages_only(zoo):
+    build(zoo, FakeBuilder())
+    zoo["models"][0].update(title="A renamed", description="*New* words", tags=["u"],
+                            features={"2b": {"0": "coin"}})
+    builder = FakeBuilder()
+    report, _ = build(zoo, builder)
+    assert builder.calls == [] and report.exit_code == 0
+    page = (zoo["config"].output / "models" / "a" / "index.html").read_text()
+    assert "A renamed" in page and "<em>New</em> words" in page and "0: coin" in page
+
+
+def test_a_failing_model_is_isolated(zoo):
+    report, log = build(zoo, FakeBuilder(failing=("b",)))
+    assert report.exit_code == 1
+    assert [m.status for m in report.models] == ["built", "failed", "built"]
+    assert report.models[1].stage == "model" and "boom in b" in report.models[1].error
+    out = zoo["config"].output
+    assert "boom in b" in (out / "models" / "b" / "index.html").read_text()
+    assert "gallery-card--failed" in (out / "index.html").read_text()
+    assert (out / "models" / "c" / "index.html").is_file()
+    assert "[2/3] b" in log and "FAILED: RuntimeError: boom in b" in log
+    cache = zoo["config"].cache_dir
+    assert "Traceback" in (cache / "logs" / "b.txt").read_text()
+    assert not list((cache / "models").glob(".*partial*"))  # nothing half-built is kept
+    summary = format_summary(report)
+    assert "FAILED" in summary and "models: 2 built, 0 cached, 1 failed" in summary
+    builder = FakeBuilder()
+    report, _ = build(zoo, builder)  # the failure is retried, the rest is reused
+    assert builder.calls == ["b"] and report.exit_code == 0
+
+
+def test_a_failing_fetch_is_isolated(zoo):
+    zoo["models"].append({"id": "remote", "title": "Remote", "sha256": "0" * 64,
+                          "checkpoint": "http://127.0.0.1:9/remote.jd"})
+    report, _ = build(zoo, FakeBuilder())
+    assert report.exit_code == 1 and report.models[3].stage == "fetch"
+    assert "127.0.0.1:9/remote.jd" in report.models[3].error
+    page = (zoo["config"].output / "models" / "remote" / "index.html").read_text()
+    assert "This model failed to build" in page
+
+
+def test_progress_names_model_and_stage(zoo):
+    _, log = build(zoo, FakeBuilder(), comparisons=[
+        {"id": "ab", "title": "A and B", "models": ["a", "b"]}])
+    lines = log.splitlines()
+    assert lines[0].split()[:4] == ["[1/3]", "a", "fetch", "local:"]
+    assert any(line.split()[:3] == ["[2/3]", "b", "model"] and "pretending" in line
+               for line in lines)
+    assert any(line.split()[:2] == ["ab", "compare"] for line in lines)
+    assert lines[-1].split()[:2] == ["site", "site"] and "built in" in lines[-1]
+
+
+def test_model_key_covers_checkpoint_settings_and_format():
+    settings = ModelSettings(AnalysisOptions(), {})
+    key = model_key("a" * 64, settings)
+    assert key == model_key("a" * 64, ModelSettings(AnalysisOptions(), {}))
+    assert key != model_key("b" * 64, settings)
+    assert key != model_key("a" * 64, ModelSettings(AnalysisOptions(), {"num_levels": 1}))
+    changed = AnalysisOptions.model_validate({"attribution": {"integrate_steps": 20}})
+    assert key != model_key("a" * 64, ModelSettings(changed, {}))
+
+
+def test_size_check_against_github_pages_limits():
+    fine = SizeReport(10 << 20, 100, "a.js", 1 << 20)
+    assert fine.problems() == ([], [])
+    near = SizeReport(int(PAGES_SITE_LIMIT * 0.85), 100, "big.bin", int(PAGES_FILE_LIMIT * 0.9))
+    errors, warnings = near.problems()
+    assert errors == [] and len(warnings) == 2 and "big.bin" in warnings[1]
+    over = SizeReport(PAGES_SITE_LIMIT + 1, 100, "huge.bin", PAGES_FILE_LIMIT + 1)
+    errors, _ = over.problems()
+    assert len(errors) == 2 and "will not deploy" in errors[0]
+    report = build_module.BuildReport([], size=over)
+    assert report.exit_code == 1
+
+
+def test_discounted_returns_by_hand():
+    rewards = np.array([[1.0, 0.0, 2.0, 0.0]])
+    dones = np.array([[False, False, True, False]])
+    returns, complete = discounted_returns(rewards, dones, gamma=0.5)
+    # episode 1 = steps 0..2: G2 = 2, G1 = 0 + 0.5 * 2 = 1, G0 = 1 + 0.5 * 1 = 1.5
+    np.testing.assert_allclose(returns, [[1.5, 1.0, 2.0, 0.0]])
+    assert complete.tolist() == [[True, True, True, False]]
+
+
+def test_gae_by_hand():
+    rewards = np.array([[1.0, 0.0, 1.0]])
+    values = np.array([[0.5, 1.0, 2.0]])
+    dones = np.array([[False, True, False]])
+    adv = gae_advantages(rewards, values, dones, gamma=0.5, lam=0.5)
+    # A2 = 0; A1 = 0 + 0 - 1.0 = -1.0 (done); A0 = (1 + 0.5 * 1.0 - 0.5) + 0.25 * -1 = 0.75
+    np.testing.assert_allclose(adv, [[0.75, -1.0, 0.0]])
+
+
+def test_interface_step_calls_generate_interface_when_it_exists(tmp_path, monkeypatch):
+    calls = []
+
+    def generate_interface(checkpoint, output_dir, num_envs=8, integrate_steps=10):
+        calls.append((checkpoint, output_dir, num_envs, integrate_steps))
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "index.html").write_text("ui")
+
+    fake = types.ModuleType("gallery.interface")
+    fake.generate_interface = generate_interface
+    monkeypatch.setitem(sys.modules, "gallery.interface", fake)
+    monkeypatch.setattr(build_module.importlib.util, "find_spec", lambda name: object())
+    options = AnalysisOptions.model_validate({"trajectories": {"num_envs": 3}})
+    folder = build_interface(tmp_path / "m.jd", tmp_path / "interface",
+                             ModelSettings(options, {}), lambda message: None)
+    assert folder == "interface"
+    assert calls == [(str(tmp_path / "m.jd"), str(tmp_path / "interface"), 3, 10)]
+
+
+def test_build_model_on_a_synthetic_checkpoint(tmp_path):
+    path = write_checkpoint(tmp_path / "c.jd", make_checkpoint("clear", seed=3))
+    manifest = load_manifest(write_manifest(tmp_path, [
+        {"id": "c", "title": "C", "checkpoint": "c.jd", "env": {"distribution_mode": "easy"}}]))
+    out = tmp_path / "out"
+    out.mkdir()
+    messages = []
+    result = build_model(manifest.models[0], path, ModelSettings.of(manifest, manifest.models[0]),
+                         out, progress=messages.append)
+    assert result.architecture == "clear" and result.parameters == 363216
+    assert [layer["name"] for layer in result.layers] == ["1a", "2a", "2b", "3a", "4a"]
+    assert result.environment["options"]["distribution_mode"] == "easy"
+    assert result.steps_recorded == [2, 16] and len(result.actions) == 15
+    assert len(result.advantages) == 2 * 15  # every step but the last of each trajectory
+    assert Image.open(out / result.thumbnail).size == (256, 256)
+    assert result.training_args["cnn"] == "clear" and result.settings["trajectories"][
+        "num_steps"] == 16
+    assert any("rollouts 2 x 16 steps" in m for m in messages)
+
+
+def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
+    for seed in (1, 2):
+        write_checkpoint(tmp_path / f"m{seed}.jd", make_checkpoint("clear", seed=seed))
+    manifest = write_manifest(tmp_path, [
+        {"id": "one", "title": "One", "checkpoint": "m1.jd", "tags": ["x"]},
+        {"id": "two", "title": "Two", "checkpoint": "m2.jd", "tags": ["y"],
+         "features": {"2b": {"0": "coin"}}}],
+        comparisons=[{"id": "pair", "title": "Pair", "models": ["one", "two"]}])
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "site"
+    assert main(["build", "-m", str(manifest), "-o", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "models: 2 built, 0 cached, 0 failed" in printed.out
+    compare = (out / "compare" / "pair" / "index.html").read_text()
+    assert 'src="frames.png"' in compare and (out / "compare" / "pair" / "frames.png").is_file()
+    assert "Value on shared observations" in compare
+    assert main(["build", "-m", str(manifest), "-o", str(out)]) == 0
+    assert "models: 0 built, 2 cached, 0 failed" in capsys.readouterr().out
+
+
+def test_official_model_offline_from_a_seeded_cache(coinrun_path, tmp_path, monkeypatch,
+                                                    capsys):
+    manifest = write_manifest(tmp_path, [
+        {"id": "coinrun", "title": "CoinRun", "checkpoint": OFFICIAL_URL,
+         "sha256": OFFICIAL_SHA}])
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "site"
+    # an unreachable network: any download attempt would fail the model
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("network used"))
+    assert main(["build", "-m", str(manifest), "-o", str(out), "--seed-cache",
+                 str(coinrun_path)]) == 0
+    assert "cache" in capsys.readouterr().out
+    page = (out / "models" / "coinrun" / "index.html").read_text()
+    assert OFFICIAL_URL in page and OFFICIAL_SHA in page and "363,216" in page

@@ -1,0 +1,377 @@
+"""The site: a small generated project built by real `mkdocs build --strict`, asserted on its
+HTML; escaping and sanitising of manifest text; charts."""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+from PIL import Image
+
+from gallery.manifest import parse_manifest
+from gallery.site import (
+    BuildInfo,
+    ComparisonEntry,
+    EpisodeSummary,
+    ModelEntry,
+    ModelResult,
+    SharedObservations,
+    SiteBuildError,
+    build_site,
+    plan_project,
+    write_project,
+)
+from gallery.site.charts import Series, bar_chart, histogram_series, nice_ticks, scatter_chart
+from gallery.site.pages import mkdocs_config
+from gallery.site.project import ProjectPlan, check_output_dir
+from gallery.site.sanitize import escape, plain_text, render_markdown
+
+SHA = "ab" * 32
+XSS_TITLE = '<img src=x onerror=alert("title")></title><script>alert("t2")</script>'
+XSS_DESCRIPTION = """Hello **world**.
+
+<script>alert("desc")</script>
+<img src="https://example.org/y.png" onerror="alert('img')">
+[click](javascript:alert('link'))
+<a href="https://example.org" onclick="alert('a')">fine link</a>
+"""
+XSS_TAG = '<svg onload=alert("tag")>'
+INTERFACE_TOKEN = "zzinterfacetokenzz"
+
+MANIFEST = f"""
+site:
+  name: "Zoo <b>bold</b>"
+  url: https://example.org/zoo/
+  description: A test zoo.
+models:
+  - id: alpha
+    title: '{XSS_TITLE}'
+    checkpoint: https://example.org/alpha.jd
+    sha256: "{SHA}"
+    description: |
+{chr(10).join('      ' + line for line in XSS_DESCRIPTION.splitlines())}
+    tags: [coinrun, '{XSS_TAG}']
+    features: {{2b: {{0: coin, 3: buzzsaw}}, nope: {{1: x}}}}
+    training_steps: 25000000
+    citation: Cite *us*.
+  - id: beta
+    title: Beta
+    checkpoint: https://example.org/beta.jd
+    sha256: "{SHA}"
+    tags: [coinrun, easy]
+    features: {{3a: {{1: coin}}}}
+  - id: gamma
+    title: Gamma (fails)
+    checkpoint: https://example.org/gamma.jd
+    sha256: "{SHA}"
+comparisons:
+  - id: alpha-beta
+    title: Alpha and beta
+    models: [alpha, beta, gamma]
+    description: Compare *them*.
+"""
+
+
+def fake_result(model_id: str, *, mean_return: float | None = 5.0, seed: int = 0,
+                interface: str | None = None, thumbnail: str | None = "thumbnail.png"
+                ) -> ModelResult:
+    """A ModelResult as the per-model step would produce it (no torch, no environment)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return ModelResult(
+        model_id=model_id, key=f"key-{model_id}", checkpoint_sha256=SHA, architecture="clear",
+        parameters=363216, observation_shape=[64, 64, 3], actions=["LEFT", "RIGHT"],
+        layers=[{"name": "2b", "shape": [32, 32, 32]}, {"name": "3a", "shape": [16, 16, 32]}],
+        environment={"env_kind": "procgen", "env_name": "coinrun", "frame_stack": 1,
+                     "sticky_actions": False, "options": {"distribution_mode": "hard"}},
+        environment_description="procgen coinrun (distribution_mode=hard)",
+        training_args={"cnn": "clear", "learning_rate": 0.0005, "env_name": "coinrun"},
+        training_steps=None, settings={"trajectories": {"num_envs": 2, "num_steps": 16}},
+        episodes=EpisodeSummary(3 if mean_return is not None else 0, mean_return, 120.0),
+        steps_recorded=[2, 16], gamma=0.999, lam=0.95,
+        values_vs_returns=rng.normal(5, 2, (40, 2)).round(3).tolist(),
+        advantages=rng.normal(0, 1, 200).round(3).tolist(),
+        thumbnail=thumbnail, interface=interface, built_at="2024-01-01 00:00 UTC",
+        seconds=1.5, versions={"gallery": "0.1.0"})
+
+
+def fake_folder(folder: Path, result: ModelResult) -> Path:
+    """The files a result names, as the per-model step leaves them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if result.thumbnail:
+        Image.new("RGB", (256, 256), (40, 90, 160)).save(folder / result.thumbnail)
+    if result.interface:
+        ui = folder / result.interface
+        (ui / "data").mkdir(parents=True, exist_ok=True)
+        (ui / "index.html").write_text(f"<!doctype html><title>ui</title><p>{INTERFACE_TOKEN}")
+        (ui / "data" / "layer-2b.json").write_text(json.dumps({"token": INTERFACE_TOKEN}))
+    return folder
+
+
+class Page(HTMLParser):
+    """Elements with their attributes, and the text of every <script>."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, {k: v or "" for k, v in attrs}))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False if tag == "script" else self._in_script
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script:
+            self.scripts.append(data)
+
+
+def parse(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """The site of MANIFEST with alpha (interface), beta (built), gamma (failed)."""
+    root = tmp_path_factory.mktemp("site")
+    manifest = parse_manifest(MANIFEST, root / "checkpoints.yaml")
+    alpha = fake_result("alpha", interface="interface")
+    beta = fake_result("beta", mean_return=None, seed=1)
+    models = [
+        ModelEntry(manifest.model("alpha"), alpha, fake_folder(root / "r" / "alpha", alpha)),
+        ModelEntry(manifest.model("beta"), beta, fake_folder(root / "r" / "beta", beta)),
+        ModelEntry(manifest.model("gamma"), error="fetch: HTTP 404 <script>alert(1)</script>"),
+    ]
+    shared_folder = root / "r" / "cmp"
+    shared_folder.mkdir(parents=True)
+    Image.new("RGB", (64 * 4, 64)).save(shared_folder / "frames.png")
+    shared = SharedObservations("alpha", "frames.png", {"alpha": [1.0, 2.0, 3.0, 4.0],
+                                                        "beta": [2.0, 2.5, 2.0, 1.0]},
+                                {"alpha": ["LEFT"] * 4, "beta": ["RIGHT"] * 4})
+    comparisons = [ComparisonEntry(manifest.comparisons[0], shared, shared_folder)]
+    plan = plan_project(manifest.site, models, comparisons, BuildInfo("2024-01-02", "0.1.0"))
+    project, output = root / "project", root / "out"
+    write_project(plan, project)
+    build_site(project, output, strict=True)
+    return {"root": root, "project": project, "out": output, "plan": plan,
+            "manifest": manifest, "models": models, "comparisons": comparisons}
+
+
+def html_files(out: Path) -> list[Path]:
+    return sorted(out.rglob("*.html"))
+
+
+def test_site_map(built):
+    out = built["out"]
+    for page in ("index.html", "404.html", "models/alpha/index.html", "models/beta/index.html",
+                 "models/gamma/index.html", "compare/alpha-beta/index.html",
+                 "models/alpha/thumbnail.png", "models/alpha/interface/index.html",
+                 "models/alpha/interface/data/layer-2b.json", "compare/alpha-beta/frames.png",
+                 "css/gallery.css", "js/zoo.js", "sitemap.xml", "search/search_index.json"):
+        assert (out / page).is_file(), page
+
+
+def test_every_relative_link_resolves(built):
+    out = built["out"]
+    mount = urlsplit(built["manifest"].site.url).path  # 404.html links from the site's root
+    broken = []
+    for path in html_files(out):
+        base = "/" + path.relative_to(out).parent.as_posix() + "/"
+        for tag, attrs in parse(path).elements:
+            for name in ("href", "src"):
+                url = attrs.get(name)
+                if not url or urlsplit(url).scheme or url.startswith(("#", "//", "data:")):
+                    continue
+                target = urlsplit(url).path
+                if target.startswith(mount):
+                    target = "/" + target[len(mount):]
+                resolved = Path(unquote(target if target.startswith("/") else base + target))
+                file = out / str(resolved).lstrip("/")
+                if not (file.is_file() or (file / "index.html").is_file()):
+                    broken.append(f"{path.relative_to(out)}: <{tag} {name}={url!r}>")
+    assert not broken, "\n".join(broken)
+
+
+def test_xss_payloads_stay_inert(built):
+    out = built["out"]
+    for path in html_files(out):
+        page = parse(path)
+        for tag, attrs in page.elements:
+            for name, value in attrs.items():
+                assert not (name.startswith("on") and "alert" in value), (path, tag, name)
+                if name in ("href", "src"):
+                    assert not value.strip().lower().startswith("javascript:"), (path, value)
+            assert not (tag == "img" and attrs.get("src") == "x"), path  # the title's payload
+            assert not (tag == "svg" and "onload" in attrs), path
+        assert not any("alert" in s for s in page.scripts), path
+    index = (out / "search" / "search_index.json").read_text()
+    for raw in ("<script>alert", "<img src=x", "<svg onload", "onerror=\\\"alert"):
+        assert raw not in index
+
+
+def test_escaped_text_is_shown_as_text(built):
+    alpha = (built["out"] / "models/alpha/index.html").read_text()
+    assert '&lt;img src=x onerror=alert("title")&gt;' in alpha.replace("&#34;", '"').replace(
+        "&quot;", '"')
+    title = re.search(r"<title>(.*?)</title>", alpha, re.S).group(1)
+    assert "<" not in title and "&lt;/title&gt;" in title
+    assert "<strong>world</strong>" in alpha and ">fine link</a>" in alpha
+    assert 'rel="noopener noreferrer nofollow"' in alpha
+
+
+def test_zoo_cards_and_tag_filter(built):
+    index = parse(built["out"] / "index.html")
+    cards = [a for t, a in index.elements if t == "article" and "gallery-card" in a["class"]]
+    assert len(cards) == 3
+    assert json.loads(cards[0]["data-tags"]) == ["coinrun", XSS_TAG]
+    assert "gallery-card--failed" in cards[2]["class"]
+    buttons = [a["data-tag"] for t, a in index.elements if t == "button" and "data-tag" in a]
+    assert buttons == sorted(["coinrun", "easy", XSS_TAG])
+    text = (built["out"] / "index.html").read_text()
+    for fact in ("coinrun (hard)", "clear", "25M", "5.00", "n/a (no episode completed)"):
+        assert fact in text
+    assert 'href="compare/alpha-beta/"' in text
+    assert '<script src="js/zoo.js"></script>' in text
+
+
+def test_model_page_card(built):
+    text = (built["out"] / "models/alpha/index.html").read_text()
+    assert '<iframe class="gallery-viewer__frame" src="interface/index.html"' in text
+    for fact in ("https://example.org/alpha.jd", SHA, "363,216", "25,000,000",
+                 "procgen coinrun (distribution_mode=hard)", "learning_rate", "0: coin",
+                 "3: buzzsaw", "Feature labels name layers this model does not offer: nope",
+                 "2024-01-01 00:00 UTC", "10.23915/distill.00029", "Cite <em>us</em>",
+                 "<svg class=\"gallery-chart\""):
+        assert fact in text, fact
+    beta = (built["out"] / "models/beta/index.html").read_text()
+    assert 'src="thumbnail.png"' in beta and "<iframe" not in beta
+
+
+def test_failed_model_page_shows_the_error(built):
+    text = (built["out"] / "models/gamma/index.html").read_text()
+    assert "This model failed to build" in text
+    assert "fetch: HTTP 404 &lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_comparison_page(built):
+    text = (built["out"] / "compare/alpha-beta/index.html").read_text()
+    assert text.count('<svg class="gallery-chart"') == 4
+    assert "Missing from the charts: Gamma (fails)" in text
+    assert 'src="frames.png"' in text
+    assert "../../models/alpha/interface/index.html" in text
+    assert re.search(r"<td>coin</td><td>2b: 0</td><td>3a: 1</td>", text)
+    assert "Compare <em>them</em>" in text
+
+
+def test_search_covers_the_manifest_and_never_the_interface(built):
+    index = json.loads((built["out"] / "search/search_index.json").read_text())
+    docs = {d["location"]: d for d in index["docs"]}
+    everything = json.dumps(index)
+    assert INTERFACE_TOKEN not in everything
+    assert not any("/interface/" in location for location in docs)
+    alpha = " ".join(d["title"] + " " + d["text"] for loc, d in docs.items()
+                     if loc.startswith("models/alpha/"))
+    for term in ("Hello", "coinrun", "buzzsaw", "2b", "distribution_mode", "clear",
+                 "&lt;svg onload"):
+        assert term in alpha, term
+    assert docs["models/alpha/"]["title"].startswith("&lt;img")  # shown as text, not markup
+    zoo = docs[""]["text"]
+    assert "Environment" not in zoo  # the cards are not indexed a second time
+
+
+def test_meta_tags_palette_and_404(built):
+    out = built["out"]
+    alpha = parse(out / "models/alpha/index.html")
+    meta = {a.get("property") or a.get("name"): a.get("content") for t, a in alpha.elements
+            if t == "meta"}
+    assert meta["og:url"] == "https://example.org/zoo/models/alpha/"
+    assert meta["og:image"] == "https://example.org/zoo/models/alpha/thumbnail.png"
+    assert meta["og:site_name"] == "Zoo <b>bold</b>"  # parsed: escaped in the HTML
+    assert meta["description"].startswith("Hello world. click")
+    assert meta["description"].endswith("fine link")
+    assert meta["twitter:card"] == "summary"
+    schemes = [a.get("data-md-color-scheme") for t, a in alpha.elements
+               if t == "input" and a.get("data-md-color-scheme")]
+    assert schemes == ["default", "slate"]
+    not_found = (out / "404.html").read_text()
+    assert "Page not found" in not_found and "Back to the model zoo" in not_found
+    assert 'href="https://example.org/zoo/"' in not_found
+
+
+def test_rewriting_an_unchanged_project_touches_nothing(built):
+    assert write_project(built["plan"], built["project"]) == 0
+
+
+def test_stale_project_files_are_removed(tmp_path):
+    plan = ProjectPlan(texts={"docs/a.md": "a", "docs/b.md": "b"})
+    assert write_project(plan, tmp_path) == 2
+    del plan.texts["docs/b.md"]
+    assert write_project(plan, tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "docs").iterdir()) == ["a.md"]
+
+
+def test_strict_build_fails_on_a_broken_link(built, tmp_path):
+    project = tmp_path / "p"
+    write_project(ProjectPlan(texts={
+        "mkdocs.yml": "site_name: x\ntheme: {name: material}\n",
+        "docs/index.md": "# x\n\n[gone](gone.md)\n"}), project)
+    with pytest.raises(SiteBuildError, match="gone.md"):
+        build_site(project, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_safety(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    from gallery.errors import GalleryError
+
+    with pytest.raises(GalleryError, match="refusing"):
+        check_output_dir(tmp_path)
+    with pytest.raises(GalleryError, match="does not hold a built site"):
+        check_output_dir(tmp_path / "notes")
+    with pytest.raises(GalleryError, match="refusing"):
+        check_output_dir(tmp_path / "m", protected=[tmp_path / "m" / "cache"])
+    check_output_dir(tmp_path / "new")
+
+
+def test_config_escapes_titles():
+    manifest = parse_manifest(MANIFEST, "m.yaml")
+    entries = [ModelEntry(m) for m in manifest.models]
+    config = mkdocs_config(manifest.site, entries, [], BuildInfo("2024", "0"))
+    assert config["site_name"] == "Zoo &lt;b&gt;bold&lt;/b&gt;"
+    assert list(config["nav"][1]["Models"][0]) == [escape(XSS_TITLE)]
+    assert "Comparisons" not in json.dumps(config["nav"])
+
+
+def test_markdown_is_sanitised():
+    html = render_markdown(XSS_DESCRIPTION + "\n# Heading\n")
+    assert "<script" not in html and "onerror" not in html and "onclick" not in html
+    assert "javascript:" not in html
+    assert "<strong>world</strong>" in html and "<h2>Heading</h2>" in html
+    assert plain_text("A **b** <script>x</script> c") == "A b c"
+
+
+def test_nice_ticks_by_hand():
+    assert nice_ticks(0, 10) == [0, 2, 4, 6, 8, 10]
+    assert nice_ticks(-0.3, 0.9) == [-0.5, 0.0, 0.5, 1.0]  # 1.2 / 5 = 0.24 -> steps of 0.5
+    assert nice_ticks(5, 5) == [5.0, 5.2, 5.4, 5.6, 5.8, 6.0]
+
+
+def test_charts_escape_labels_and_handle_missing_values():
+    svg = bar_chart("t<", ["a<b", "c"], [1.0, None], "y")
+    assert "a&lt;b" in svg and "<title>t&lt;</title>" in svg and "n/a" in svg
+    svg = scatter_chart("s", [Series("m&m", [0, 1], [0, 1])], "x", "y", diagonal=True)
+    assert svg.count("<circle") == 2 and "m&amp;m" in svg and 'class="diagonal"' in svg
+    series = histogram_series({"a": [0.0, 1.0, 1.0], "b": [0.5]}, bins=4)
+    assert [s.name for s in series] == ["a", "b"] and len(series[0].x) == 4
