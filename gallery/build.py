@@ -64,7 +64,7 @@ THUMBNAIL_FILE = "thumbnail.png"
 INTERFACE_DIR = "interface"
 #: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
 SHARED_FRAMES, SHARED_STRIDE = 32, 4
-COMPARISON_FORMAT_VERSION = 1
+COMPARISON_FORMAT_VERSION = 2
 
 #: GitHub Pages limits: the whole site, and one file; a warning from WARN_FRACTION of them.
 PAGES_SITE_LIMIT = 1 << 30
@@ -81,7 +81,7 @@ def bundle_format_version() -> int:
     return int(getattr(bundle, "FORMAT_VERSION", 0))
 
 
-# --- settings and keys -------------------------------------------------------------------------
+# --- settings and keys --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class ModelBuilder(Protocol):
                  out_dir: Path, *, progress: StageProgress | None = None) -> ModelResult: ...
 
 
-# --- the per-model step -------------------------------------------------------------------------
+# --- the per-model step -------------------------------------------------------------------
 
 
 def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings, out_dir: Path,
@@ -248,7 +248,7 @@ def _jsonable(value: Any) -> Any:
                                  else str(v)))
 
 
-# --- the orchestrator ---------------------------------------------------------------------------
+# --- the orchestrator ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -329,10 +329,10 @@ class BuildReport:
 class Reporter:
     """Progress lines on stderr: `[2/5] model-id  stage  message`."""
 
-    def __init__(self, total: int, stream: Any = None):
+    def __init__(self, total: int, stream: Any = None, width: int = 12):
         self.total = total
         self.stream = stream or sys.stderr
-        self.width = 12
+        self.width = width
 
     def __call__(self, index: int, model_id: str, stage: str, message: str) -> None:
         self.width = max(self.width, len(model_id))
@@ -352,7 +352,9 @@ def build_gallery(manifest: Manifest, config: BuildConfig, *,
     """Build every model (reusing cached results), the comparisons and the site."""
     start = time.perf_counter()
     check_output_dir(config.output, protected=[manifest.root, config.cache_dir])
-    report_line = reporter or Reporter(len(manifest.models))
+    report_line = reporter or Reporter(len(manifest.models), width=max(
+        len(name) for name in [m.id for m in manifest.models] + [c.id for c in
+                                                                 manifest.comparisons]))
     project = config.project_dir or project_dir_for(manifest, config.cache_dir)
     report = BuildReport([], project=project)
     site_start = time.perf_counter()
@@ -488,7 +490,7 @@ def _mb(size: int) -> str:
     return f"{size / (1 << 20):.1f} MB"
 
 
-# --- comparisons ---------------------------------------------------------------------------------
+# --- comparisons --------------------------------------------------------------------------
 
 
 def prepare_comparisons(manifest: Manifest, entries: list[ModelEntry],
@@ -535,7 +537,7 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
     partial = folder.with_name(f".{key}.partial-{os.getpid()}")
     partial.mkdir(parents=True, exist_ok=True)
     _save_strip(frames, partial / "frames.png")
-    shared = SharedObservations(source.spec.id, "frames.png", values, actions)
+    shared = SharedObservations(source.spec.id, "frames.png", values, actions, SHARED_STRIDE)
     (partial / "shared.json").write_text(json.dumps(asdict(shared)))
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(partial, folder)
@@ -563,15 +565,20 @@ def _evaluate(checkpoint_path: Path, frames: np.ndarray) -> tuple[list[float], l
     return [round(float(v), 4) for v in value], names
 
 
-def _save_strip(frames: np.ndarray, path: Path) -> None:
+def _save_strip(frames: np.ndarray, path: Path, per_row: int = 8) -> None:
+    """The frames as a grid, `per_row` to a row, in order (empty cells stay black)."""
     from PIL import Image
 
     rgb = frames[..., -3:] if frames.shape[-1] >= 3 else np.repeat(frames[..., -1:], 3, -1)
-    strip = np.concatenate(list(rgb), axis=1)
-    Image.fromarray(np.ascontiguousarray(strip)).save(path, optimize=True)
+    rows = -(-len(rgb) // per_row)
+    padded = np.zeros((rows * per_row, *rgb.shape[1:]), np.uint8)
+    padded[:len(rgb)] = rgb
+    grid = np.concatenate([np.concatenate(list(padded[r * per_row:(r + 1) * per_row]), axis=1)
+                           for r in range(rows)], axis=0)
+    Image.fromarray(grid).save(path, optimize=True)
 
 
-# --- size, summary ---------------------------------------------------------------------------------
+# --- size, summary -----------------------------------------------------------------------
 
 
 def measure_site(folder: Path) -> SizeReport:

@@ -375,3 +375,25 @@ def test_charts_escape_labels_and_handle_missing_values():
     assert svg.count("<circle") == 2 and "m&amp;m" in svg and 'class="diagonal"' in svg
     series = histogram_series({"a": [0.0, 1.0, 1.0], "b": [0.5]}, bins=4)
     assert [s.name for s in series] == ["a", "b"] and len(series[0].x) == 4
+
+
+def test_tag_filter_in_a_real_browser(built):
+    """zoo.js in headless Chromium, when one is installed: #tags=easy hides the others."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which(
+        "google-chrome")
+    if browser is None:
+        pytest.skip("no Chromium here")
+    url = (built["out"] / "index.html").as_uri() + "#tags=easy"
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=3000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=60).stdout
+    cards = re.findall(r'<article class="gallery-card[^"]*" data-tags="([^"]*)"( hidden="")?',
+                       dom)
+    visible = [json.loads(tags.replace("&quot;", '"')) for tags, hidden in cards if not hidden]
+    assert len(cards) == 3 and visible == [["coinrun", "easy"]]
+    assert "1 of 3 models tagged easy" in dom

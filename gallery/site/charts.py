@@ -86,17 +86,19 @@ class _Frame:
                        f'text-anchor="middle">{_fmt(t)}</text>')
         out.append(f'<text class="label" x="{(self.left + self.right) / 2:.0f}" '
                    f'y="{HEIGHT - 8}" text-anchor="middle">{escape(x_label)}</text>')
-        out.append(f'<text class="label" transform="translate(14 {(self.top + self.bottom) / 2:.0f}) '
-                   f'rotate(-90)" text-anchor="middle">{escape(y_label)}</text>')
+        middle = (self.top + self.bottom) / 2
+        out.append(f'<text class="label" transform="translate(14 {middle:.0f}) rotate(-90)" '
+                   f'text-anchor="middle">{escape(y_label)}</text>')
         return out
 
 
 def _svg(title: str, body: list[str], legend: Sequence[str] = ()) -> str:
-    items = []
+    items, x = [], MARGIN["left"] + 8
     for i, name in enumerate(legend):
-        x = MARGIN["left"] + 8 + 150 * i
+        label = _short(name, 40)
         items.append(f'<rect class="series-{i % 8}" x="{x}" y="8" width="10" height="10"/>'
-                     f'<text class="legend" x="{x + 14}" y="17">{escape(name)}</text>')
+                     f'<text class="legend" x="{x + 14}" y="17">{escape(label)}</text>')
+        x += 14 + 6 * len(label) + 16  # about 6 px a character at 11 px
     return (f'<svg class="gallery-chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
             f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
             + "".join(body + items) + "</svg>")

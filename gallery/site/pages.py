@@ -208,7 +208,7 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
     }
     shared = None
     if comparison.shared:
-        shared = {"frames": comparison.shared.frames,
+        shared = {"frames": comparison.shared.frames, "stride": comparison.shared.stride,
                   "count": len(next(iter(comparison.shared.values.values()), [])),
                   "source_title": models[comparison.shared.source_model].spec.title}
     body = _env.get_template("comparison.md.j2").render(

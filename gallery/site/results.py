@@ -110,6 +110,8 @@ class SharedObservations:
     """Model id -> value estimate on each observation."""
     actions: dict[str, list[str]]
     """Model id -> the most likely action on each observation."""
+    stride: int = 1
+    """Steps between two observations (they come from one recorded trajectory)."""
 
 
 @dataclass
