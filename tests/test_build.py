@@ -279,3 +279,24 @@ def test_official_model_offline_from_a_seeded_cache(coinrun_path, tmp_path, monk
     assert "cache" in capsys.readouterr().out
     page = (out / "models" / "coinrun" / "index.html").read_text()
     assert OFFICIAL_URL in page and OFFICIAL_SHA in page and "363,216" in page
+
+
+def test_serve_hook_refreshes_the_project_then_settles(zoo, monkeypatch):
+    from gallery.build import project_dir_for
+    from gallery.site import serve_hook
+
+    build(zoo, FakeBuilder())  # results cached: refreshing builds nothing
+    path = zoo["dir"] / "checkpoints.yaml"
+    project = project_dir_for(load_manifest(path), zoo["config"].cache_dir)
+    monkeypatch.setenv("GALLERY_SERVE", json.dumps({
+        "manifest": str(path), "cache_dir": str(zoo["config"].cache_dir),
+        "project": str(project), "retries": 0}))
+    zoo["models"][0]["title"] = "Edited while serving"
+    write_manifest(zoo["dir"], zoo["models"])
+    serve_hook.on_pre_build(config=None)
+    assert "Edited while serving" in (project / "docs/models/a/index.md").read_text()
+    assert build_module.refresh_project(str(path), str(zoo["config"].cache_dir),
+                                        str(project), 0) == 0
+    path.write_text("models: [")  # a half-edited manifest: reported, the pages stay
+    serve_hook.on_pre_build(config=None)
+    assert "Edited while serving" in (project / "docs/models/a/index.md").read_text()
