@@ -100,11 +100,13 @@ class ModelSettings:
         return {"options": self.options.model_dump(), "env": self.env}
 
 
-def model_key(checkpoint_sha256: str, settings: ModelSettings) -> str:
+def model_key(checkpoint_sha256: str, settings: ModelSettings, interfaces: bool = False) -> str:
     """The cache key of a model's result: checkpoint, settings and format versions."""
     described = {"checkpoint_sha256": checkpoint_sha256, "settings": settings.to_dict(),
                  "result_format": RESULT_FORMAT_VERSION,
                  "bundle_format": bundle_format_version()}
+    if interfaces:
+        described["interfaces"] = True
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
@@ -120,8 +122,9 @@ class ModelBuilder(Protocol):
 
 
 def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings, out_dir: Path,
-                *, progress: StageProgress | None = None) -> ModelResult:
-    """Describe the policy, record its trajectories, make the interface (when available)."""
+                *, progress: StageProgress | None = None, interfaces: bool = False
+                ) -> ModelResult:
+    """Describe the policy, record its trajectories, make the interface (when asked)."""
     from .checkpoint import read_checkpoint
     from .environments import EnvSpec
     from .policy import policy_from_checkpoint
@@ -147,7 +150,8 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
                                       policy.lam)
     save_thumbnail(recorded.observations[0, 0], out_dir / THUMBNAIL_FILE)
-    interface = build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say)
+    interface = (build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say)
+                 if interfaces else None)
     return ModelResult(
         model_id=spec.id, key="", checkpoint_sha256=checkpoint.sha256,
         architecture=described["architecture"], parameters=described["parameters"],
@@ -266,6 +270,10 @@ class BuildConfig:
     """`mkdocs build --strict`: any warning (a broken link, ...) fails the site."""
     project_dir: Path | None = None
     """The generated MkDocs project; default: a folder in the cache for this manifest."""
+    interfaces: bool = False
+    """Also generate each model's interactive interface (`gallery build --interfaces`).
+    Off by default while the viewer's integration into the site is finished: at the
+    method's default settings an interface costs minutes of CPU per model."""
 
 
 @dataclass
@@ -440,7 +448,7 @@ def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config:
                  builder: ModelBuilder, say: Callable[[str, str], None]
                  ) -> tuple[ModelResult, Path, str]:
     """The cached result for (checkpoint, settings), or build it now and cache it."""
-    key = model_key(got.sha256, settings)
+    key = model_key(got.sha256, settings, config.interfaces)
     folder = config.cache_dir / "models" / key
     cached = None if config.force else ModelResult.load(folder)
     if cached is not None:
@@ -451,8 +459,9 @@ def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config:
     partial.mkdir(parents=True)
     say("model", f"building ({key[:12]})")
     try:
+        extra = {"interfaces": True} if config.interfaces else {}
         result = builder(spec, got.path, settings, partial,
-                         progress=lambda message: say("model", message))
+                         progress=lambda message: say("model", message), **extra)
         result.key = key
         result.save(partial)
         shutil.rmtree(folder, ignore_errors=True)

@@ -300,3 +300,21 @@ def test_serve_hook_refreshes_the_project_then_settles(zoo, monkeypatch):
     path.write_text("models: [")  # a half-edited manifest: reported, the pages stay
     serve_hook.on_pre_build(config=None)
     assert "Edited while serving" in (project / "docs/models/a/index.md").read_text()
+
+
+def test_interfaces_are_opt_in_and_part_of_the_cache_key(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(build_module, "build_interface",
+                        lambda *args, **kw: calls.append(args) or None)
+    path = write_checkpoint(tmp_path / "c.jd", make_checkpoint("clear", seed=3))
+    manifest = load_manifest(write_manifest(tmp_path, [
+        {"id": "c", "title": "C", "checkpoint": "c.jd"}]))
+    settings = ModelSettings.of(manifest, manifest.models[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    build_model(manifest.models[0], path, settings, out)
+    assert calls == []
+    build_model(manifest.models[0], path, settings, out, interfaces=True)
+    assert len(calls) == 1
+    sha = "0" * 64
+    assert build_module.model_key(sha, settings) != build_module.model_key(sha, settings, True)
