@@ -20,12 +20,14 @@ stamp="$venv/.gallery-setup-stamp"
 want="$(cat pyproject.toml scripts/setup.sh scripts/install_procgen.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] .venv is up to date"
-  exit 0
+else
+  echo "[setup] installing Python packages (torch 2.13.0 CPU, gymnasium + ale-py, scikit-learn, ...)"
+  "$vpy" -m pip install -q --upgrade pip wheel
+  "$vpy" -m pip install -q -e ".[test]"
+  bash scripts/install_procgen.sh "$vpy"
+  echo "$want" > "$stamp"
 fi
-
-echo "[setup] installing Python packages (torch 2.13.0 CPU, gymnasium + ale-py, scikit-learn, ...)"
-"$vpy" -m pip install -q --upgrade pip wheel
-"$vpy" -m pip install -q -e ".[test]"
-bash scripts/install_procgen.sh "$vpy"
-echo "$want" > "$stamp"
+# The interface viewer (Svelte + Vite, from package-lock.json) -> gallery/viewer_dist/;
+# it keeps its own stamp, so this returns at once when nothing changed.
+bash scripts/build_viewer.sh
 echo "[setup] done"

@@ -1,0 +1,171 @@
+"""Bundle budget: the interface of coinrun.jd at the default settings, measured.
+
+    .venv/bin/python benchmarks/bench_bundle.py [--checkpoint PATH] [--work DIR]
+                                                [--policy] [--reencode] [--json OUT]
+
+Builds the interface with the defaults of method.md section 8 (8 x 512 frames, five
+layers, value attribution, single-feature views; `--policy` adds every action and action
+group) into WORK/interface-value (or -policy), then reports the bundle's total size, the
+size per kind of file, the largest file, the first load of a model page, and the ratio to
+the reference tool's output for the same interface (its PNG strips, estimated from the
+numbers of images it wrote and their measured average size here: see `reference_bytes`).
+
+The reduced attribution arrays are kept in WORK/arrays-*/ (float32 .npy, about 1 GB for
+the value build), so `--reencode` measures a changed encoding without recomputing the
+analysis (about an hour on two CPU cores). Budgets (the issue): whole bundle <= 30 MB
+(value), <= 200 MB (policy); no file over 20 MB; first load <= 3 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gallery import bundle as bundles
+from gallery.interface import BUNDLE_DIR, InterfaceBuilder, InterfaceOptions, viewer_assets
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "coinrun.jd"
+MB = 1e6
+BUDGETS = {"value": 30 * MB, "policy": 200 * MB}
+
+
+class RecordingBuilder(InterfaceBuilder):
+    """Also saves every reduced attribution array, for re-encoding."""
+
+    def __init__(self, *args, arrays: Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.arrays = arrays
+
+    def add_attribution(self, writer, layer, trajectory, output, features, residual):
+        folder = self.arrays / layer.replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"T{trajectory}-{output}-features.npy", features.astype(np.float32))
+        np.save(folder / f"T{trajectory}-{output}-residual.npy", residual.astype(np.float32))
+        super().add_attribution(writer, layer, trajectory, output, features, residual)
+
+
+def reencode(interface: Path, arrays: Path) -> None:
+    """Re-encode the saved arrays into the bundle's attribution files (same names)."""
+    root = interface / BUNDLE_DIR
+    index = json.loads((root / bundles.INDEX_FILE).read_text())
+    from gallery import attribution_codec
+    import hashlib
+    for layer in index["layers"]:
+        folder = arrays / layer["name"].replace("/", "_")
+        for output, files in layer["attribution"].items():
+            for e, name in enumerate(files):
+                f = np.load(folder / f"T{e}-{output}-features.npy")
+                r = np.load(folder / f"T{e}-{output}-residual.npy")
+                data = attribution_codec.encode(f, r, single_features=index["single_features"])
+                (root / name).write_bytes(data)
+                index["files"][name] = {"bytes": len(data),
+                                        "sha256": hashlib.sha256(data).hexdigest()}
+                print(f"  {name}: {len(data) / MB:.2f} MB", file=sys.stderr)
+    (root / bundles.INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+
+
+def reference_bytes(index: dict, arrays: Path, trajectories: int = 1) -> dict:
+    """What the reference tool wrote for the same interface, measured on this one.
+
+    Per (layer, trajectory, output) it saved one PNG strip of all frames per (direction,
+    view) -- 3 x (K + 3) of them with single-feature views -- and one of the scrubber
+    columns; per trajectory an observation strip and its scrubber. We render those strips
+    with gallery.rendering from the saved arrays of the first `trajectories` trajectories,
+    encode them as PNG (Pillow's defaults, as lucid's `save` did) and scale to all of them.
+    """
+    import io
+
+    from PIL import Image
+
+    from gallery import rendering
+
+    measured = 0
+    for layer in index["layers"]:
+        folder = arrays / layer["name"].replace("/", "_")
+        for e in range(trajectories):
+            f = np.load(folder / f"T{e}-value-features.npy")
+            r = np.load(folder / f"T{e}-value-residual.npy")
+            scale = rendering.attribution_scale(f)
+            for direction in rendering.DIRECTIONS:
+                for view in rendering.views(f.shape[-1], index["single_features"]):
+                    rgba = rendering.render_attribution(f, r, scale=scale, direction=direction,
+                                                        view=view)
+                    for strip in (rendering.side_by_side(rgba),
+                                  rendering.side_by_side(rendering.scrub_strip(rgba))):
+                        out = io.BytesIO()
+                        Image.fromarray(rendering.to_uint8(strip), "RGBA").save(out, "PNG")
+                        measured += len(out.getvalue())
+    scale_up = len(index["trajectories"]) / trajectories
+    total = measured * scale_up
+    return {"attribution_png_bytes": round(total), "measured_trajectories": trajectories,
+            "note": "value attribution strips only (observation strips excluded)"}
+
+
+def measure(interface: Path) -> dict:
+    viewer = sum(p.stat().st_size for p in viewer_assets())
+    sizes = bundles.bundle_sizes(interface / BUNDLE_DIR, viewer_bytes=viewer)
+    sizes["viewer_bytes"] = viewer
+    sizes["directory_bytes"] = bundles.directory_bytes(interface)
+    return sizes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--work", default=".cache/bench-bundle", help="working folder")
+    parser.add_argument("--policy", action="store_true", help="attribute every action too")
+    parser.add_argument("--reencode", action="store_true",
+                        help="re-encode saved arrays instead of recomputing the analysis")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--reference", action="store_true",
+                        help="also measure the reference tool's PNG output (slow)")
+    args = parser.parse_args()
+    kind = "policy" if args.policy else "value"
+    work = Path(args.work).resolve()
+    interface = work / f"interface-{kind}"
+    arrays = work / f"arrays-{kind}"
+    start = time.perf_counter()
+    if args.reencode:
+        reencode(interface, arrays)
+        summary = {}
+    else:
+        options = InterfaceOptions(policy=args.policy, cache_dir=str(work / "cache"))
+        builder = RecordingBuilder(args.checkpoint, interface, options, None,
+                                   lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True),
+                                   arrays=arrays)
+        summary = builder.run()
+    sizes = measure(interface)
+    index = bundles.validate_bundle(interface / BUNDLE_DIR, decode_frames=0)
+    fidelity = [r for r in summary.get("fidelity", [])]
+    figures = {
+        "kind": kind,
+        "seconds": round(time.perf_counter() - start, 1),
+        "stage_seconds": summary.get("seconds"),
+        "sizes": sizes,
+        "budget_bytes": BUDGETS[kind],
+        "within_budget": sizes["total_bytes"] <= BUDGETS[kind],
+        "largest_file_ok": sizes["largest_file"]["bytes"] <= bundles.MAX_FILE_BYTES,
+        "first_load_ok": sizes["first_load_bytes"] <= 3 * MB,
+        "layers": [la["name"] for la in index["layers"]],
+        "trajectories": len(index["trajectories"]),
+        "frames": sum(t["length"] for t in index["trajectories"]),
+        "worst_checked_mae_255": max((r["checked_mae"] * 255 for r in fidelity), default=None),
+        "min_checked_psnr": min((r["checked_psnr"] for r in fidelity), default=None),
+    }
+    if args.reference:
+        figures["reference"] = reference_bytes(index, arrays)
+        figures["reference"]["ratio"] = round(
+            figures["reference"]["attribution_png_bytes"] / sizes["total_bytes"], 1)
+    print(json.dumps(figures, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

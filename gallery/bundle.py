@@ -1,0 +1,656 @@
+"""Interface bundles: everything the browser viewer needs for one model (docs/bundle.md).
+
+A bundle is a folder with an index, `bundle.json`, and data files it names:
+
+- `trajectories/T<e>.json.gz`: actions, rewards, firsts, dones, logits, values, advantages;
+- `frames/T<e>-<chunk>.webp`: the observations of a trajectory, tiled (lossless WebP);
+- `attribution/L<l>/T<e>-<output>.gatr`: reduced attribution of one (layer, trajectory,
+  output) in the compact format of `gallery.attribution_codec`;
+- `features/L<l>/legend.webp` and `features/L<l>/f<k>.json.gz`: the legend thumbnails and
+  the full feature views as observation-index grids (with each cell's activation and
+  centre), which the viewer lays out from the extra observations;
+- `observations/extra-<chunk>.webp`: the extra observations the feature views refer to.
+
+`BundleWriter` writes one file at a time as the analysis produces it (attribution for
+policy outputs never has to be held in memory at once) and the index last, so a folder
+with a `bundle.json` is complete. `read_bundle` loads the index and checks its version;
+`validate_bundle` checks every file it names (presence, size, sha256, structure).
+
+The format is versioned by FORMAT_VERSION; the viewer refuses bundles of another version.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from . import attribution_codec, rendering
+from .errors import GalleryError
+
+FORMAT_NAME = "gallery-interface-bundle"
+#: Version of the bundle layout (bundle.json and the files it names).
+FORMAT_VERSION = 1
+INDEX_FILE = "bundle.json"
+#: No file of a bundle may be larger (GitHub Pages allows 100 MB; we keep far below).
+MAX_FILE_BYTES = 20 * 1024 * 1024
+#: Frames per observation atlas image, and tiles per atlas row.
+FRAMES_PER_ATLAS = 1024
+ATLAS_COLUMNS = 32
+#: Extra observations per atlas image (feature views refer to them).
+EXTRA_PER_ATLAS = 256
+
+OutputKind = Literal["value", "action", "action_group"]
+LayerKind = Literal["attribution", "gradients"]
+
+
+class BundleError(GalleryError):
+    """A bundle that cannot be written or read; the message names the file."""
+
+
+# --- what goes in ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """A network output attribution is computed for."""
+
+    id: str
+    """Stable identifier used in file names and deep links: 'value', 'action-3',
+    'group-RIGHT'."""
+    kind: OutputKind
+    label: str
+    actions: tuple[int, ...] = ()
+    """The action (one) or the actions of the group; empty for the value."""
+
+
+def value_output() -> OutputSpec:
+    return OutputSpec("value", "value", "value function")
+
+
+def action_outputs(action_names: Sequence[str]) -> list[OutputSpec]:
+    return [OutputSpec(f"action-{i}", "action", f"{name} logit", (i,))
+            for i, name in enumerate(action_names)]
+
+
+def group_output(name: str, actions: Sequence[int], action_names: Sequence[str]) -> OutputSpec:
+    members = " | ".join(action_names[a] for a in actions)
+    return OutputSpec(f"group-{name}", "action_group", f"[ {members} ] logit sum",
+                      tuple(int(a) for a in actions))
+
+
+@dataclass
+class TrajectoryData:
+    """One recorded trajectory and the network's outputs along it; arrays indexed by step."""
+
+    observations: np.ndarray
+    """(T, H, W, C) uint8."""
+    actions: np.ndarray
+    rewards: np.ndarray
+    firsts: np.ndarray
+    dones: np.ndarray
+    logits: np.ndarray
+    """(T, A) float."""
+    values: np.ndarray
+    advantages: np.ndarray
+
+    def __post_init__(self) -> None:
+        t = len(self.observations)
+        if self.observations.ndim != 4 or self.observations.dtype != np.uint8:
+            raise BundleError("trajectory observations must be uint8 (T, H, W, C), got "
+                              f"{self.observations.dtype} {self.observations.shape}")
+        for name in ("actions", "rewards", "firsts", "dones", "values", "advantages"):
+            if np.shape(getattr(self, name)) != (t,):
+                raise BundleError(f"trajectory {name} must have shape ({t},), got "
+                                  f"{np.shape(getattr(self, name))}")
+        if np.ndim(self.logits) != 2 or len(self.logits) != t:
+            raise BundleError(f"trajectory logits must be ({t}, A), got {np.shape(self.logits)}")
+
+
+@dataclass(frozen=True)
+class BookmarkEntry:
+    trajectory: int
+    step: int
+    score: float
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A layer attribution is shown for."""
+
+    name: str
+    shape: tuple[int, int, int]
+    """(h, w, c) of the layer's activations (for 'input': the observation's)."""
+    kind: LayerKind = "attribution"
+    features: int = 8
+    """K: NMF features (for 'input': the observation's channels)."""
+
+
+@dataclass
+class FeatureGrid:
+    """The grid of one full dataset-example view of a feature (method.md section 7), for
+    one subdiv_mult: the viewer lays out the patches for every expand_mult itself, exactly
+    as `gallery.dataset_examples.feature_view` assembles its image."""
+
+    subdiv_mult: float
+    indices: np.ndarray
+    """(gh, gw) int: the extra observation each cell's patch comes from."""
+    acts: np.ndarray
+    """(gh, gw) float: the feature's amount at each cell in that observation."""
+    centre_rows: np.ndarray
+    """(gh,) float: cell centres in layer cells (a row's centre is the same for all j)."""
+    centre_cols: np.ndarray
+    """(gw,) float: cell centres in layer cells."""
+    layer_hw: tuple[int, int]
+    """(h, w) of the layer."""
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """Viewer defaults that are not the science (interface.md "reference presentation")."""
+
+    video_speed: float = 12.0
+    attribution_weight: float = 0.9
+    scrub_range: tuple[float, float] = rendering.SCRUB_RANGE
+    scrubber_visible_duration: int = 256
+    vis_subdiv_mult_default: float = 1.0
+    vis_expand_mult_default: float = 4.0
+    graph_colours: dict[str, str] = field(default_factory=lambda: {
+        "value": "green", "action": "red", "action_group": "orange", "advantage": "blue"})
+
+
+# --- writing ----------------------------------------------------------------------------
+
+
+def _round(values: np.ndarray, digits: int = 6) -> list[Any]:
+    """Nested lists of floats with `digits` significant digits (JSON stays small)."""
+    arr = np.asarray(values, dtype=np.float64)
+    flat = [float(f"{v:.{digits}g}") if np.isfinite(v) else None for v in arr.ravel()]
+    return np.array(flat, dtype=object).reshape(arr.shape).tolist()
+
+
+def display_frames(observations: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB to show: grey for one channel; the last frame of a stack."""
+    obs = np.asarray(observations)
+    channels = obs.shape[-1]
+    if channels == 3:
+        return obs
+    if channels == 1 or channels % 3 != 0:
+        return np.repeat(obs[..., -1:], 3, axis=-1)
+    return obs[..., -3:]
+
+
+#: WebP lossless settings: (method, quality). libwebp's slowest setting (method 6, quality
+#: 100) makes observation atlases about half the size of the fast one, at ~20x the time.
+EFFORT = {"best": (6, 100), "fast": (1, 30)}
+
+
+#: Quality of the lossy WebP of the extra observations (dataset examples only: about half
+#: the size of lossless, mean error about 3/255).
+EXTRA_QUALITY = 90
+
+
+def encode_image(pixels: np.ndarray, effort: str = "fast", lossy_quality: int | None = None
+                 ) -> bytes:
+    """WebP of uint8 (H, W, 3|4): lossless (keeping colour under zero alpha) unless a
+    lossy quality is given."""
+    mode = "RGBA" if pixels.shape[-1] == 4 else "RGB"
+    out = io.BytesIO()
+    image = Image.fromarray(np.ascontiguousarray(pixels), mode)
+    if lossy_quality is not None:
+        image.save(out, "WEBP", quality=lossy_quality, method=6)
+    else:
+        method, quality = EFFORT[effort]
+        image.save(out, "WEBP", lossless=True, quality=quality, method=method, exact=True)
+    return out.getvalue()
+
+
+def tile(frames: np.ndarray, columns: int) -> np.ndarray:
+    """(N, h, w, C) frames -> one (rows * h, columns * w, C) image, row by row."""
+    n, h, w, c = frames.shape
+    rows = max(1, math.ceil(n / columns))
+    cols = min(columns, n) if rows == 1 else columns
+    padded = np.zeros((rows * cols, h, w, c), frames.dtype)
+    padded[:n] = frames
+    return padded.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(
+        rows * h, cols * w, c)
+
+
+class BundleWriter:
+    """Writes a bundle into `directory`, file by file; `finish` writes the index.
+
+    Use: add_trajectory for each trajectory, add_layer for each layer, then
+    add_attribution for each (layer, trajectory, output), add_legend / add_feature_views
+    and add_extra_observations for the feature visualisation, set_bookmarks, finish.
+    """
+
+    def __init__(self, directory: str | Path, *, model: dict[str, Any],
+                 outputs: Sequence[OutputSpec], action_names: Sequence[str],
+                 action_groups: Sequence[OutputSpec] = (),
+                 presentation: Presentation = Presentation(),
+                 single_features: bool = True, image_effort: str = "best",
+                 fidelity: attribution_codec.FidelityTarget = attribution_codec.FidelityTarget()):
+        if image_effort not in EFFORT:
+            raise BundleError(f"image_effort must be one of {sorted(EFFORT)}, "
+                              f"not {image_effort!r}")
+        self.root = Path(directory)
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        self.model = dict(model)
+        self.outputs = list(outputs)
+        self.action_names = list(action_names)
+        self.action_groups = list(action_groups)
+        self.presentation = presentation
+        self.single_features = single_features
+        self.image_effort = image_effort
+        self.fidelity = fidelity
+        self.files: dict[str, dict[str, Any]] = {}
+        self.trajectories: list[dict[str, Any]] = []
+        self.layers: list[dict[str, Any]] = []
+        self.bookmarks: dict[str, list[dict[str, Any]]] = {"high": [], "low": []}
+        self.extra_observations: np.ndarray | None = None
+        self.referenced: set[int] = set()
+        self.fidelity_report: list[dict[str, Any]] = []
+
+    # files
+    def _write(self, relative: str, data: bytes) -> str:
+        if len(data) > MAX_FILE_BYTES:
+            raise BundleError(f"{relative}: {len(data)} bytes is over the {MAX_FILE_BYTES} "
+                              "byte limit of one bundle file")
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.files[relative] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return relative
+
+    def _write_json(self, relative: str, value: Any) -> str:
+        return self._write(relative, json.dumps(value, separators=(",", ":")).encode())
+
+    # trajectories
+    def add_trajectory(self, data: TrajectoryData) -> int:
+        """Write one trajectory; returns its index."""
+        index = len(self.trajectories)
+        frames = display_frames(data.observations)
+        t, h, w, _ = frames.shape
+        atlases = []
+        for chunk, start in enumerate(range(0, t, FRAMES_PER_ATLAS)):
+            part = frames[start:start + FRAMES_PER_ATLAS]
+            name = self._write(f"frames/T{index}-{chunk}.webp",
+                               encode_image(tile(part, ATLAS_COLUMNS), self.image_effort))
+            atlases.append({"file": name, "start": start, "count": len(part)})
+        scalars = {
+            "length": t,
+            "actions": np.asarray(data.actions).astype(int).tolist(),
+            "rewards": _round(data.rewards),
+            "firsts": np.asarray(data.firsts).astype(int).tolist(),
+            "dones": np.asarray(data.dones).astype(int).tolist(),
+            "logits": _round(data.logits),
+            "values": _round(data.values),
+            "advantages": _round(data.advantages),
+        }
+        data_file = self._write(f"trajectories/T{index}.json.gz", gzip.compress(
+            json.dumps(scalars, separators=(",", ":")).encode(), compresslevel=9, mtime=0))
+        self.trajectories.append({
+            "index": index, "length": t, "data": data_file,
+            "frames": {"tile": [h, w], "columns": ATLAS_COLUMNS, "atlases": atlases},
+            "episodes_completed": int(np.sum(np.asarray(data.dones) != 0)),
+            "total_reward": float(np.sum(data.rewards)),
+        })
+        return index
+
+    def set_bookmarks(self, high: Iterable[BookmarkEntry], low: Iterable[BookmarkEntry]) -> None:
+        self.bookmarks = {name: [{"trajectory": int(b.trajectory), "step": int(b.step),
+                                  "score": float(f"{b.score:.6g}")} for b in marks]
+                          for name, marks in (("high", high), ("low", low))}
+
+    # layers
+    def add_layer(self, spec: LayerSpec) -> int:
+        """Declare a layer; returns its index (used in file names)."""
+        if any(layer["name"] == spec.name for layer in self.layers):
+            raise BundleError(f"layer {spec.name!r} added twice")
+        k = spec.features
+        self.layers.append({
+            "name": spec.name, "kind": spec.kind, "shape": list(spec.shape), "features": k,
+            "hues": np.round(rendering.feature_hues(k), 12).tolist(),
+            "colours": rendering.hex_colours(rendering.legend_colours(k)),
+            "views": [str(v) for v in rendering.views(
+                k, self.single_features and spec.kind == "attribution")],
+            "attribution": {}, "legend": None, "feature_views": None,
+        })
+        return len(self.layers) - 1
+
+    def _layer(self, name: str) -> tuple[int, dict[str, Any]]:
+        for i, layer in enumerate(self.layers):
+            if layer["name"] == name:
+                return i, layer
+        raise BundleError(f"layer {name!r} was not added")
+
+    def add_attribution(self, layer: str, trajectory: int, output: str,
+                        features: np.ndarray, residual: np.ndarray) -> dict[str, Any]:
+        """Encode the reduced attribution (T, h, w, K) + residual (T, h, w) of one triple."""
+        li, entry = self._layer(layer)
+        if output not in {o.id for o in self.outputs}:
+            raise BundleError(f"output {output!r} is not one of the bundle's outputs")
+        if not 0 <= trajectory < len(self.trajectories):
+            raise BundleError(f"trajectory {trajectory} was not added")
+        h, w, _ = entry["shape"]
+        expected = (self.trajectories[trajectory]["length"], h, w, entry["features"])
+        if tuple(np.shape(features)) != expected:
+            raise BundleError(f"layer {layer}, trajectory {trajectory}, {output}: features "
+                              f"have shape {np.shape(features)}, expected {expected}")
+        data = attribution_codec.encode(features, residual,
+                                        single_features=self.single_features,
+                                        target=self.fidelity)
+        header = attribution_codec.decode(data).header
+        name = self._write(f"attribution/L{li}/T{trajectory}-{output}.gatr", data)
+        files = entry["attribution"].setdefault(output, [None] * len(self.trajectories))
+        files[trajectory] = name
+        report = {"layer": layer, "trajectory": trajectory, "output": output,
+                  "bytes": len(data), "step": header.step,
+                  "checked_mae": header.worst_mae, "checked_psnr": header.worst_psnr}
+        self.fidelity_report.append(report)
+        return report
+
+    # feature visualisation
+    def add_legend(self, layer: str, thumbnails: np.ndarray) -> None:
+        """Legend thumbnails (K, h, w, 4) float RGBA, one per feature, in feature order."""
+        li, entry = self._layer(layer)
+        thumbs = rendering.to_uint8(thumbnails)
+        if thumbs.ndim != 4 or thumbs.shape[0] != entry["features"] or thumbs.shape[-1] != 4:
+            raise BundleError(f"layer {layer}: legend thumbnails must be (K={entry['features']}"
+                              f", h, w, 4), got {thumbs.shape}")
+        name = self._write(f"features/L{li}/legend.webp",
+                           encode_image(tile(thumbs, thumbs.shape[0])))
+        entry["legend"] = {"file": name, "tile": list(thumbs.shape[1:3])}
+
+    def add_feature_views(self, layer: str, feature: int, grids: Sequence[FeatureGrid], *,
+                          expand_mults: Sequence[float], observation_shape: tuple[int, int]
+                          ) -> None:
+        """The full views of one feature: a grid per subdiv_mult, shown at every expand_mult
+        (features/L<l>/f<k>.json.gz, gzip-compressed JSON)."""
+        li, entry = self._layer(layer)
+        if not 0 <= feature < entry["features"]:
+            raise BundleError(f"layer {layer}: feature {feature} out of range")
+        items = []
+        for g in grids:
+            indices = np.asarray(g.indices, dtype=np.int64)
+            acts = np.asarray(g.acts, dtype=np.float64)
+            if indices.ndim != 2 or acts.shape != indices.shape:
+                raise BundleError(f"layer {layer}, feature {feature}: grid indices and acts "
+                                  f"must be 2-D and alike, got {indices.shape}, {acts.shape}")
+            if np.shape(g.centre_rows) != indices.shape[:1] or \
+                    np.shape(g.centre_cols) != indices.shape[1:]:
+                raise BundleError(f"layer {layer}, feature {feature}: centres do not match "
+                                  "the grid")
+            self.referenced.update(int(i) for i in np.unique(indices))
+            items.append({"subdiv_mult": float(g.subdiv_mult), "shape": list(indices.shape),
+                          "centre_rows": _round(g.centre_rows, 8),
+                          "centre_cols": _round(g.centre_cols, 8),
+                          "indices": indices.ravel().tolist(), "acts": _round(acts.ravel(), 5)})
+        detail = {"feature": feature, "layer_shape": list(entry["shape"][:2]),
+                  "observation_shape": [int(observation_shape[0]), int(observation_shape[1])],
+                  "expand_mults": [float(e) for e in expand_mults], "grids": items}
+        raw = json.dumps(detail, separators=(",", ":")).encode()
+        name = self._write(f"features/L{li}/f{feature}.json.gz",
+                           gzip.compress(raw, compresslevel=9, mtime=0))
+        if entry["feature_views"] is None:
+            entry["feature_views"] = [None] * entry["features"]
+        entry["feature_views"][feature] = name
+
+    def add_extra_observations(self, observations: np.ndarray) -> None:
+        """The extra observations feature-view grids index into (only referenced ones are
+        written, at `finish`)."""
+        self.extra_observations = np.asarray(observations)
+
+    def _write_extra(self) -> dict[str, Any] | None:
+        if not self.referenced:
+            return None
+        if self.extra_observations is None:
+            raise BundleError("feature views refer to extra observations, but none were added")
+        indices = np.array(sorted(self.referenced), dtype=np.int64)
+        if indices[0] < 0 or indices[-1] >= len(self.extra_observations):
+            raise BundleError(f"feature views refer to extra observation {indices[-1]}, but "
+                              f"there are {len(self.extra_observations)}")
+        frames = display_frames(self.extra_observations[indices])
+        atlases = []
+        for chunk, start in enumerate(range(0, len(frames), EXTRA_PER_ATLAS)):
+            part = frames[start:start + EXTRA_PER_ATLAS]
+            name = self._write(f"observations/extra-{chunk}.webp",
+                               encode_image(tile(part, 16), lossy_quality=EXTRA_QUALITY))
+            atlases.append({"file": name, "start": start, "count": len(part)})
+        return {"indices": indices.tolist(), "tile": list(frames.shape[1:3]), "columns": 16,
+                "atlases": atlases}
+
+    def finish(self, provenance: dict[str, Any], default_layer: str | None = None
+               ) -> dict[str, Any]:
+        """Write the remaining files and bundle.json; returns the index."""
+        extra = self._write_extra()
+        if not self.layers:
+            raise BundleError("a bundle needs at least one layer")
+        names = [layer["name"] for layer in self.layers]
+        if default_layer is None:
+            attribution_layers = [n for n, la in zip(names, self.layers)
+                                  if la["kind"] == "attribution"] or names
+            default_layer = attribution_layers[len(attribution_layers) // 2]
+        for layer in self.layers:
+            for output, files in layer["attribution"].items():
+                if any(f is None for f in files):
+                    missing = [i for i, f in enumerate(files) if f is None]
+                    raise BundleError(f"layer {layer['name']}, output {output}: attribution "
+                                      f"missing for trajectories {missing}")
+        index = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "codec_version": attribution_codec.CODEC_VERSION,
+            "model": self.model,
+            "provenance": provenance,
+            "presentation": asdict(self.presentation),
+            "action_names": self.action_names,
+            "action_groups": [asdict(g) for g in self.action_groups],
+            "outputs": [asdict(o) for o in self.outputs],
+            "single_features": self.single_features,
+            "trajectories": self.trajectories,
+            "bookmarks": self.bookmarks,
+            "layers": self.layers,
+            "default_layer": default_layer,
+            "extra_observations": extra,
+            "files": dict(sorted(self.files.items())),
+        }
+        (self.root / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+        return index
+
+
+def _number(x: float) -> str:
+    """1.0 -> '1', 0.25 -> '0.25' (file-name friendly)."""
+    return f"{x:g}"
+
+
+# --- reading and validating -------------------------------------------------------------
+
+
+def read_bundle(directory: str | Path) -> dict[str, Any]:
+    """The index of the bundle in `directory`, after checking its format and version."""
+    path = Path(directory) / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no bundle here (bundle.json is missing)") from None
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path}: cannot read the bundle index ({err})") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
+        raise BundleError(f"{path}: not a gallery interface bundle")
+    version = index.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(f"{path}: bundle format version {version}; this gallery reads "
+                          f"version {FORMAT_VERSION}: rebuild the interface")
+    return index
+
+
+REQUIRED_KEYS = ("model", "provenance", "presentation", "action_names", "outputs",
+                 "trajectories", "bookmarks", "layers", "default_layer", "files")
+
+
+def validate_bundle(directory: str | Path, *, decode_frames: int = 1) -> dict[str, Any]:
+    """Check a bundle thoroughly; returns its index or raises BundleError listing problems.
+
+    Checks: the index's keys, that every file it names exists with the recorded size and
+    sha256 and is at most MAX_FILE_BYTES, that attribution files parse and match their
+    layer and trajectory, that images decode to the sizes the index gives, and (unless
+    `decode_frames` is 0) that that many frames of each attribution file decode.
+    """
+    root = Path(directory)
+    index = read_bundle(root)
+    problems: list[str] = [f"bundle.json: missing key {k!r}" for k in REQUIRED_KEYS
+                           if k not in index]
+    if problems:
+        raise BundleError("; ".join(problems))
+    for name, meta in index["files"].items():
+        problems += _check_file(root, name, meta)
+    named = set(index["files"])
+    for reference in _references(index):
+        if reference not in named:
+            problems.append(f"bundle.json names {reference}, which is not in its file list")
+    if not problems:
+        problems += _check_contents(root, index, decode_frames)
+    if problems:
+        raise BundleError(f"{root}: invalid bundle:\n  " + "\n  ".join(problems))
+    return index
+
+
+def _check_file(root: Path, name: str, meta: dict[str, Any]) -> list[str]:
+    path = root / name
+    if ".." in Path(name).parts or Path(name).is_absolute():
+        return [f"{name}: file names must stay inside the bundle"]
+    if not path.is_file():
+        return [f"{name}: missing"]
+    data = path.read_bytes()
+    problems = []
+    if len(data) != meta.get("bytes"):
+        problems.append(f"{name}: {len(data)} bytes, the index says {meta.get('bytes')}")
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        problems.append(f"{name}: sha256 differs from the index (file changed or corrupt)")
+    if len(data) > MAX_FILE_BYTES:
+        problems.append(f"{name}: {len(data)} bytes, over the {MAX_FILE_BYTES} byte limit")
+    return problems
+
+
+def _references(index: dict[str, Any]) -> list[str]:
+    refs: list[str] = []
+    for t in index["trajectories"]:
+        refs.append(t["data"])
+        refs += [a["file"] for a in t["frames"]["atlases"]]
+    for layer in index["layers"]:
+        for files in layer["attribution"].values():
+            refs += files
+        if layer.get("legend"):
+            refs.append(layer["legend"]["file"])
+        refs += [f for f in layer.get("feature_views") or [] if f]
+    extra = index.get("extra_observations")
+    if extra:
+        refs += [a["file"] for a in extra["atlases"]]
+    return refs
+
+
+def _check_contents(root: Path, index: dict[str, Any], decode_frames: int) -> list[str]:
+    problems: list[str] = []
+    lengths = [t["length"] for t in index["trajectories"]]
+    for t in index["trajectories"]:
+        data = read_json(root / t["data"])
+        for key in ("actions", "rewards", "firsts", "dones", "logits", "values", "advantages"):
+            if len(data.get(key, [])) != t["length"]:
+                problems.append(f"{t['data']}: {key} does not have {t['length']} entries")
+        h, w = t["frames"]["tile"]
+        for atlas in t["frames"]["atlases"]:
+            problems += _check_atlas(root, atlas, h, w, t["frames"]["columns"])
+    for layer in index["layers"]:
+        h, w, _ = layer["shape"]
+        for output, files in layer["attribution"].items():
+            for e, name in enumerate(files):
+                try:
+                    parsed = attribution_codec.decode((root / name).read_bytes())
+                    head = parsed.header
+                    if (head.frames, head.height, head.width, head.features) != (
+                            lengths[e], h, w, layer["features"]):
+                        problems.append(f"{name}: shape does not match layer "
+                                        f"{layer['name']} and trajectory {e}")
+                    elif decode_frames:
+                        parsed.codes(np.linspace(0, head.frames - 1, decode_frames).astype(int))
+                except (attribution_codec.CodecError, OSError, ValueError, IndexError) as err:
+                    problems.append(f"{name}: {err}")
+    return problems
+
+
+def _check_atlas(root: Path, atlas: dict[str, Any], h: int, w: int, columns: int) -> list[str]:
+    try:
+        with Image.open(root / atlas["file"]) as image:
+            width, height = image.size
+    except OSError as err:
+        return [f"{atlas['file']}: cannot decode ({err})"]
+    rows = math.ceil(atlas["count"] / columns)
+    cols = min(columns, atlas["count"]) if rows == 1 else columns
+    if (width, height) != (cols * w, rows * h):
+        return [f"{atlas['file']}: {width}x{height} pixels, expected {cols * w}x{rows * h}"]
+    return []
+
+
+def read_json(path: Path) -> Any:
+    """A bundle's JSON file, gzip-compressed when its name ends in .gz."""
+    data = path.read_bytes()
+    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+
+
+# --- sizes ------------------------------------------------------------------------------
+
+
+def bundle_sizes(directory: str | Path, viewer_bytes: int = 0) -> dict[str, Any]:
+    """Bytes of a bundle: total, per kind of file, the largest file and the first load.
+
+    The first load is what the viewer fetches before the model page is interactive: the
+    index, the first trajectory (data and frames), the default layer's attribution of that
+    trajectory for the first output and its legend, plus `viewer_bytes` (JS and CSS).
+    """
+    root = Path(directory)
+    index = read_bundle(root)
+    files = index["files"]
+    by_kind: dict[str, int] = {}
+    for name, meta in files.items():
+        by_kind[name.split("/")[0]] = by_kind.get(name.split("/")[0], 0) + meta["bytes"]
+    index_bytes = (root / INDEX_FILE).stat().st_size
+    total = sum(m["bytes"] for m in files.values()) + index_bytes
+    first = [index["trajectories"][0]["data"],
+             *[a["file"] for a in index["trajectories"][0]["frames"]["atlases"]]]
+    layer = next(la for la in index["layers"] if la["name"] == index["default_layer"])
+    if layer["attribution"]:
+        first.append(next(iter(layer["attribution"].values()))[0])
+    if layer.get("legend"):
+        first.append(layer["legend"]["file"])
+    largest = max(files.items(), key=lambda kv: kv[1]["bytes"]) if files else ("", {"bytes": 0})
+    return {
+        "total_bytes": total,
+        "by_kind": dict(sorted(by_kind.items())),
+        "largest_file": {"name": largest[0], "bytes": largest[1]["bytes"]},
+        "first_load_bytes": index_bytes + viewer_bytes + sum(files[f]["bytes"] for f in first),
+        "files": len(files) + 1,
+    }
+
+
+def directory_bytes(directory: str | Path) -> int:
+    """Total size of the files under a folder."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+
+
+def relative_files(directory: str | Path) -> list[str]:
+    root = Path(directory)
+    return sorted(os.path.relpath(p, root) for p in root.rglob("*") if p.is_file())

@@ -1,0 +1,409 @@
+"""Every section and behaviour of interface.md in headless Chromium, on interfaces built
+from the real CoinRun checkpoint. Any console error fails a test (see `open_page`).
+Screenshots of the main views are saved under docs/screenshots/."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+
+from gallery import rendering
+
+
+def state(page) -> dict:
+    return page.evaluate("window.galleryViewer.getState()")
+
+
+def drawn(page, row: int = 0) -> str:
+    return page.evaluate(
+        f"document.querySelector('canvas.attr[data-row=\"{row}\"]').dataset.drawn")
+
+
+def wait_drawn(page, prefix: str, row: int = 0) -> str:
+    page.wait_for_function(
+        f"(document.querySelector('canvas.attr[data-row=\"{row}\"]')?.dataset.drawn || '')"
+        f".startsWith({json.dumps(prefix)})")
+    return drawn(page, row)
+
+
+def bundle_index(interface: dict) -> dict:
+    return json.loads((interface["dir"] / "bundle" / "bundle.json").read_text())
+
+
+def trajectory_data(interface: dict, e: int) -> dict:
+    from gallery.bundle import read_json
+
+    return read_json(interface["dir"] / "bundle" / "trajectories" / f"T{e}.json.gz")
+
+
+def test_trajectories_bookmarks_and_layers(small_interface, open_page):
+    page = open_page(small_interface["dir"])
+    index = bundle_index(small_interface)
+    assert page.locator(".gallery-viewer h1").inner_text() == "CoinRun (test)"
+    # 1. trajectories
+    labels = page.locator(".gv-trajectories label")
+    assert labels.count() == 2
+    assert "48 frames" in labels.nth(1).inner_text()
+    labels.nth(1).click()
+    assert state(page)["trajectory"] == 1
+    wait_drawn(page, "4a|1|value|")
+    # 2. bookmarks: links in order; a click jumps to that trajectory and frame
+    low = page.locator(".gv-bookmarks ul.low button")
+    high = page.locator(".gv-bookmarks ul.high button")
+    assert low.count() == len(index["bookmarks"]["low"]) > 0
+    assert high.count() == len(index["bookmarks"]["high"]) > 0
+    mark = index["bookmarks"]["high"][0]
+    assert high.nth(0).inner_text() == f"trajectory {mark['trajectory'] + 1}, frame {mark['step'] + 1}"
+    high.nth(0).click()
+    s = state(page)
+    assert (s["trajectory"], s["frame"]) == (mark["trajectory"], mark["step"])
+    wait_drawn(page, f"4a|{mark['trajectory']}|value|{mark['step']}|")
+    # 3. layers: switching shows the new layer's data at its own resolution
+    radios = page.locator(".gv-layers label")
+    assert [radios.nth(i).locator(".name").inner_text() for i in range(radios.count())] == \
+        ["2b", "4a"]
+    assert index["default_layer"] == "4a"  # the middle one of two, as in the reference
+    radios.nth(0).click()
+    wait_drawn(page, "2b|")
+    assert page.evaluate("document.querySelector('canvas.attr').width") == 32
+    radios.nth(1).click()
+    wait_drawn(page, "4a|")
+    assert page.evaluate("document.querySelector('canvas.attr').width") == 8
+
+
+def test_timeline_readout_navigation_graphs_and_scrubbers(small_interface, open_page):
+    page = open_page(small_interface["dir"])
+    data = trajectory_data(small_interface, 0)
+    names = bundle_index(small_interface)["action_names"]
+
+    def readout():
+        return (page.locator(".gv-frame").inner_text(), page.locator(".gv-reward").inner_text(),
+                page.locator(".gv-action").inner_text())
+
+    assert readout() == ("1", "–", names[data["actions"][0]])
+    # policy bar: one bar per action, widths are the softmax of the logits
+    bars = page.locator(".policy .bar")
+    assert bars.count() == len(names)
+    logits = data["logits"][0]
+    top = max(logits)
+    probs = [math.exp(v - top) for v in logits]
+    probs = [p / sum(probs) for p in probs]
+    widths = page.evaluate("[...document.querySelectorAll('.policy .bar')].map(b => parseFloat(b.style.width))")
+    assert max(abs(w - 100 * p) for w, p in zip(widths, probs)) < 0.01
+    assert page.locator(".policy .bar.taken").count() == 1
+    taken = page.evaluate("[...document.querySelectorAll('.policy .bar')].findIndex(b => b.classList.contains('taken'))")
+    assert taken == data["actions"][0]
+    # navigation buttons
+    nav = page.locator(".navigator")
+    nav.get_by_label("Step forward").click()
+    assert state(page)["frame"] == 1
+    assert readout() == ("2", format(data["rewards"][0], "g"), names[data["actions"][1]])
+    nav.get_by_label("Go to end").click()
+    assert state(page)["frame"] == 47
+    nav.get_by_label("Step back").click()
+    assert state(page)["frame"] == 46
+    nav.get_by_label("Go to start").click()
+    assert state(page)["frame"] == 0
+    page.locator(".navigator input[type=range]").fill("20")
+    assert state(page)["frame"] == 20
+    wait_drawn(page, "4a|0|value|20|")
+    # play at 12 fps, then pause
+    nav.get_by_label("Play").click()
+    time.sleep(0.75)
+    nav.get_by_label("Pause").click()
+    advanced = state(page)["frame"] - 20
+    assert 4 <= advanced <= 11, advanced
+    # graphs: the advantage and the value function, with their current values
+    graphs = page.locator(".graph .label")
+    assert graphs.count() == 2
+    assert graphs.nth(0).inner_text().startswith("advantage: ")
+    assert graphs.nth(1).inner_text().startswith("value function: ")
+    frame = state(page)["frame"]
+    assert graphs.nth(1).inner_text() == f"value function: {data['values'][frame]:.3f}"
+    # scrubbers: observations and one attribution row; pressing right of centre moves on
+    assert page.locator(".strips .scrubber").count() == 2
+    strip = page.locator(".strips .scrubber canvas").first
+    box = strip.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + box["height"] / 2)
+    assert state(page)["frame"] == min(47, frame + 64)
+    page.mouse.click(box["x"] + box["width"] * 0.5 - box["width"] / 256 * 10,
+                     box["y"] + box["height"] / 2)
+    assert state(page)["frame"] == min(47, frame + 64) - 10
+    # the scrubber strips have content (observation slices are not blank)
+    filled = page.evaluate("""() => { const c = document.querySelector('.strips .scrubber canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i] !== 230) n++; return n; }""")
+    assert filled > 100
+
+
+def test_attribution_rows_chart_legend_and_hotkeys(small_interface, open_page, screenshots):
+    page = open_page(small_interface["dir"], "#layer=2b&frame=10")
+    wait_drawn(page, "2b|0|value|10|abs|all")
+    row = page.locator(".gv-attribution .row").first
+    # selectors: no output choice without policy attribution; three directions; all views
+    assert row.locator("select").count() == 2
+    assert row.get_by_label("Direction of row 1").locator("option").count() == 3
+    views = row.get_by_label("View of row 1").locator("option")
+    assert [views.nth(i).get_attribute("value") for i in range(views.count())] == \
+        [str(v) for v in rendering.views(8, True)]
+    row.get_by_label("Direction of row 1").select_option("neg")
+    row.get_by_label("View of row 1").select_option("3")
+    wait_drawn(page, "2b|0|value|10|neg|3")
+    assert page.locator(".gv-attribution button", has_text="Add row").count() == 0
+    # the chart: per-feature totals at this frame, from the file's float totals
+    label = page.locator(".gv-attribution [role=img]").filter(
+        has=page.locator("canvas.chart")).first.get_attribute("aria-label")
+    features, residual = small_interface["arrays"][("2b", 0, "value")]
+    expected = f"feature 1 {float(features[10].sum(axis=(0, 1))[0]):.3g}"
+    assert label.startswith("Attribution summed over positions: ")
+    assert float(label.split("feature 1 ")[1].split(",")[0]) == pytest.approx(
+        float(features[10].sum(axis=(0, 1))[0]), rel=5e-3, abs=1e-6), expected
+    # legend: one thumbnail per feature; hovering isolates it in the attribution row
+    items = page.locator(".gv-legend .item")
+    assert items.count() == 8
+    items.nth(5).hover()
+    wait_drawn(page, "2b|0|value|10|neg|5")
+    page.mouse.move(5, 5)
+    wait_drawn(page, "2b|0|value|10|neg|3")
+    # hotkeys (listed on the page): arrows step, space plays, arrows set the direction
+    assert page.locator(".gv-hotkeys dt").count() == 3
+    page.locator(".gallery-viewer h1").click()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert state(page)["frame"] == 12
+    page.keyboard.press("ArrowLeft")
+    assert state(page)["frame"] == 11
+    page.keyboard.press(" ")
+    page.keyboard.press("ArrowLeft")
+    time.sleep(0.5)
+    page.keyboard.press(" ")
+    assert state(page)["frame"] < 11
+    page.evaluate("window.galleryViewer.setState({frame: 30, rows: [{output: 'value', direction: 'abs', view: 'all'}]})")
+    wait_drawn(page, "2b|0|value|30|abs|all")
+    page.screenshot(path=str(screenshots / "viewer-overview.png"), full_page=True)
+
+
+def test_feature_popup(small_interface, open_page, screenshots):
+    page = open_page(small_interface["dir"], "#layer=2b&frame=5")
+    page.locator(".gv-legend .item").nth(2).click()
+    dialog = page.get_by_role("dialog")
+    assert "layer 2b, feature 3" in dialog.locator("h2").inner_text()
+    assert state(page)["feature"] == 2
+    canvas = dialog.locator("canvas")
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    # zoom slider (expand_mult) and the mouse wheel; patch-count slider (subdiv_mult)
+    zoom = dialog.get_by_label("Zoom (patch size)")
+    zoom.fill("3")
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|8|faded'")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|8|opaque'")
+    page.mouse.wheel(0, -100)
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|opaque'")
+    page.mouse.move(box["x"] - 40, box["y"] - 40)  # leave: weak patches faded again
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    patches = dialog.get_by_label("Number of patches")
+    assert patches.get_attribute("max") == "3"
+    patches.fill("3")
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '2|4|faded'")
+    patches.fill("2")
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    page.screenshot(path=str(screenshots / "viewer-feature-popup.png"))
+    # pressing a patch reveals the whole observation it came from (the grid says which)
+    detail = feature_detail(small_interface, "2b", 2)
+    grid = next(g for g in detail["grids"] if g["subdiv_mult"] == 1)
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.6
+    expected = expected_cell(detail, grid, 4, 0.3, 0.6)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.revealed !== ''")
+    assert int(canvas.get_attribute("data-revealed")) == expected
+    assert page.evaluate("document.querySelector('[role=dialog] canvas').width") == 64
+    page.mouse.up()
+    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.revealed === ''")
+    page.keyboard.press("Escape")
+    assert page.get_by_role("dialog").count() == 0
+    assert state(page)["feature"] is None
+
+
+def feature_detail(interface: dict, layer: str, feature: int) -> dict:
+    import gzip
+
+    index = bundle_index(interface)
+    entry = next(la for la in index["layers"] if la["name"] == layer)
+    path = interface["dir"] / "bundle" / entry["feature_views"][feature]
+    return json.loads(gzip.decompress(path.read_bytes()))
+
+
+def expected_cell(detail: dict, grid: dict, expand: float, fx: float, fy: float) -> int:
+    """The observation under (fx, fy) of a view, from the layout of dataset_examples."""
+    from gallery.dataset_examples import patch_bounds
+
+    (H, W), (h, w) = detail["observation_shape"], detail["layer_shape"]
+    heights = [b - a for a, b in (patch_bounds(c, H / h, expand) for c in grid["centre_rows"])]
+    widths = [b - a for a, b in (patch_bounds(c, W / w, expand) for c in grid["centre_cols"])]
+    y, x = fy * sum(heights), fx * sum(widths)
+    i = next(k for k in range(len(heights)) if y < sum(heights[:k + 1]))
+    j = next(k for k in range(len(widths)) if x < sum(widths[:k + 1]))
+    return grid["indices"][i * grid["shape"][1] + j]
+
+
+def test_feature_view_matches_dataset_examples(small_interface, open_page):
+    """The popup's layout of patches equals gallery.dataset_examples.feature_view."""
+    import numpy as np
+
+    from gallery.dataset_examples import rescale_opacity
+
+    page = open_page(small_interface["dir"], "#layer=4a&feature=1")
+    page.wait_for_function("document.querySelector('[role=dialog] canvas')?.dataset.view === '1|4|faded'")
+    pixels = page.evaluate("""() => { const c = document.querySelector('[role=dialog] canvas');
+        return {w: c.width, h: c.height, d: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)}; }""")
+    got = np.array(pixels["d"], np.uint8).reshape(pixels["h"], pixels["w"], 4)
+    detail = feature_detail(small_interface, "4a", 1)
+    grid = next(g for g in detail["grids"] if g["subdiv_mult"] == 1)
+    assert got.shape[:2] == (sum(b - a for a, b in _bounds(detail, grid, 4, 0)),
+                             sum(b - a for a, b in _bounds(detail, grid, 4, 1)))
+    # alpha per patch: rescale_opacity of activation / max, as the reference assembles it
+    assert rescale_opacity is not None
+    alpha = got[..., 3].astype(float) / 255
+    assert alpha.min() >= 15 / 255 - 1 / 255 and alpha.max() == 1.0
+
+
+def _bounds(detail, grid, expand, axis):
+    from gallery.dataset_examples import patch_bounds
+
+    size = detail["observation_shape"][axis] / detail["layer_shape"][axis]
+    centres = grid["centre_rows"] if axis == 0 else grid["centre_cols"]
+    return [patch_bounds(c, size, expand) for c in centres]
+
+
+def test_deep_link_restores_the_view(small_interface, open_page):
+    link = "#layer=2b&trajectory=1&frame=17&rows=value.pos.res&feature=4"
+    page = open_page(small_interface["dir"], link)
+    s = state(page)
+    assert (s["layer"], s["trajectory"], s["frame"], s["feature"]) == ("2b", 1, 17, 4)
+    assert s["rows"] == [{"output": "value", "direction": "pos", "view": "res"}]
+    assert page.get_by_role("dialog").count() == 1
+    page.keyboard.press("Escape")
+    wait_drawn(page, "2b|1|value|17|pos|res")
+    # the URL follows the view, and reloading it restores the same view
+    page.evaluate("window.galleryViewer.setState({frame: 33, layer: '4a'})")
+    page.wait_for_function("location.hash.includes('frame=33')")
+    url = page.url
+    assert "layer=4a" in url and "trajectory=1" in url and "rows=value.pos.res" in url
+    page.goto(url)
+    page.reload()
+    page.wait_for_function("window.galleryViewer !== undefined")
+    page.evaluate("window.galleryViewer.ready")
+    s = state(page)
+    assert (s["layer"], s["trajectory"], s["frame"]) == ("4a", 1, 33)
+    wait_drawn(page, "4a|1|value|33|pos|res")
+    # nonsense in a link is ignored, not an error
+    page.evaluate("location.hash = '#layer=nope&frame=abc&rows=zzz.up.9'")
+    time.sleep(0.2)
+    assert state(page)["layer"] == "4a"
+
+
+def test_switching_never_shows_stale_frames(small_interface, open_page):
+    """After a switch of layer or trajectory the canvas is blank or shows the new data,
+    checked synchronously right after each change."""
+    page = open_page(small_interface["dir"], "#layer=2b")
+    wait_drawn(page, "2b|0|")
+    seen = page.evaluate("""async () => {
+      const v = window.galleryViewer, c = () => document.querySelector('canvas.attr');
+      const out = [];
+      const beforePaint = () => new Promise((r) => requestAnimationFrame(() => r()));
+      for (const [layer, trajectory] of [['4a', 0], ['4a', 1], ['2b', 1], ['2b', 0], ['4a', 1]]) {
+        v.setState({layer, trajectory});
+        for (let i = 0; i < 30; i++) {
+          await beforePaint();  // what the next paint will show
+          out.push([layer, trajectory, c().dataset.drawn, c().width]);
+        }
+      }
+      return out;
+    }""")
+    for layer, trajectory, drawn_as, width in seen:
+        if drawn_as:
+            assert drawn_as.startswith(f"{layer}|{trajectory}|"), (layer, trajectory, drawn_as)
+            assert width == (32 if layer == "2b" else 8)
+
+
+def test_policy_rows_input_layer_and_narrow_screen(policy_interface, open_page, screenshots):
+    page = open_page(policy_interface["dir"], "#layer=4a")
+    index = bundle_index(policy_interface)
+    assert [la["name"] for la in index["layers"]] == ["input", "4a"]
+    # outputs: value, 15 actions, 5 groups; rows can be added and removed
+    output = page.get_by_label("Output of row 1")
+    assert output.locator("option").count() == 1 + 15 + 5
+    page.get_by_role("button", name="Add row").click()
+    assert page.locator(".gv-attribution .row").count() == 2
+    page.get_by_label("Output of row 2").select_option("group-RIGHT")
+    wait_drawn(page, "4a|0|group-RIGHT|", row=1)
+    labels = page.locator(".graph .label")
+    assert labels.count() == 3
+    assert labels.nth(2).inner_text().startswith("[ RIGHT+DOWN | RIGHT | RIGHT+UP ] logit sum")
+    page.get_by_label("Output of row 1").select_option("action-7")
+    wait_drawn(page, "4a|0|action-7|", row=0)
+    assert labels.nth(1).inner_text().startswith("RIGHT logit")
+    assert page.locator(".strips .scrubber").count() == 3
+    page.screenshot(path=str(screenshots / "viewer-policy-rows.png"), full_page=True)
+    page.get_by_role("button", name="Remove row 2").click()
+    assert page.locator(".gv-attribution .row").count() == 1
+    assert page.get_by_role("button", name="Remove row 1").count() == 0
+    # the input layer shows gradients, and says so
+    page.locator(".gv-layers label", has_text="input").click()
+    assert "gradients" in page.locator(".gv-layers label", has_text="input").inner_text()
+    assert page.locator("#gv-attribution-h").inner_text().startswith("Gradients")
+    wait_drawn(page, "input|0|action-7|")
+    assert page.evaluate("document.querySelector('canvas.attr').width") == 64
+    views = page.get_by_label("View of row 1").locator("option")
+    assert [views.nth(i).get_attribute("value") for i in range(views.count())] == ["prin", "all"]
+    # readable on a narrow screen: the page is no wider than the viewport
+    narrow = open_page(policy_interface["dir"], "#layer=4a", viewport=(390, 844))
+    width = narrow.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, width
+    narrow.screenshot(path=str(screenshots / "viewer-narrow.png"), full_page=True)
+
+
+def test_mount_api_and_opened_from_disk(small_interface, open_page, browser):
+    folder: Path = small_interface["dir"]
+    (folder / "embed.html").write_text("""<!doctype html><html><head><meta charset="utf-8">
+<link rel="icon" href="data:,"><link rel="stylesheet" href="viewer/viewer.css"></head>
+<body><div id="a"></div><script type="module">
+import { mountViewer, parseDeepLink } from "./viewer/viewer.js";
+const changes = [];
+window.galleryViewer = mountViewer(document.getElementById("a"), {
+  bundleUrl: "bundle/bundle.json", state: "#layer=2b&frame=7", hotkeys: false,
+  onStateChange: (s) => changes.push(s.frame) });
+window.changes = changes;
+window.parsed = parseDeepLink("#frame=3&rows=value.neg.all");
+</script></body></html>""")
+    page = open_page(folder)
+    page.goto(page.base_url + "embed.html")
+    page.wait_for_function("window.galleryViewer !== undefined")
+    page.evaluate("window.galleryViewer.ready")
+    assert state(page)["frame"] == 7 and state(page)["layer"] == "2b"
+    assert page.evaluate("window.parsed") == {
+        "frame": 3, "rows": [{"output": "value", "direction": "neg", "view": "all"}]}
+    page.evaluate("window.galleryViewer.setState({frame: 9})")
+    page.wait_for_function("window.changes.includes(9)")
+    assert page.evaluate("window.galleryViewer.deepLink()").startswith("#model=")
+    page.keyboard.press("ArrowRight")  # hotkeys off for this viewer
+    assert state(page)["frame"] == 9
+    page.evaluate("window.galleryViewer.destroy()")
+    assert page.evaluate("document.getElementById('a').children.length") == 0
+    # opened from disk: the page says how to view it, and loads nothing
+    context = browser.new_context()
+    disk = context.new_page()
+    errors = []
+    disk.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    disk.goto((folder / "index.html").as_uri())
+    assert disk.locator("#gallery-from-disk").is_visible()
+    assert "python3 -m http.server" in disk.locator("#gallery-from-disk").inner_text()
+    assert not errors
+    context.close()

@@ -1,0 +1,323 @@
+"""The bundle format: attribution codec (levels, error diffusion, rANS, file layout), the
+writer, and the reader/validator. Fast: synthetic arrays only."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from gallery import attribution_codec as codec
+from gallery import bundle as bundles
+from gallery import rendering
+
+# --- levels and error diffusion --------------------------------------------------------------
+
+
+def test_levels_are_uniform_then_geometric():
+    table = codec.LevelTable(0.01)
+    levels = table.values()
+    assert table.linear == 50 and levels[0] == 0 and len(levels) == codec.NUM_LEVELS
+    np.testing.assert_allclose(levels[:51], np.arange(51) * 0.01)
+    ratios = levels[52:] / levels[51:-1]
+    np.testing.assert_allclose(ratios, 1 + 1 / 50)
+    assert np.all(np.diff(levels) > 0) and levels[-1] > 1e4
+    assert codec.LevelTable(1.0).linear == 8 and codec.LevelTable(1e-4).linear == 64
+
+
+def test_nearest_level_rounds_to_the_closer_level():
+    levels = codec.LevelTable(0.1).values()
+    got = codec.nearest_level(np.array([0.0, 0.04, 0.06, 0.149, 0.151, 1e60]), levels)
+    assert got.tolist() == [0, 0, 1, 1, 2, codec.NUM_LEVELS - 1]
+
+
+def test_error_diffusion_keeps_sums_and_zeros():
+    rng = np.random.default_rng(0)
+    values = np.where(rng.random((6, 16, 16)) < 0.3, rng.exponential(0.004, (6, 16, 16)), 0.0)
+    levels = codec.LevelTable(0.01).values()
+    codes = codec.error_diffuse(values, levels)
+    rebuilt = levels[codes]
+    # every rounding error is carried on: each plane's sum is kept to within a step
+    assert np.all(np.abs(rebuilt.sum(axis=(1, 2)) - values.sum(axis=(1, 2))) <= 0.01)
+    # plain rounding would lose most small values
+    plain = levels[codec.nearest_level(values, levels)]
+    assert np.abs(plain.sum() - values.sum()) > 10 * np.abs(rebuilt.sum() - values.sum())
+    assert np.array_equal(codec.error_diffuse(np.zeros((2, 4, 4)), levels), np.zeros((2, 4, 4)))
+
+
+def test_split_planes_separates_signs_of_features_and_residual():
+    features = np.array([[[[1.0, -2.0]]]])
+    residual = np.array([[[-4.0]]])
+    planes = codec.split_planes(features, residual, scale=2.0)
+    # P of (f0, f1, res), then N of (f0, f1, res)
+    assert planes[0, :, 0, 0].tolist() == [0.5, 0.0, 0.0, 0.0, 1.0, 2.0]
+
+
+# --- drawing from planes equals the reference renderer when nothing is lost ----------------
+
+
+def test_planes_draw_exactly_like_the_reference():
+    """The viewer draws from P and N planes; unquantised, they give the reference pixels."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(0, 0.3, (3, 12, 12, 4)) * (rng.random((3, 12, 12, 4)) < 0.3)
+    residual = rng.normal(0, 0.1, (3, 12, 12))
+    scale = rendering.attribution_scale(features)
+    planes = codec.split_planes(features, residual, scale)
+    for direction in rendering.DIRECTIONS:
+        for view in rendering.views(4, True):
+            ref = rendering.render_attribution(features, residual, scale=scale,
+                                               direction=direction, view=view)
+            got = codec.render_planes(planes, direction, view)
+            np.testing.assert_allclose(got, ref, atol=1e-12)
+
+
+def test_negative_scale_swaps_the_planes():
+    features = -np.abs(np.random.default_rng(7).normal(size=(3, 4, 4, 2)))
+    scale = rendering.attribution_scale(features)
+    assert scale < 0
+    planes = codec.split_planes(features, np.zeros((3, 4, 4)), scale)
+    assert planes[:, :3].min() >= 0 and planes[:, 3:].max() == 0
+
+
+# --- rANS --------------------------------------------------------------------------------
+
+
+def test_rans_round_trip_many_streams():
+    rng = np.random.default_rng(2)
+    counts = rng.integers(0, 50, (3, codec.NUM_LEVELS)) * (rng.random((3, codec.NUM_LEVELS)) < 0.02)
+    counts[:, 0] += 1000
+    freq = np.stack([codec.normalise_counts(c) for c in counts])
+    assert np.all(freq.sum(axis=1) == codec.PROB_SCALE)
+    streams, n = 7, 500
+    tables = rng.integers(0, 3, (streams, n))
+    symbols = np.zeros((streams, n), np.int64)
+    for s in range(streams):
+        for t in range(n):
+            p = freq[tables[s, t]] / codec.PROB_SCALE
+            symbols[s, t] = rng.choice(codec.NUM_LEVELS, p=p)
+    encoded = codec.rans_encode(symbols, tables, freq)
+    decoded = codec.rans_decode(encoded, tables, freq, n)
+    assert np.array_equal(decoded, symbols)
+    ideal = -np.log2(freq[tables, symbols] / codec.PROB_SCALE).sum() / 8
+    assert sum(len(e) for e in encoded) <= ideal + 4 * streams + 8
+
+
+def test_normalise_counts_keeps_every_seen_symbol():
+    counts = np.zeros(codec.NUM_LEVELS, np.int64)
+    counts[[0, 5, 900]] = [10**9, 1, 1]
+    freq = codec.normalise_counts(counts)
+    assert freq.sum() == codec.PROB_SCALE and freq[5] >= 1 and freq[900] >= 1
+    assert not codec.normalise_counts(np.zeros(codec.NUM_LEVELS, np.int64)).any()
+
+
+# --- the attribution file ------------------------------------------------------------------
+
+
+def synthetic_attribution(frames=5, h=10, w=12, k=3, seed=3):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((frames, h, w, k)) < 0.25
+    features = (rng.normal(0, 1, (frames, h, w, k)) * mask).astype(np.float32)
+    residual = (rng.normal(0, 0.2, (frames, h, w)) * (rng.random((frames, h, w)) < 0.5)
+                ).astype(np.float32)
+    return features, residual
+
+
+def test_attribution_file_round_trip_and_fidelity():
+    features, residual = synthetic_attribution()
+    data = codec.encode(features, residual)
+    parsed = codec.decode(data)
+    head = parsed.header
+    assert (head.version, head.frames, head.height, head.width, head.features) == \
+        (codec.CODEC_VERSION, 5, 10, 12, 3)
+    assert head.scale == pytest.approx(rendering.attribution_scale(features))
+    np.testing.assert_allclose(parsed.totals[:, :3], features.sum(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(parsed.totals[:, 3], residual.sum(axis=(1, 2)), rtol=1e-5)
+    table = codec.LevelTable(head.step)
+    expected = codec.quantise(features, residual, head.scale, table)
+    assert np.array_equal(parsed.codes(), expected)
+    assert np.array_equal(parsed.codes(np.array([3])), expected[3:4])
+    mae, psnr = codec.worst_errors(features, residual, head.scale, expected, table)
+    target = codec.FidelityTarget()
+    assert mae <= target.max_mae and psnr >= target.min_psnr
+    assert head.worst_mae <= target.max_mae
+
+
+def test_all_zero_attribution_encodes_to_almost_nothing():
+    features = np.zeros((8, 16, 16, 4), np.float32)
+    data = codec.encode(features, np.zeros((8, 16, 16), np.float32))
+    parsed = codec.decode(data)
+    assert parsed.header.scale == 1.0 and not parsed.codes().any()
+    assert len(data) < 1000
+
+
+def test_attribution_file_golden_bytes():
+    """The layout is a contract with the viewer: a change needs a new CODEC_VERSION."""
+    features, residual = synthetic_attribution(frames=3, h=6, w=5, k=2, seed=4)
+    data = codec.encode(features, residual, table=codec.LevelTable(0.01))
+    assert data[:4] == b"GATR"
+    meta_len = int.from_bytes(data[4:8], "little")
+    header = json.loads(data[8:8 + meta_len])
+    assert list(header) == ["version", "frames", "height", "width", "features", "scale",
+                            "step", "linear", "worst_mae", "worst_psnr"]
+    parsed = codec.decode(data)
+    assert parsed.header.step == 0.01 and parsed.header.linear == 50
+    assert np.array_equal(parsed.codes(),
+                          codec.quantise(features, residual, parsed.header.scale,
+                                         codec.LevelTable(0.01)))
+
+
+def test_decode_rejects_damaged_files():
+    features, residual = synthetic_attribution(frames=2)
+    data = codec.encode(features, residual)
+    with pytest.raises(codec.CodecError, match="magic"):
+        codec.decode(b"XXXX" + data[4:])
+    with pytest.raises(codec.CodecError, match="truncated"):
+        codec.decode(data[:-3])
+    newer = data.replace(b'"version":1', b'"version":9')
+    with pytest.raises(codec.CodecError, match="version 9"):
+        codec.decode(newer)
+
+
+# --- writer, reader, validator ------------------------------------------------------------
+
+
+def write_small_bundle(root, *, frames=6, grid=True):
+    rng = np.random.default_rng(5)
+    names = ["LEFT", "RIGHT", "RIGHT+UP", "()"]
+    outputs = [bundles.value_output()]
+    writer = bundles.BundleWriter(root, model={"id": "m", "title": "M"}, outputs=outputs,
+                                  action_names=names)
+    for _ in range(2):
+        writer.add_trajectory(bundles.TrajectoryData(
+            observations=rng.integers(0, 255, (frames, 16, 16, 3), dtype=np.uint8),
+            actions=rng.integers(0, 4, frames), rewards=np.zeros(frames),
+            firsts=np.eye(1, frames, 0)[0], dones=np.zeros(frames),
+            logits=rng.normal(size=(frames, 4)), values=rng.normal(size=frames),
+            advantages=rng.normal(size=frames)))
+    writer.set_bookmarks([bundles.BookmarkEntry(1, 2, 0.5)], [bundles.BookmarkEntry(0, 3, 0.25)])
+    writer.add_layer(bundles.LayerSpec("conv", (4, 4, 6), "attribution", 3))
+    for e in range(2):
+        f, r = synthetic_attribution(frames=frames, h=4, w=4, k=3, seed=e)
+        writer.add_attribution("conv", e, "value", f, r)
+    writer.add_legend("conv", rng.random((3, 8, 8, 4)))
+    if grid:
+        writer.add_extra_observations(rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8))
+        for k in range(3):
+            writer.add_feature_views("conv", k, [bundles.FeatureGrid(
+                1.0, rng.integers(0, 20, (4, 4)), rng.random((4, 4)), np.arange(4) + 0.5,
+                np.arange(4) + 0.5, (4, 4))], expand_mults=(1, 2), observation_shape=(16, 16))
+    return writer.finish({"created": "now"})
+
+
+def test_written_bundle_validates(tmp_path):
+    index = write_small_bundle(tmp_path / "b")
+    assert index["format"] == bundles.FORMAT_NAME
+    assert index["format_version"] == bundles.FORMAT_VERSION
+    assert index["default_layer"] == "conv"
+    layer = index["layers"][0]
+    assert layer["views"] == ["prin", "all", "0", "1", "2", "res"]
+    assert layer["colours"] == rendering.hex_colours(rendering.legend_colours(3))
+    np.testing.assert_allclose(layer["hues"], rendering.feature_hues(3))
+    checked = bundles.validate_bundle(tmp_path / "b", decode_frames=2)
+    assert checked["files"] == index["files"]
+    # feature views: gzip JSON with the grid; extra observations only those referenced
+    detail = json.loads(gzip.decompress((tmp_path / "b" / layer["feature_views"][1]).read_bytes()))
+    assert detail["grids"][0]["shape"] == [4, 4] and detail["expand_mults"] == [1.0, 2.0]
+    referenced = sorted({i for k in range(3) for i in json.loads(gzip.decompress(
+        (tmp_path / "b" / layer["feature_views"][k]).read_bytes()))["grids"][0]["indices"]})
+    assert index["extra_observations"]["indices"] == referenced
+    sizes = bundles.bundle_sizes(tmp_path / "b", viewer_bytes=100)
+    assert sizes["total_bytes"] == sum(m["bytes"] for m in index["files"].values()) + \
+        (tmp_path / "b" / "bundle.json").stat().st_size
+    assert sizes["first_load_bytes"] < sizes["total_bytes"] + 100
+
+
+def test_trajectory_json_holds_the_arrays(tmp_path):
+    write_small_bundle(tmp_path / "b", grid=False)
+    data = bundles.read_json(tmp_path / "b" / "trajectories" / "T0.json.gz")
+    assert data["length"] == 6 and len(data["logits"][0]) == 4
+    assert set(data) == {"length", "actions", "rewards", "firsts", "dones", "logits", "values",
+                         "advantages"}
+
+
+def test_validation_names_the_broken_file(tmp_path):
+    root = tmp_path / "b"
+    index = write_small_bundle(root)
+    name = index["layers"][0]["attribution"]["value"][1]
+    (root / name).write_bytes((root / name).read_bytes()[:-1])
+    with pytest.raises(bundles.BundleError, match=name):
+        bundles.validate_bundle(root)
+    (root / name).unlink()
+    with pytest.raises(bundles.BundleError, match=f"{name}: missing"):
+        bundles.validate_bundle(root)
+
+
+def test_reader_refuses_other_versions_and_non_bundles(tmp_path):
+    root = tmp_path / "b"
+    write_small_bundle(root, grid=False)
+    index = json.loads((root / "bundle.json").read_text())
+    index["format_version"] = 99
+    (root / "bundle.json").write_text(json.dumps(index))
+    with pytest.raises(bundles.BundleError, match="version 99.*rebuild"):
+        bundles.read_bundle(root)
+    with pytest.raises(bundles.BundleError, match="bundle.json is missing"):
+        bundles.read_bundle(tmp_path)
+    (tmp_path / "bundle.json").write_text("{}")
+    with pytest.raises(bundles.BundleError, match="not a gallery"):
+        bundles.read_bundle(tmp_path)
+
+
+def test_writer_refuses_wrong_shapes_unknown_outputs_and_big_files(tmp_path, monkeypatch):
+    writer = bundles.BundleWriter(tmp_path / "b", model={}, outputs=[bundles.value_output()],
+                                  action_names=["A"])
+    rng = np.random.default_rng(6)
+    writer.add_trajectory(bundles.TrajectoryData(
+        rng.integers(0, 255, (4, 8, 8, 3), dtype=np.uint8), np.zeros(4), np.zeros(4),
+        np.zeros(4), np.zeros(4), np.zeros((4, 1)), np.zeros(4), np.zeros(4)))
+    writer.add_layer(bundles.LayerSpec("l", (2, 2, 4), "attribution", 2))
+    with pytest.raises(bundles.BundleError, match="expected \\(4, 2, 2, 2\\)"):
+        writer.add_attribution("l", 0, "value", np.zeros((4, 2, 2, 3)), np.zeros((4, 2, 2)))
+    with pytest.raises(bundles.BundleError, match="not one of the bundle's outputs"):
+        writer.add_attribution("l", 0, "action-0", np.zeros((4, 2, 2, 2)), np.zeros((4, 2, 2)))
+    with pytest.raises(bundles.BundleError, match="not added"):
+        writer.add_attribution("other", 0, "value", np.zeros((4, 2, 2, 2)), np.zeros((4, 2, 2)))
+    with pytest.raises(bundles.BundleError, match="uint8"):
+        bundles.TrajectoryData(np.zeros((4, 8, 8, 3)), *[np.zeros(4)] * 4, np.zeros((4, 1)),
+                               np.zeros(4), np.zeros(4))
+    monkeypatch.setattr(bundles, "MAX_FILE_BYTES", 10)
+    with pytest.raises(bundles.BundleError, match="over the 10 byte limit"):
+        writer.add_attribution("l", 0, "value", np.ones((4, 2, 2, 2)), np.zeros((4, 2, 2)))
+
+
+def test_finish_refuses_missing_attribution(tmp_path):
+    writer = bundles.BundleWriter(tmp_path / "b", model={}, outputs=[bundles.value_output()],
+                                  action_names=["A"])
+    for _ in range(2):
+        writer.add_trajectory(bundles.TrajectoryData(
+            np.zeros((3, 8, 8, 3), np.uint8), *[np.zeros(3)] * 4, np.zeros((3, 1)),
+            np.zeros(3), np.zeros(3)))
+    writer.add_layer(bundles.LayerSpec("l", (2, 2, 4), "attribution", 2))
+    writer.add_attribution("l", 0, "value", np.ones((3, 2, 2, 2)), np.zeros((3, 2, 2)))
+    with pytest.raises(bundles.BundleError, match="missing for trajectories \\[1\\]"):
+        writer.finish({})
+
+
+def test_display_frames_and_tiles():
+    grey = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
+    assert bundles.display_frames(grey).shape == (2, 3, 3, 3)
+    stacked = np.zeros((1, 2, 2, 6), np.uint8)
+    stacked[..., 3:] = 7
+    assert (bundles.display_frames(stacked) == 7).all()
+    frames = np.arange(5)[:, None, None, None] * np.ones((5, 2, 2, 1), np.uint8)
+    atlas = bundles.tile(frames, 2)
+    assert atlas.shape == (6, 4, 1) and atlas[2, 2, 0] == 3 and atlas[4, 2, 0] == 0
+
+
+def test_hash_of_files_is_recorded(tmp_path):
+    index = write_small_bundle(tmp_path / "b", grid=False)
+    for name, meta in index["files"].items():
+        data = (tmp_path / "b" / name).read_bytes()
+        assert meta == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}

@@ -1,0 +1,131 @@
+// Decoder of the attribution files written by gallery/attribution_codec.py (docs/bundle.md).
+// A file holds, per frame, 2 (K + 1) planes of codes (P of each feature, P of the residual,
+// then N of each feature, N of the residual) coded with rANS against static frequency
+// tables, one per (plane, context). Codes map to values through the level table.
+
+export const PROB_BITS = 12;
+export const PROB_SCALE = 1 << PROB_BITS;
+export const RANS_LOW = 1 << 23;
+export const NUM_LEVELS = 1024;
+export const NUM_CONTEXTS = 18;
+export const CODEC_VERSION = 1;
+
+export interface AttributionHeader {
+  version: number;
+  frames: number;
+  height: number;
+  width: number;
+  features: number;
+  scale: number;
+  step: number;
+  linear: number;
+  worst_mae: number;
+  worst_psnr: number;
+}
+
+/** Levels: c * step up to c = linear, then geometric steps of ratio 1 + 1 / linear. */
+export function levelValues(step: number, linear: number): Float64Array {
+  const out = new Float64Array(NUM_LEVELS);
+  const top = linear * step;
+  const ratio = 1 + 1 / linear;
+  for (let c = 0; c < NUM_LEVELS; c++) {
+    out[c] = c <= linear ? c * step : top * Math.pow(ratio, c - linear);
+  }
+  return out;
+}
+
+export class AttributionFile {
+  readonly header: AttributionHeader;
+  readonly planes: number;
+  readonly levels: Float64Array;
+  /** (T, K + 1): unscaled features and residual summed over positions. */
+  readonly totals: Float32Array;
+  private readonly freq: Int32Array;
+  private readonly cum: Int32Array;
+  private readonly lookup: Uint16Array;
+  private readonly offsets: Uint32Array;
+  private readonly data: Uint8Array;
+  private readonly streamStart: number;
+
+  constructor(buffer: ArrayBuffer) {
+    const bytes = new Uint8Array(buffer);
+    const view = new DataView(buffer);
+    const magic = String.fromCharCode(...bytes.subarray(0, 4));
+    if (magic !== "GATR") throw new Error("not a gallery attribution file");
+    const metaLen = view.getUint32(4, true);
+    this.header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + metaLen)));
+    if (this.header.version !== CODEC_VERSION) {
+      throw new Error(`attribution file version ${this.header.version}, viewer reads ${CODEC_VERSION}`);
+    }
+    const h = this.header;
+    this.planes = 2 * (h.features + 1);
+    this.levels = levelValues(h.step, h.linear);
+    let pos = 8 + metaLen;
+    const bodyLen = view.getUint32(pos, true);
+    pos += 4;
+    const tables = this.planes * NUM_CONTEXTS;
+    this.freq = new Int32Array(tables * NUM_LEVELS);
+    this.cum = new Int32Array(tables * NUM_LEVELS);
+    this.lookup = new Uint16Array(tables * PROB_SCALE);
+    let p = pos;
+    for (let t = 0; t < tables; t++) {
+      const n = view.getUint16(p, true);
+      p += 2;
+      let c = 0;
+      for (let i = 0; i < n; i++) {
+        const s = view.getUint16(p, true);
+        const f = view.getUint16(p + 2, true);
+        p += 4;
+        this.freq[t * NUM_LEVELS + s] = f;
+        this.cum[t * NUM_LEVELS + s] = c;
+        this.lookup.fill(s, t * PROB_SCALE + c, t * PROB_SCALE + c + f);
+        c += f;
+      }
+    }
+    pos += bodyLen;
+    const count = h.frames * (h.features + 1);
+    this.totals = new Float32Array(buffer.slice(pos, pos + 4 * count));
+    pos += 4 * count;
+    this.offsets = new Uint32Array(buffer.slice(pos, pos + 4 * (h.frames + 1)));
+    pos += 4 * (h.frames + 1);
+    this.streamStart = pos;
+    this.data = bytes;
+    if (pos + this.offsets[h.frames] !== bytes.length) throw new Error("truncated attribution file");
+  }
+
+  get frameSize(): number {
+    return this.planes * this.header.height * this.header.width;
+  }
+
+  /** Codes (P * h * w, plane-major) of frame t. */
+  decodeFrame(t: number, out: Uint16Array = new Uint16Array(this.frameSize)): Uint16Array {
+    const { height: h, width: w } = this.header;
+    const size = h * w;
+    const half = this.planes >> 1;
+    const d = this.data;
+    const freq = this.freq, cum = this.cum, lookup = this.lookup;
+    let pos = this.streamStart + this.offsets[t];
+    let x = ((d[pos] << 24) | (d[pos + 1] << 16) | (d[pos + 2] << 8) | d[pos + 3]) >>> 0;
+    pos += 4;
+    let idx = 0;
+    for (let p = 0; p < this.planes; p++) {
+      const base = p * NUM_CONTEXTS;
+      const pairOffset = p >= half ? half * size : 0;
+      for (let i = 0; i < h; i++) {
+        for (let j = 0; j < w; j++, idx++) {
+          let ctx = base;
+          if (j > 0) ctx += 3 * Math.min(out[idx - 1], 2);
+          if (i > 0) ctx += Math.min(out[idx - w], 2);
+          if (pairOffset && out[idx - pairOffset] !== 0) ctx += 9;
+          const slot = x & (PROB_SCALE - 1);
+          const s = lookup[ctx * PROB_SCALE + slot];
+          out[idx] = s;
+          const k = ctx * NUM_LEVELS + s;
+          x = freq[k] * (x >>> PROB_BITS) + slot - cum[k];
+          while (x < RANS_LOW) x = (x << 8) | d[pos++];
+        }
+      }
+    }
+    return out;
+  }
+}

@@ -1,0 +1,111 @@
+// The viewer's public API: mount an interface for one bundle into any element.
+//
+//   import { mountViewer } from "./viewer/viewer.js";   // + <link rel="stylesheet" href="./viewer/viewer.css">
+//   const viewer = mountViewer(document.getElementById("app"), { bundleUrl: "bundle/bundle.json" });
+//   await viewer.ready;            // the first frame is drawn
+//   viewer.getState(); viewer.setState({ layer: "2b", frame: 40 }); viewer.destroy();
+//
+// See docs/bundle.md ("Embedding the viewer").
+
+import { mount, unmount } from "svelte";
+import Viewer from "./components/Viewer.svelte";
+import "./viewer.css";
+import { Bundle } from "./lib/data";
+import { formatDeepLink, parseDeepLink, ViewerState } from "./lib/viewstate.svelte";
+import { Stats } from "./lib/stats";
+import type { ViewState } from "./lib/types";
+
+export interface MountOptions {
+  /** URL of the bundle's index (bundle.json), relative to the page or absolute. */
+  bundleUrl: string;
+  /** Initial view: a partial state, or a deep link ("#layer=2b&frame=3..."). */
+  state?: Partial<ViewState> | string;
+  /** Read the initial state from location.hash and keep it updated (default false). */
+  syncUrl?: boolean;
+  /** Arrow keys and space control this viewer (default true). */
+  hotkeys?: boolean;
+  /** Called whenever the view state changes. */
+  onStateChange?: (state: ViewState) => void;
+}
+
+export interface ViewerHandle {
+  /** Resolves once the bundle is loaded and the first frame drawn; rejects on failure. */
+  ready: Promise<void>;
+  getState(): ViewState;
+  setState(state: Partial<ViewState>): void;
+  /** The deep link ("#...") of the current view. */
+  deepLink(): string;
+  /** Drawing statistics (frame draw times, frames shown while playing). */
+  stats: Stats;
+  destroy(): void;
+}
+
+export function mountViewer(element: HTMLElement, options: MountOptions): ViewerHandle {
+  if (!(element instanceof HTMLElement)) throw new TypeError("mountViewer needs an element");
+  if (!options || typeof options.bundleUrl !== "string") {
+    throw new TypeError("mountViewer needs { bundleUrl: 'path/to/bundle.json' }");
+  }
+  const stats = new Stats();
+  let component: ReturnType<typeof mount> | null = null;
+  let state: ViewerState | null = null;
+  let destroyed = false;
+  let resolveDrawn: () => void = () => {};
+  const drawn = new Promise<void>((resolve) => (resolveDrawn = resolve));
+  const status = document.createElement("p");
+  status.className = "gallery-viewer-status";
+  status.textContent = "Loading the interface…";
+  element.replaceChildren(status);
+
+  const ready = (async () => {
+    let bundle: Bundle;
+    try {
+      bundle = await Bundle.load(options.bundleUrl);
+    } catch (err) {
+      status.textContent = `The interface could not be loaded: ${(err as Error).message}`;
+      status.setAttribute("role", "alert");
+      throw err;
+    }
+    if (destroyed) return;
+    state = new ViewerState(bundle.index);
+    const initial = typeof options.state === "string" ? parseDeepLink(options.state) : options.state;
+    if (initial) state.apply(initial);
+    if (options.syncUrl && location.hash) state.apply(parseDeepLink(location.hash));
+    element.replaceChildren();
+    component = mount(Viewer, {
+      target: element,
+      props: {
+        bundle, vs: state, stats, hotkeys: options.hotkeys ?? true, syncUrl: options.syncUrl ?? false,
+        onStateChange: options.onStateChange, onFirstDraw: resolveDrawn,
+      },
+    });
+    await drawn;
+  })();
+
+  return {
+    ready,
+    stats,
+    getState: () => {
+      if (!state) throw new Error("the viewer is not ready yet (await viewer.ready)");
+      return state.snapshot();
+    },
+    setState: (s) => {
+      if (!state) throw new Error("the viewer is not ready yet (await viewer.ready)");
+      state.apply(s);
+    },
+    deepLink: () => (state ? formatDeepLink(state.snapshot(), bundleModelId(state)) : ""),
+    destroy: () => {
+      destroyed = true;
+      if (component) unmount(component);
+      component = null;
+      element.replaceChildren();
+    },
+  };
+}
+
+function bundleModelId(state: ViewerState): string | undefined {
+  const id = state.index.model.id;
+  return typeof id === "string" ? id : undefined;
+}
+
+export { formatDeepLink, parseDeepLink };
+export type { ViewState };
