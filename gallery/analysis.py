@@ -12,8 +12,10 @@ optional callback):
    scrubber strips; yielded one output at a time so that a writer can store each and let
    it go (with policy attribution the whole set is many GB).
 
-`analyze` runs all three and keeps everything in memory: convenient for the defaults and
-for tests; bundle writers that care about memory call the stages themselves.
+`analyze` runs all three and keeps everything in memory: convenient for the defaults
+(about 1 GB for 8 x 512 frames and the five clear layers) and for tests. With policy
+attribution that would be about 20 GB, so `analyze` refuses above `max_bytes`; bundle
+writers call the stages themselves and consume `iter_attributions` one item at a time.
 
 Inputs are plain arrays: trajectory observations (E, T, H, W, C) and extra observations
 (N, H, W, C), uint8 or float in [0, 1]; firsts, actions, rewards (E, T).
@@ -49,8 +51,10 @@ from .dataset_examples import FeatureImage, feature_thumbnail, feature_view
 from .nmf import LayerNMF, NMFSettings, fit_nmf
 
 Progress = Callable[[str, int, int], None]
-"""Called as progress(stage, done, total); stages are 'outputs', 'nmf <layer>',
-'features <layer>' and 'attribution <layer>' (counts of observations or images)."""
+"""Called as progress(stage, done, total); stages are 'outputs', 'nmf <layer>' (value
+attribution of the extra observations), 'fit <layer>' (NMF), 'transform <layer>' (feature
+amounts of the observations), 'features <layer>' (images) and 'attribution <layer>'
+(observations of a trajectory)."""
 
 
 @dataclass(frozen=True)
@@ -259,29 +263,60 @@ def outputs_for(policy: torch.nn.Module, config: AnalysisConfig) -> list[Output]
     return outputs
 
 
+#: `analyze` keeps every attribution in memory only below this many bytes.
+MAX_IN_MEMORY_BYTES = 4 * 1024**3
+
+
 def analyze(policy: torch.nn.Module, trajectories: Any, observations: np.ndarray,
-            config: AnalysisConfig = AnalysisConfig(), *,
-            progress: Progress | None = None) -> AnalysisResult:
+            config: AnalysisConfig = AnalysisConfig(), *, progress: Progress | None = None,
+            max_bytes: int = MAX_IN_MEMORY_BYTES) -> AnalysisResult:
     """Compute everything an interface needs, in memory (see the module docstring)."""
     arrays = TrajectoryArrays.from_object(trajectories)
     arrays.check()
     prepare_observations(policy, np.asarray(observations)[:1])
     layers = select_layers(policy, config)
+    needed = attribution_bytes(policy, arrays.observations.shape[:2], config)
+    if needed > max_bytes:
+        raise AnalysisError(
+            f"keeping every attribution in memory needs about {needed / 1024**3:.1f} GB "
+            f"(limit {max_bytes / 1024**3:.1f} GB): consume iter_attributions() one item "
+            "at a time instead, or analyse fewer layers or frames")
     trajectory_analysis = analyze_trajectories(policy, arrays, config, progress=progress)
     features = {layer: layer_features(policy, observations, layer, config, progress=progress)
                 for layer in layers}
+    attributions = list(iter_attributions(policy, arrays, features, config, progress=progress))
     shown = ([INPUT_LAYER] if config.input_layer else []) + layers
-    attributions = [
-        item
-        for layer in shown
-        for e in range(arrays.observations.shape[0])
-        for item in trajectory_attributions(policy, arrays.observations[e], e, layer,
-                                            features.get(layer), config, progress=progress)
-    ]
     return AnalysisResult(config, shown, list(policy.action_names),
                           action_groups(policy.action_names), outputs_for(policy, config),
                           trajectory_analysis, features, attributions,
                           rendering.legend_colours(config.nmf_features))
+
+
+def attribution_bytes(policy: torch.nn.Module, trajectory_shape: tuple[int, int],
+                      config: AnalysisConfig) -> int:
+    """About how many bytes the reduced attributions of every output take (float32)."""
+    k = config.nmf_features
+    per_frame = sum(h * w * (k + 1) for h, w, _ in
+                    (layer_shape(policy, layer) for layer in select_layers(policy, config)))
+    if config.input_layer:
+        h, w, c = layer_shape(policy, INPUT_LAYER)
+        per_frame += h * w * (c + 1)
+    e, t = trajectory_shape
+    return 4 * per_frame * e * t * len(outputs_for(policy, config))
+
+
+def iter_attributions(policy: torch.nn.Module, trajectories: Any,
+                      features: dict[str, LayerFeatures], config: AnalysisConfig, *,
+                      progress: Progress | None = None) -> Iterator[OutputAttribution]:
+    """Every (layer, trajectory, output) attribution, one at a time: the input layer
+    first when configured, then the layers of `features` in order."""
+    arrays = TrajectoryArrays.from_object(trajectories)
+    arrays.check()
+    shown = ([INPUT_LAYER] if config.input_layer else []) + list(features)
+    for layer in shown:
+        for e in range(arrays.observations.shape[0]):
+            yield from trajectory_attributions(policy, arrays.observations[e], e, layer,
+                                               features.get(layer), config, progress=progress)
 
 
 def analyze_trajectories(policy: torch.nn.Module, trajectories: Any, config: AnalysisConfig,
@@ -318,9 +353,13 @@ def layer_features(policy: torch.nn.Module, observations: np.ndarray, layer: str
                                 config.nmf_integrate_steps, progress=report)
     nmf = fit_nmf(attr, NMFSettings(config.nmf_features, config.nmf_random_state))
     del attr
+    if progress is not None:
+        progress(f"fit {layer}", 1, 1)
     acts = _activations(policy, observations, layer)
     amounts = nmf.transform(acts)
     del acts
+    if progress is not None:
+        progress(f"transform {layer}", 1, 1)
     k = config.nmf_features
     total = k * (1 + len(config.subdiv_mults) * len(config.expand_mults))
     done = 0

@@ -125,8 +125,26 @@ def test_progress_reports_every_stage():
     analyze(TinyPolicy(), _trajectories(1, 4), _observations(20),
             AnalysisConfig(**{**SMALL.__dict__, "layers": ("g",)}),
             progress=lambda stage, done, total: seen.__setitem__(stage, (done, total)))
-    assert seen == {"outputs": (4, 4), "nmf g": (20, 20), "features g": (10, 10),
-                    "attribution g": (4, 4)}
+    assert seen == {"outputs": (4, 4), "nmf g": (20, 20), "fit g": (1, 1),
+                    "transform g": (1, 1), "features g": (10, 10), "attribution g": (4, 4)}
+
+
+def test_streaming_equals_in_memory_and_memory_is_bounded():
+    from gallery.analysis import attribution_bytes, iter_attributions
+
+    policy, traj, obs = TinyPolicy(), _trajectories(), _observations()
+    config = AnalysisConfig(**{**SMALL.__dict__, "policy_attribution": True})
+    features = {layer: layer_features(policy, obs, layer, config) for layer in ("h", "g")}
+    streamed = list(iter_attributions(policy, traj, features, config))
+    in_memory = analyze(policy, traj, obs, config).attributions
+    assert [(a.layer, a.trajectory, a.output) for a in streamed] == \
+        [(a.layer, a.trajectory, a.output) for a in in_memory]
+    for a, b in zip(streamed, in_memory):
+        assert_allclose(a.features, b.features)
+    # 2 layers x 6 positions x (2 features + residual) x 4 bytes x 12 frames x 9 outputs
+    assert attribution_bytes(policy, (2, 6), config) == 2 * 6 * 3 * 4 * 12 * 9
+    with pytest.raises(AnalysisError, match="iter_attributions"):
+        analyze(policy, traj, obs, config, max_bytes=1000)
 
 
 def test_layer_selection():

@@ -8,7 +8,7 @@ from numpy.testing import assert_allclose
 from sklearn.decomposition import NMF
 
 from gallery.attribution import AnalysisError
-from gallery.nmf import LayerNMF, NMFSettings, fit_nmf, signed_rows
+from gallery.nmf import LayerNMF, NMFSettings, fit_nmf, nndsvd, signed_rows
 
 
 def _low_rank_attribution(seed: int = 0, k: int = 3, c: int = 6) -> np.ndarray:
@@ -35,6 +35,25 @@ def test_fit_matches_scikit_learn_with_the_reference_settings():
     # all-zero rows are dropped before fitting: the same components, to float rounding
     assert_allclose(ours.components, reference.components_, rtol=1e-4, atol=1e-5)
     assert ours.converged
+
+
+def test_exact_nndsvd_equals_scikit_learns_randomized_one():
+    from sklearn.decomposition._nmf import _initialize_nmf  # the reference construction
+
+    rows = signed_rows(_low_rank_attribution(seed=3, k=4, c=10))
+    rows = rows[rows.max(axis=1) > 0]
+    w, h = nndsvd(rows, 4)
+    w_ref, h_ref = _initialize_nmf(rows, 4, init="nndsvd", random_state=0)
+    assert_allclose(h, h_ref, rtol=1e-3, atol=1e-5)
+    assert_allclose(w, w_ref, rtol=1e-3, atol=1e-5)
+
+
+def test_other_inits_are_left_to_scikit_learn():
+    attr = _low_rank_attribution(seed=4)
+    a = fit_nmf(attr, NMFSettings(3, init="random", random_state=1))
+    b = fit_nmf(attr, NMFSettings(3, init="random", random_state=1))
+    assert_allclose(a.components, b.components)
+    assert not np.allclose(a.components, fit_nmf(attr, NMFSettings(3)).components)
 
 
 def test_fit_is_reproducible_and_finds_separable_directions():
