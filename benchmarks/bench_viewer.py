@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ from gallery.attribution_codec import image_errors, premultiplied_uint8  # noqa:
 
 DRAW = """async ({layer, frames}) => {
   const v = window.galleryViewer;
-  v.setState({layer, trajectory: 0, frame: 0, rows: [{output: 'value', direction: 'abs', view: 'all'}]});
+  const row = {output: 'value', direction: 'abs', view: 'all'};
+  v.setState({layer, trajectory: 0, frame: 0, rows: [row]});
   const c = () => document.querySelector('canvas.attr[data-row="0"]');
   const next = () => new Promise((r) => requestAnimationFrame(() => r()));
   while (!(c().dataset.drawn || '').startsWith(layer + '|0|value|0|')) await next();
@@ -46,7 +46,8 @@ DRAW = """async ({layer, frames}) => {
 
 PLAY = """async ({layer, seconds}) => {
   const v = window.galleryViewer;
-  v.setState({layer, trajectory: 0, frame: 0, rows: [{output: 'value', direction: 'abs', view: 'all'}]});
+  const row = {output: 'value', direction: 'abs', view: 'all'};
+  v.setState({layer, trajectory: 0, frame: 0, rows: [row]});
   const c = () => document.querySelector('canvas.attr[data-row="0"]');
   const next = () => new Promise((r) => requestAnimationFrame(() => r()));
   while (!(c().dataset.drawn || '').startsWith(layer + '|0|value|0|')) await next();

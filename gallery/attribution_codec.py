@@ -218,7 +218,7 @@ def worst_errors(features: np.ndarray, residual: np.ndarray, scale: float, codes
             ref = rendering.render_attribution(features, residual, scale=scale,
                                                direction=direction, view=view)
             got = render_planes(planes, direction, view)
-            for a, b in zip(premultiplied_uint8(ref), premultiplied_uint8(got)):
+            for a, b in zip(premultiplied_uint8(ref), premultiplied_uint8(got), strict=True):
                 mae, psnr = image_errors(a, b)
                 worst_mae, worst_psnr = max(worst_mae, mae), min(worst_psnr, psnr)
     return worst_mae, worst_psnr

@@ -441,7 +441,7 @@ class BundleWriter:
             raise BundleError("a bundle needs at least one layer")
         names = [layer["name"] for layer in self.layers]
         if default_layer is None:
-            attribution_layers = [n for n, la in zip(names, self.layers)
+            attribution_layers = [n for n, la in zip(names, self.layers, strict=True)
                                   if la["kind"] == "attribution"] or names
             default_layer = attribution_layers[len(attribution_layers) // 2]
         for layer in self.layers:
@@ -576,7 +576,7 @@ def _check_contents(root: Path, index: dict[str, Any], decode_frames: int) -> li
             problems += _check_atlas(root, atlas, h, w, t["frames"]["columns"])
     for layer in index["layers"]:
         h, w, _ = layer["shape"]
-        for output, files in layer["attribution"].items():
+        for files in layer["attribution"].values():
             for e, name in enumerate(files):
                 try:
                     parsed = attribution_codec.decode((root / name).read_bytes())

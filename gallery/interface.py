@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__, bundle as bundles
+from . import bundle as bundles
 from .adapters import load_any
 from .advantages import bookmarks as find_bookmarks
 from .advantages import gae_advantages, policy_outputs
@@ -326,7 +326,8 @@ class InterfaceBuilder:
         self.timer.add("write", start)
         sizes = bundles.bundle_sizes(self.output_dir / BUNDLE_DIR,
                                      viewer_bytes=sum(p.stat().st_size for p in viewer))
-        return {"output_dir": str(self.output_dir), "layers": [la["name"] for la in index["layers"]],
+        return {"output_dir": str(self.output_dir),
+                "layers": [la["name"] for la in index["layers"]],
                 "outputs": [s.id for s in output_specs], "sizes": sizes,
                 "seconds": self.timer.seconds, "fidelity": writer.fidelity_report}
 
@@ -527,7 +528,10 @@ PAGE = """<!doctype html>
 <title>{title} - interface</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="{viewer}/viewer.css">
-<style>body {{ margin: 0; padding: 0.5em 1em; }} #gallery-from-disk {{ font-family: system-ui, sans-serif; max-width: 40em; }}</style>
+<style>
+body {{ margin: 0; padding: 0.5em 1em; }}
+#gallery-from-disk {{ font-family: system-ui, sans-serif; max-width: 40em; }}
+</style>
 </head>
 <body>
 <div id="app"><noscript>This interface needs JavaScript.</noscript></div>

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 
 import pytest
 
 from gallery import bundle as bundles
 from gallery.cli import main
-from gallery.interface import (InterfaceError, InterfaceOptions, generate_interface,
-                               options_from, select_layers, viewer_assets)
+from gallery.interface import (
+    InterfaceError,
+    InterfaceOptions,
+    generate_interface,
+    options_from,
+    select_layers,
+    viewer_assets,
+)
 
 TINY = ["--num-envs", "1", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "2",
         "--obs-every", "4", "--layer", "4a", "--fast-images"]

@@ -32,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="override an environment option of the checkpoint (repeatable)")
     g.add_argument("--obs-num-envs", type=int, default=DEFAULTS.obs_num_envs,
-                   help=f"environments for the extra observations (default {DEFAULTS.obs_num_envs})")
+                   help="environments for the extra observations "
+                   f"(default {DEFAULTS.obs_num_envs})")
     g.add_argument("--num-obs", type=int, default=DEFAULTS.num_obs,
                    help=f"extra observations per environment (default {DEFAULTS.num_obs})")
     g.add_argument("--obs-every", type=int, default=DEFAULTS.obs_every,
@@ -86,7 +87,8 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, not {text!r}") from None
 
 
 OPTION_NAMES = ("num_envs", "num_steps", "seed", "obs_num_envs", "num_obs", "obs_every",

@@ -85,7 +85,7 @@ READ_ATTRIBUTION = """async ({layer, trajectory, output, frames, directions, vie
         let tries = 0;
         while (canvas()?.dataset.drawn !== want) {
           await next();
-          if (++tries > 600) throw new Error('not drawn: ' + want + ' got ' + canvas()?.dataset.drawn);
+          if (++tries > 600) throw new Error(`not drawn: ${want}, got ${canvas()?.dataset.drawn}`);
         }
         const c = canvas();
         const data = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;

@@ -23,6 +23,18 @@ def drawn(page, row: int = 0) -> str:
         f"document.querySelector('canvas.attr[data-row=\"{row}\"]').dataset.drawn")
 
 
+def wait_view(page, expected: str) -> None:
+    """Wait until the popup's canvas shows `subdiv|expand|faded-or-opaque`."""
+    page.wait_for_function(
+        f"document.querySelector('[role=dialog] canvas')?.dataset.view === {json.dumps(expected)}")
+
+
+def wait_revealed(page, revealed: bool) -> None:
+    test = "!==" if revealed else "==="
+    page.wait_for_function(
+        f"document.querySelector('[role=dialog] canvas').dataset.revealed {test} ''")
+
+
 def wait_drawn(page, prefix: str, row: int = 0) -> str:
     page.wait_for_function(
         f"(document.querySelector('canvas.attr[data-row=\"{row}\"]')?.dataset.drawn || '')"
@@ -57,7 +69,8 @@ def test_trajectories_bookmarks_and_layers(small_interface, open_page):
     assert low.count() == len(index["bookmarks"]["low"]) > 0
     assert high.count() == len(index["bookmarks"]["high"]) > 0
     mark = index["bookmarks"]["high"][0]
-    assert high.nth(0).inner_text() == f"trajectory {mark['trajectory'] + 1}, frame {mark['step'] + 1}"
+    label = f"trajectory {mark['trajectory'] + 1}, frame {mark['step'] + 1}"
+    assert high.nth(0).inner_text() == label
     high.nth(0).click()
     s = state(page)
     assert (s["trajectory"], s["frame"]) == (mark["trajectory"], mark["step"])
@@ -92,10 +105,12 @@ def test_timeline_readout_navigation_graphs_and_scrubbers(small_interface, open_
     top = max(logits)
     probs = [math.exp(v - top) for v in logits]
     probs = [p / sum(probs) for p in probs]
-    widths = page.evaluate("[...document.querySelectorAll('.policy .bar')].map(b => parseFloat(b.style.width))")
-    assert max(abs(w - 100 * p) for w, p in zip(widths, probs)) < 0.01
+    widths = page.evaluate(
+        "[...document.querySelectorAll('.policy .bar')].map(b => parseFloat(b.style.width))")
+    assert max(abs(w - 100 * p) for w, p in zip(widths, probs, strict=True)) < 0.01
     assert page.locator(".policy .bar.taken").count() == 1
-    taken = page.evaluate("[...document.querySelectorAll('.policy .bar')].findIndex(b => b.classList.contains('taken'))")
+    taken = page.evaluate("[...document.querySelectorAll('.policy .bar')]"
+                          ".findIndex(b => b.classList.contains('taken'))")
     assert taken == data["actions"][0]
     # navigation buttons
     nav = page.locator(".navigator")
@@ -182,7 +197,8 @@ def test_attribution_rows_chart_legend_and_hotkeys(small_interface, open_page, s
     time.sleep(0.5)
     page.keyboard.press(" ")
     assert state(page)["frame"] < 11
-    page.evaluate("window.galleryViewer.setState({frame: 30, rows: [{output: 'value', direction: 'abs', view: 'all'}]})")
+    page.evaluate("window.galleryViewer.setState("
+                  "{frame: 30, rows: [{output: 'value', direction: 'abs', view: 'all'}]})")
     wait_drawn(page, "2b|0|value|30|abs|all")
     page.screenshot(path=str(screenshots / "viewer-overview.png"), full_page=True)
 
@@ -194,24 +210,24 @@ def test_feature_popup(small_interface, open_page, screenshots):
     assert "layer 2b, feature 3" in dialog.locator("h2").inner_text()
     assert state(page)["feature"] == 2
     canvas = dialog.locator("canvas")
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    wait_view(page, "1|4|faded")
     # zoom slider (expand_mult) and the mouse wheel; patch-count slider (subdiv_mult)
     zoom = dialog.get_by_label("Zoom (patch size)")
     zoom.fill("3")
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|8|faded'")
+    wait_view(page, "1|8|faded")
     box = canvas.bounding_box()
     page.mouse.move(box["x"] + 5, box["y"] + 5)
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|8|opaque'")
+    wait_view(page, "1|8|opaque")
     page.mouse.wheel(0, -100)
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|opaque'")
+    wait_view(page, "1|4|opaque")
     page.mouse.move(box["x"] - 40, box["y"] - 40)  # leave: weak patches faded again
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    wait_view(page, "1|4|faded")
     patches = dialog.get_by_label("Number of patches")
     assert patches.get_attribute("max") == "3"
     patches.fill("3")
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '2|4|faded'")
+    wait_view(page, "2|4|faded")
     patches.fill("2")
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.view === '1|4|faded'")
+    wait_view(page, "1|4|faded")
     page.screenshot(path=str(screenshots / "viewer-feature-popup.png"))
     # pressing a patch reveals the whole observation it came from (the grid says which)
     detail = feature_detail(small_interface, "2b", 2)
@@ -221,11 +237,11 @@ def test_feature_popup(small_interface, open_page, screenshots):
     expected = expected_cell(detail, grid, 4, 0.3, 0.6)
     page.mouse.move(x, y)
     page.mouse.down()
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.revealed !== ''")
+    wait_revealed(page, True)
     assert int(canvas.get_attribute("data-revealed")) == expected
     assert page.evaluate("document.querySelector('[role=dialog] canvas').width") == 64
     page.mouse.up()
-    page.wait_for_function("document.querySelector('[role=dialog] canvas').dataset.revealed === ''")
+    wait_revealed(page, False)
     page.keyboard.press("Escape")
     assert page.get_by_role("dialog").count() == 0
     assert state(page)["feature"] is None
@@ -260,9 +276,10 @@ def test_feature_view_matches_dataset_examples(small_interface, open_page):
     from gallery.dataset_examples import rescale_opacity
 
     page = open_page(small_interface["dir"], "#layer=4a&feature=1")
-    page.wait_for_function("document.querySelector('[role=dialog] canvas')?.dataset.view === '1|4|faded'")
+    wait_view(page, "1|4|faded")
     pixels = page.evaluate("""() => { const c = document.querySelector('[role=dialog] canvas');
-        return {w: c.width, h: c.height, d: Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)}; }""")
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return {w: c.width, h: c.height, d: Array.from(d)}; }""")
     got = np.array(pixels["d"], np.uint8).reshape(pixels["h"], pixels["w"], 4)
     detail = feature_detail(small_interface, "4a", 1)
     grid = next(g for g in detail["grids"] if g["subdiv_mult"] == 1)

@@ -20,6 +20,12 @@ export function diskKernel(size = KERNEL_SIZE): Float64Array {
 
 const KERNEL = diskKernel();
 const R = (KERNEL_SIZE - 1) / 2;
+/** Half-width of the disk in each kernel row (|dx| <= HALF[dy + R] where the weight > 0). */
+const HALF = Array.from({ length: KERNEL_SIZE }, (_, i) => {
+  let half = -1;
+  for (let j = R; j < KERNEL_SIZE; j++) if (KERNEL[i * KERNEL_SIZE + j] > 0) half = j - R;
+  return half;
+});
 
 export interface Frame {
   height: number;
@@ -83,13 +89,13 @@ export function smoothToRGBA(rgb: Float64Array, h: number, w: number, rgba: Uint
       const s = 3 * (i * w + j);
       const r = rgb[s], g = rgb[s + 1], b = rgb[s + 2];
       if (r === 0 && g === 0 && b === 0) continue;
-      const xlo = Math.max(c0, j - R), xhi = Math.min(c1 - 1, j + R);
       for (let y = ylo; y <= yhi; y++) {
+        const half = HALF[y - i + R];
+        const xlo = Math.max(c0, j - half), xhi = Math.min(c1 - 1, j + half);
         const krow = (y - i + R) * KERNEL_SIZE + R - j;
         let t = 3 * (y * w + xlo);
         for (let x = xlo; x <= xhi; x++, t += 3) {
           const k = KERNEL[krow + x];
-          if (k === 0) continue;
           acc[t] += k * r;
           acc[t + 1] += k * g;
           acc[t + 2] += k * b;
