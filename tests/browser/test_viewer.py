@@ -424,3 +424,36 @@ window.parsed = parseDeepLink("#frame=3&rows=value.neg.all");
     assert "python3 -m http.server" in disk.locator("#gallery-from-disk").inner_text()
     assert not errors
     context.close()
+
+
+def test_first_load_fetches_only_what_the_first_view_needs(small_interface, browser):
+    """Lazy loading: the index, the first trajectory, the default layer's attribution of
+    it and that layer's legend; other layers and trajectories only when chosen."""
+    from .harness import serve
+
+    index = bundle_index(small_interface)
+    with serve(small_interface["dir"]) as base:
+        context = browser.new_context()
+        page = context.new_page()
+        fetched: list[str] = []
+        page.on("request", lambda r: fetched.append(r.url[len(base):]))
+        page.goto(base + "index.html")
+        page.wait_for_function("window.galleryViewer !== undefined")
+        page.evaluate("window.galleryViewer.ready")
+        page.wait_for_timeout(500)
+        bundle_files = sorted(f[len("bundle/"):] for f in fetched if f.startswith("bundle/"))
+        layer = next(la for la in index["layers"] if la["name"] == index["default_layer"])
+        assert bundle_files == sorted([
+            "bundle.json", index["trajectories"][0]["data"],
+            *[a["file"] for a in index["trajectories"][0]["frames"]["atlases"]],
+            layer["attribution"]["value"][0], layer["legend"]["file"]])
+        total = sum((small_interface["dir"] / f).stat().st_size for f in fetched
+                    if (small_interface["dir"] / f).is_file())
+        assert total < 3_000_000
+        fetched.clear()
+        page.evaluate("window.galleryViewer.setState({trajectory: 1})")
+        page.wait_for_function("document.querySelector('canvas.attr').dataset.drawn"
+                               ".startsWith('4a|1|')")
+        assert any(f.endswith(index["layers"][1]["attribution"]["value"][1]) for f in fetched)
+        assert not any("L0/" in f for f in fetched)  # the other layer is still not loaded
+        context.close()
