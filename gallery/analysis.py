@@ -47,7 +47,7 @@ from .attribution import (
     prepare_observations,
     readout_matrix,
 )
-from .dataset_examples import FeatureImage, feature_thumbnail, feature_view
+from .dataset_examples import FeatureImage, feature_grid, feature_thumbnail, render_grid
 from .nmf import LayerNMF, NMFSettings, fit_nmf
 
 Progress = Callable[[str, int, int], None]
@@ -371,13 +371,14 @@ def layer_features(policy: torch.nn.Module, observations: np.ndarray, layer: str
         done += 1
         if progress is not None:
             progress(f"features {layer}", done, total)
-    views: dict[tuple[float, float], list[FeatureImage]] = {}
+    views: dict[tuple[float, float], list[FeatureImage]] = {
+        (subdiv, expand): [] for subdiv in config.subdiv_mults for expand in config.expand_mults}
     for subdiv in config.subdiv_mults:
-        for expand in config.expand_mults:
-            views[(subdiv, expand)] = []
-            for feature in range(k):
-                views[(subdiv, expand)].append(feature_view(
-                    amounts[..., feature], observations, subdiv_mult=subdiv, expand_mult=expand))
+        for feature in range(k):
+            grid = feature_grid(amounts[..., feature], observations, subdiv_mult=subdiv)
+            for expand in config.expand_mults:
+                views[(subdiv, expand)].append(render_grid(grid, observations,
+                                                           expand_mult=expand))
                 done += 1
                 if progress is not None:
                     progress(f"features {layer}", done, total)

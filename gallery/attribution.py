@@ -273,7 +273,7 @@ def _readout_columns(target: Target, num_actions: int) -> list[int]:
 
 def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, readout: Tensor,
                          steps: int, *, progress: Progress | None = None,
-                         elements_per_pass: int | None = None
+                         elements_per_pass: int | None = None, use_split: bool = True
                          ) -> Iterator[tuple[slice, np.ndarray]]:
     if elements_per_pass is None:
         elements_per_pass = ELEMENTS_PER_PASS if len(readout) == 1 else ELEMENTS_PER_PASS_MANY
@@ -285,35 +285,151 @@ def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, reado
         steps_per_pass = min(steps, items)
         frames = max(1, items // steps_per_pass)
     needs_obs = layer != INPUT_LAYER and _needs_observations(policy, layer, obs)
+    # Layers that need the observation too (not bottlenecks: IMPALA block entries) run the
+    # whole network per step anyway, and there the hoisted consumer's different float32
+    # rounding would flip near-ties of later max pools: they keep the plain path.
+    split = _LayerSplit.find(policy, layer) if use_split and not needs_obs else None
     for start in range(0, len(obs), frames):
         chunk = slice(start, min(start + frames, len(obs)))
         if layer == INPUT_LAYER:
             grads = _gradients(policy, obs[chunk], readout)
         else:
             grads = _integrated_gradients(policy, obs[chunk], layer, readout, steps,
-                                          steps_per_pass, needs_obs)
+                                          steps_per_pass, needs_obs, split)
         yield chunk, grads.numpy()
         if progress is not None:
             progress(chunk.stop, len(obs))
 
 
 def _integrated_gradients(policy: torch.nn.Module, obs: Tensor, layer: str, readout: Tensor,
-                          steps: int, steps_per_pass: int, needs_obs: bool) -> Tensor:
+                          steps: int, steps_per_pass: int, needs_obs: bool,
+                          split: _LayerSplit | None = None) -> Tensor:
     """(O, B, h, w, c): IG of every readout row for a batch of observations."""
     with torch.no_grad():
         acts = policy.activations_nchw(obs, layer)
+    x = obs.permute(0, 3, 1, 2) if needs_obs else None
+    if split is not None:
+        summed = split.summed_gradients(acts, x, readout, steps, steps_per_pass)
+    else:
+        summed = _summed_gradients(policy, layer, acts, obs if needs_obs else None, readout,
+                                   steps, steps_per_pass)
+    attr = acts * summed / steps
+    return attr.permute(0, 1, 3, 4, 2)
+
+
+def _summed_gradients(policy: torch.nn.Module, layer: str, acts: Tensor, obs: Tensor | None,
+                      readout: Tensor, steps: int, steps_per_pass: int) -> Tensor:
+    """(O,) + acts.shape: sum over k = 1..n of grad f(k/n * acts), for every readout row."""
     total = torch.zeros((len(readout),) + tuple(acts.shape))
     for first in range(1, steps + 1, steps_per_pass):
         alphas = torch.arange(first, min(first + steps_per_pass, steps + 1)) / steps
         scaled = (alphas.view(-1, 1, 1, 1, 1) * acts).reshape((-1,) + tuple(acts.shape[1:]))
         scaled.requires_grad_(True)
-        extra = (obs.repeat(len(alphas), 1, 1, 1),) if needs_obs else ()
+        extra = (obs.repeat(len(alphas), 1, 1, 1),) if obs is not None else ()
         with torch.enable_grad():
             logits, value = policy.forward_from_nchw(scaled, layer, *extra)
             grads = _backward(torch.cat([value[:, None], logits], dim=1), scaled, readout)
         total += grads.reshape((len(readout), len(alphas)) + tuple(acts.shape)).sum(dim=1)
-    attr = acts * total / steps
-    return attr.permute(0, 1, 3, 4, 2)
+    return total
+
+
+class _LayerSplit:
+    """The network after a layer as tail(consumer(a)), where the consumer -- the layer's
+    only consumer -- is affine (a convolution, or a dense layer, possibly after a flatten)
+    or an L2 pool. Then the consumer runs once per batch instead of once per integration
+    step, forwards and backwards (Captum, treating the network as a black box, cannot):
+
+    - affine: consumer(alpha a) = alpha consumer(a) + (1 - alpha) consumer(0), and the
+      Jacobian J is constant, so sum_k J^T g_k = J^T (sum_k g_k);
+    - L2 pool, p(x) = sqrt(Q(x) + eps) with Q homogeneous of degree 2:
+      sum_k J_p(alpha_k a)^T g_k = J_p(a)^T (p(a) * sum_k alpha_k g_k / p(alpha_k a)),
+      because J_p(x)^T g = J_Q(x)^T (g / 2p(x)), J_Q(alpha a) = alpha J_Q(a) and
+      J_Q(a)^T v = J_p(a)^T (2 p(a) v).
+
+    Here g_k is the gradient of the output with respect to the consumer's value at step k.
+    Exact (in float64 the two paths agree to 1e-6; in float32 both are within about 1e-4
+    of float64, rounding differently); only for gallery's graph networks, whose nodes say
+    what each operation is, and bottleneck layers; anything else takes the plain path.
+    """
+
+    def __init__(self, network: Any, layer_node: Any, start: Any, kind: str):
+        self.network, self.layer_node, self.start, self.kind = network, layer_node, start, kind
+
+    @classmethod
+    def find(cls, policy: torch.nn.Module, layer: str) -> _LayerSplit | None:
+        from .networks import GraphNetwork
+
+        network = getattr(policy, "network", None)
+        if not isinstance(network, GraphNetwork) or layer == INPUT_LAYER:
+            return None
+        matches = [n for n in network.nodes if n.label == layer]
+        if len(matches) != 1:
+            return None
+        consumer = _only_consumer(network.nodes, matches[0])
+        if consumer is not None and consumer.op == "flatten":
+            after = _only_consumer(network.nodes, consumer)
+            if after is not None and after.op == "dense":
+                return cls(network, matches[0], after, "affine")
+        elif consumer is not None and consumer.op in ("conv", "dense"):
+            return cls(network, matches[0], consumer, "affine")
+        elif consumer is not None and consumer.op == "l2pool":
+            return cls(network, matches[0], consumer, "l2pool")
+        return None
+
+    def consumer(self, acts: Tensor) -> Tensor:
+        """The consumer's value when the layer's activations are `acts`."""
+        from . import networks
+
+        if self.kind == "l2pool":
+            return networks.l2_pool(acts)
+        module = self.network.layers[networks._key(self.start.name)]
+        if self.start.inputs[0] != self.layer_node.name:  # a flatten in between
+            acts = networks.flatten_nhwc(acts)
+        return module(acts)
+
+    def tail(self, z: Tensor, x: Tensor | None) -> Tensor:
+        """[value, logits] (N, 1 + A) from the consumer's value `z`."""
+        latent, _ = self.network.run(x, start=self.start.name, start_value=z)
+        logits, value = self.network.heads(latent)
+        return torch.cat([value[:, None], logits], dim=1)
+
+    def summed_gradients(self, acts: Tensor, x: Tensor | None, readout: Tensor, steps: int,
+                         steps_per_pass: int) -> Tensor:
+        """(O,) + acts.shape: sum_k grad f(k/n * acts), as `_summed_gradients`."""
+        affine = self.kind == "affine"
+        with torch.no_grad():
+            at_acts = self.consumer(acts)
+            at_zero = self.consumer(torch.zeros_like(acts[:1]))
+        upstream = torch.zeros((len(readout),) + tuple(at_acts.shape))
+        for first in range(1, steps + 1, steps_per_pass):
+            alphas = torch.arange(first, min(first + steps_per_pass, steps + 1)) / steps
+            a = alphas.view(-1, 1, 1, 1, 1) if at_acts.dim() == 4 else alphas.view(-1, 1, 1)
+            with torch.no_grad():
+                if affine:
+                    z = a * at_acts + (1 - a) * at_zero
+                else:
+                    z = self.consumer((a * acts).reshape((-1,) + tuple(acts.shape[1:])))
+                    z = z.reshape((len(alphas),) + tuple(at_acts.shape))
+            flat = z.reshape((-1,) + tuple(at_acts.shape[1:])).requires_grad_(True)
+            xs = None if x is None else x.repeat(len(alphas), *([1] * (x.dim() - 1)))
+            with torch.enable_grad():
+                grads = _backward(self.tail(flat, xs), flat, readout)
+            grads = grads.reshape((len(readout),) + tuple(z.shape))
+            weights = 1.0 if affine else a / z
+            upstream += (grads * weights).sum(dim=1)
+        if not affine:
+            upstream = upstream * at_acts
+        leaf = acts.clone().requires_grad_(True)
+        with torch.enable_grad():
+            value = self.consumer(leaf)
+            summed = [torch.autograd.grad(value, leaf, u, retain_graph=o < len(upstream) - 1)[0]
+                      for o, u in enumerate(upstream)]
+        return torch.stack(summed)
+
+
+def _only_consumer(nodes: Sequence[Any], node: Any) -> Any:
+    consumers = [n for n in nodes if node.name in n.inputs]
+    return consumers[0] if len(consumers) == 1 else None
 
 
 def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:

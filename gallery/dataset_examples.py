@@ -10,7 +10,8 @@ the largest one shown; `rescale_opacity` then lifts weak patches.
 - `feature_thumbnail`: the legend image, 16 observations at their best positions, 4x4.
 - `feature_view`: the popup image, one patch per cell of the (resampled) activation grid,
   each from the observation that activates that cell most; with the grid of observation
-  indices, so that a click can reveal the whole observation.
+  indices, so that a click can reveal the whole observation. `feature_grid` (which
+  observation where) and `render_grid` (the image for one expand_mult) are its halves.
 
 Images are RGBA float32 (rows, cols, 4) in [0, 1]. Rounding of patch edges is half to even
 in observation coordinates (the reference tool rounded in padded coordinates; with the
@@ -23,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from .attribution import AnalysisError
 
@@ -73,9 +73,23 @@ def feature_thumbnail(acts: np.ndarray, observations: np.ndarray, *, num_mult: i
         row[:] = row[np.argsort(pos_w[top][row], kind="stable")]
     indices = top[by_position]
     centres = np.stack([pos_h[indices] + 0.5, pos_w[indices] + 0.5], axis=-1)
-    image = _assemble(observations, indices, centres, best[indices], (h, w), expand_mult,
-                      crop_to_smallest=True)
+    image = _assemble(observations, indices, centres, best[indices], (h, w), expand_mult)
     return FeatureImage(rescale_opacity(image, max_scale=1, keep_zeros=True), indices)
+
+
+@dataclass(frozen=True)
+class FeatureGrid:
+    """The layout of a full feature view, before any patch is cut: for every cell of the
+    resampled grid, the observation shown there and how strongly it activates the cell."""
+
+    subdiv_mult: float
+    indices: np.ndarray
+    """(gh, gw) int: observation index of each cell"""
+    activations: np.ndarray
+    """(gh, gw) float32: that observation's activation at the cell"""
+    centres: np.ndarray
+    """(gh, gw, 2) cell centres in layer cells (position (i, j) has centre (i + .5, j + .5))"""
+    layer_hw: tuple[int, int]
 
 
 def feature_view(acts: np.ndarray, observations: np.ndarray, *, subdiv_mult: float = 1,
@@ -85,21 +99,36 @@ def feature_view(acts: np.ndarray, observations: np.ndarray, *, subdiv_mult: flo
     The (h, w) activation grid is resampled by `subdiv_mult` (linear interpolation,
     edge-padded); every cell gets the observation that activates it most, no observation
     used more than ceil(cells / (N * top_frac)) times; the patch is centred on the cell.
-    Opacity: `rescale_opacity(max_scale=10)`.
+    Opacity: `rescale_opacity(max_scale=10)`. (`feature_grid` once and `render_grid` per
+    expand_mult does the same with the grid computed once.)
     """
+    return render_grid(feature_grid(acts, observations, subdiv_mult=subdiv_mult,
+                                    top_frac=top_frac), observations, expand_mult=expand_mult)
+
+
+def feature_grid(acts: np.ndarray, observations: np.ndarray, *, subdiv_mult: float = 1,
+                 top_frac: float = 0.1) -> FeatureGrid:
+    """Which observation each cell of the resampled grid shows (see `feature_view`)."""
     acts = _check_acts(acts, observations)
-    if not subdiv_mult > 0 or not expand_mult > 0:
-        raise FeatureVisualisationError(f"subdiv_mult and expand_mult must be > 0, got "
-                                        f"{subdiv_mult} and {expand_mult}")
-    grid, centres = resample_grid(acts, subdiv_mult)
-    n, gh, gw = grid.shape
+    if not subdiv_mult > 0:
+        raise FeatureVisualisationError(f"subdiv_mult must be > 0, not {subdiv_mult}")
+    cells_first, centres = _resample_cells_first(acts, subdiv_mult)
+    gh, gw, n = cells_first.shape
     max_rep = math.ceil(gh * gw / (n * top_frac))
-    chosen = assign_with_max_repetition(grid.reshape(n, gh * gw), max_rep=max_rep,
-                                        strict=False).reshape(gh, gw)
-    cell_acts = grid[chosen, np.arange(gh)[:, None], np.arange(gw)[None, :]]
-    image = _assemble(observations, chosen, centres, cell_acts, acts.shape[1:], expand_mult,
-                      crop_to_smallest=False)
-    return FeatureImage(rescale_opacity(image, max_scale=10), chosen)
+    scores = cells_first.reshape(gh * gw, n).T  # (choices, items), a view
+    chosen = assign_with_max_repetition(scores, max_rep=max_rep, strict=False)
+    cell_acts = scores[chosen, np.arange(gh * gw)]
+    return FeatureGrid(subdiv_mult, chosen.reshape(gh, gw), cell_acts.reshape(gh, gw),
+                       centres, (acts.shape[1], acts.shape[2]))
+
+
+def render_grid(grid: FeatureGrid, observations: np.ndarray, *, expand_mult: float = 4
+                ) -> FeatureImage:
+    """The full view of a feature grid with patches `expand_mult` cells wide."""
+    if not expand_mult > 0:
+        raise FeatureVisualisationError(f"expand_mult must be > 0, not {expand_mult}")
+    image = _assemble_grid(observations, grid, expand_mult)
+    return FeatureImage(rescale_opacity(image, max_scale=10), grid.indices)
 
 
 def resample_grid(acts: np.ndarray, subdiv_mult: float) -> tuple[np.ndarray, np.ndarray]:
@@ -108,19 +137,47 @@ def resample_grid(acts: np.ndarray, subdiv_mult: float) -> tuple[np.ndarray, np.
     Returns (N, gh, gw) activations and (gh, gw, 2) centres in layer cells (a position
     (i, j) has centre (i + 0.5, j + 0.5)). The grid is edge-padded by one cell, zoomed by
     `subdiv_mult - (subdiv_mult - 1) / (size + 2)` with linear interpolation (so that the
-    padded grid's ends map onto each other), and the padding is cropped again.
+    padded grid's ends map onto each other), and the padding is cropped again -- the
+    reference tool's use of scipy.ndimage.zoom(order=1), computed separably.
     """
+    cells_first, centres = _resample_cells_first(np.asarray(acts), subdiv_mult)
+    return cells_first.transpose(2, 0, 1), centres
+
+
+def _resample_cells_first(acts: np.ndarray, subdiv_mult: float
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """`resample_grid` with the observations last: (gh, gw, N) float32, contiguous."""
     _, h, w = acts.shape
-    zoom_h = subdiv_mult - (subdiv_mult - 1) / (h + 2)
-    zoom_w = subdiv_mult - (subdiv_mult - 1) / (w + 2)
-    padded = np.pad(acts, [(0, 0), (1, 1), (1, 1)], mode="edge")
-    grid = ndimage.zoom(padded, [1, zoom_h, zoom_w], order=1, mode="nearest")[:, 1:-1, 1:-1]
-    if grid.size == 0:
+    rows = _zoom_coordinates(h + 2, subdiv_mult - (subdiv_mult - 1) / (h + 2))
+    cols = _zoom_coordinates(w + 2, subdiv_mult - (subdiv_mult - 1) / (w + 2))
+    if len(rows) <= 2 or len(cols) <= 2:
         raise FeatureVisualisationError(f"subdiv_mult {subdiv_mult} is too small for "
                                         f"{h}x{w} activations: no grid cell is left")
-    cells = np.indices((h + 2, w + 2)).transpose(1, 2, 0).astype(np.float64)
-    centres = ndimage.zoom(cells, [zoom_h, zoom_w, 1], order=1, mode="nearest")
-    return grid, centres[1:-1, 1:-1] - 0.5
+    padded = np.pad(np.asarray(acts, dtype=np.float32).transpose(1, 2, 0),
+                    [(1, 1), (1, 1), (0, 0)], mode="edge")
+    grid = _lerp(_lerp(padded, rows[1:-1], axis=0), cols[1:-1], axis=1)
+    centres = np.stack(np.meshgrid(rows[1:-1] - 0.5, cols[1:-1] - 0.5, indexing="ij"), -1)
+    return np.ascontiguousarray(grid), centres
+
+
+def _zoom_coordinates(size: int, zoom: float) -> np.ndarray:
+    """Input coordinates sampled by scipy.ndimage.zoom (grid_mode=False) along one axis:
+    round(size * zoom) points spread evenly from the first to the last input."""
+    out = int(round(size * zoom))
+    if out <= 1:
+        return np.zeros(max(out, 0))
+    return np.arange(out) * ((size - 1) / (out - 1))
+
+
+def _lerp(x: np.ndarray, coordinates: np.ndarray, axis: int) -> np.ndarray:
+    """Linear interpolation of `x` at fractional `coordinates` along `axis`."""
+    low = np.clip(np.floor(coordinates).astype(int), 0, x.shape[axis] - 1)
+    high = np.minimum(low + 1, x.shape[axis] - 1)
+    frac = (coordinates - low).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = len(coordinates)
+    frac = frac.reshape(shape)
+    return np.take(x, low, axis=axis) * (1 - frac) + np.take(x, high, axis=axis) * frac
 
 
 def assign_with_max_repetition(scores: np.ndarray, *, max_rep: float, strict: bool
@@ -229,35 +286,70 @@ def extract_patch(frame: np.ndarray, rows: tuple[int, int], cols: tuple[int, int
 
 
 def _assemble(observations: np.ndarray, indices: np.ndarray, centres: np.ndarray,
-              patch_acts: np.ndarray, layer_hw: tuple[int, int], expand_mult: float, *,
-              crop_to_smallest: bool) -> np.ndarray:
-    """Patches of `observations[indices[i, j]]` centred at `centres[i, j]`, with alphas
-    patch_acts / max(patch_acts), as one RGBA image (a grid of rows and columns)."""
-    frames_h, frames_w = observations.shape[1:3]
-    cell_h, cell_w = frames_h / layer_hw[0], frames_w / layer_hw[1]
+              patch_acts: np.ndarray, layer_hw: tuple[int, int], expand_mult: float
+              ) -> np.ndarray:
+    """Thumbnail: patches of `observations[indices[i, j]]`, each centred at its own
+    `centres[i, j]` and cut to the smallest patch's size, with alphas
+    patch_acts / max(patch_acts), as one RGBA image."""
+    cell_h = observations.shape[1] / layer_hw[0]
+    cell_w = observations.shape[2] / layer_hw[1]
     gh, gw = indices.shape
-    rows = [[patch_bounds(centres[i, j, 0], cell_h, expand_mult) for j in range(gw)]
-            for i in range(gh)]
-    cols = [[patch_bounds(centres[i, j, 1], cell_w, expand_mult) for j in range(gw)]
-            for i in range(gh)]
-    if crop_to_smallest:  # thumbnails: every patch cut to the smallest patch's size
-        heights = [min(b - a for row in rows for a, b in row)] * gh
-        widths = [min(b - a for row in cols for a, b in row)] * gw
-    else:  # full views: a cell's rows depend on i only, its columns on j only
-        heights = [rows[i][0][1] - rows[i][0][0] for i in range(gh)]
-        widths = [cols[0][j][1] - cols[0][j][0] for j in range(gw)]
-    top = np.concatenate([[0], np.cumsum(heights)])
-    left = np.concatenate([[0], np.cumsum(widths)])
-    image = np.zeros((top[-1], left[-1], 4), dtype=np.float32)
-    largest = float(np.max(patch_acts)) if np.size(patch_acts) else 0.0
-    alphas = np.asarray(patch_acts, dtype=np.float64) / (largest if largest != 0 else 1.0)
+    bounds = [[(patch_bounds(centres[i, j, 0], cell_h, expand_mult),
+                patch_bounds(centres[i, j, 1], cell_w, expand_mult)) for j in range(gw)]
+              for i in range(gh)]
+    ph = min(r[1] - r[0] for row in bounds for r, _ in row)
+    pw = min(c[1] - c[0] for row in bounds for _, c in row)
+    image = np.zeros((gh * ph, gw * pw, 4), dtype=np.float32)
+    alphas = _alphas(patch_acts)
     for i in range(gh):
         for j in range(gw):
-            patch = extract_patch(observations[indices[i, j]], rows[i][j], cols[i][j])
-            patch = patch[:heights[i], :widths[j]]
-            image[top[i]:top[i + 1], left[j]:left[j + 1], :3] = patch
-            image[top[i]:top[i + 1], left[j]:left[j + 1], 3] = alphas[i, j]
+            rows, cols = bounds[i][j]
+            patch = extract_patch(observations[indices[i, j]], rows, cols)[:ph, :pw]
+            image[i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, :3] = patch
+            image[i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, 3] = alphas[i, j]
     return image
+
+
+def _assemble_grid(observations: np.ndarray, grid: FeatureGrid, expand_mult: float
+                   ) -> np.ndarray:
+    """Full view: a patch per cell, centred on the cell, as one RGBA image.
+
+    A cell's rows depend on its grid row only and its columns on its grid column only, so
+    every output pixel maps to (cell, source row, source column) separably and the image
+    is one gather.
+    """
+    frames_h, frames_w = observations.shape[1:3]
+    row_cells, src_rows = _separable_patches(grid.centres[:, 0, 0],
+                                             frames_h / grid.layer_hw[0], expand_mult)
+    col_cells, src_cols = _separable_patches(grid.centres[0, :, 1],
+                                             frames_w / grid.layer_hw[1], expand_mult)
+    which = grid.indices[row_cells[:, None], col_cells[None, :]]
+    inside = ((src_rows >= 0) & (src_rows < frames_h))[:, None] & \
+        ((src_cols >= 0) & (src_cols < frames_w))[None, :]
+    pixels = rgb_frames(observations[which, np.clip(src_rows, 0, frames_h - 1)[:, None],
+                                     np.clip(src_cols, 0, frames_w - 1)[None, :]])
+    parity = (src_rows[:, None] + src_cols[None, :]) % 2
+    checker = np.where(parity == 1, CHECKER[1], CHECKER[0]).astype(np.float32)
+    rgb = np.where(inside[..., None], pixels, checker[..., None])
+    alpha = _alphas(grid.activations)[row_cells[:, None], col_cells[None, :]]
+    return np.concatenate([rgb, alpha[..., None].astype(np.float32)], axis=-1)
+
+
+def _separable_patches(centres: np.ndarray, cell: float, expand_mult: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """For the patches centred at `centres` laid side by side along one axis: the cell
+    and the source pixel of every output pixel."""
+    bounds = [patch_bounds(c, cell, expand_mult) for c in centres]
+    cells = np.concatenate([np.full(b - a, i) for i, (a, b) in enumerate(bounds)])
+    sources = np.concatenate([np.arange(a, b) for a, b in bounds])
+    return cells.astype(int), sources.astype(int)
+
+
+def _alphas(patch_acts: np.ndarray) -> np.ndarray:
+    """Activation over the largest shown (1 if that is 0), float64."""
+    acts = np.asarray(patch_acts, dtype=np.float64)
+    largest = float(acts.max()) if acts.size else 0.0
+    return acts / (largest if largest != 0 else 1.0)
 
 
 def _check_acts(acts: np.ndarray, observations: np.ndarray) -> np.ndarray:

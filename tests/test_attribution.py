@@ -6,6 +6,7 @@ The tiny policies obey docs/dev-contract.md (NHWC at the boundary, NCHW fast pat
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 from torch import nn
 
 from gallery.attribution import (
@@ -347,10 +348,13 @@ TF_CASES = [("clear", {}), ("impala", {}), ("nature", {"env_kind": "atari"})]
 @pytest.mark.tf
 @pytest.mark.parametrize("cnn, kwargs", TF_CASES)
 def test_live_tensorflow_ig_every_layer(cnn, kwargs, tmp_path):
-    """Every offered layer, the value and one action logit, against tf_integrated_gradients
-    (float32 both sides; relative max error <= 1e-4). Needs .venv-tf."""
+    """Every offered layer, the value and one action logit: our float32 IG against
+    tf_integrated_gradients in float64, relative max error <= 1e-4 -- or 4 times
+    TensorFlow's own float32 error where that is larger (the rule of
+    tests.reference.float32_bound: with random weights and noise frames a ReLU input
+    within rounding of zero moves either implementation by ~1e-4). Needs .venv-tf."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    pytest.importorskip("tensorflow")
+    tf = pytest.importorskip("tensorflow")
     from gallery.policy import load_policy
     from tests.reference.checkpoints import make_checkpoint, write_checkpoint
     from tests.reference.tf_networks import tf_integrated_gradients
@@ -362,9 +366,54 @@ def test_live_tensorflow_ig_every_layer(cnn, kwargs, tmp_path):
     for layer in policy.layer_names:
         for target in ("value", 1):
             ours = integrated_gradients(policy, obs, layer, target, 10)
-            ref = tf_integrated_gradients(ckpt, obs, layer, target, 10)
+            ref = tf_integrated_gradients(ckpt, obs, layer, target, 10, dtype=tf.float64)
+            ref32 = tf_integrated_gradients(ckpt, obs, layer, target, 10, dtype=tf.float32)
             if cnn == "impala":
-                err = _relative_error(_spatial_totals(ours), _spatial_totals(ref))
-            else:
-                err = _relative_error(ours, ref)
-            assert err <= 1e-4, (layer, target, err)
+                ours, ref, ref32 = map(_spatial_totals, (ours, ref, ref32))
+            bound = max(1e-4, 4 * _relative_error(ref32, ref))
+            assert _relative_error(ours, ref) <= bound, (layer, target, bound)
+
+
+# --- the split fast path (gallery's graph networks) ----------------------------------------
+
+@pytest.mark.parametrize("cnn, kwargs", TF_CASES)
+def test_split_path_equals_plain_path(cnn, kwargs, tmp_path):
+    """Hoisting the layer's consumer (affine or L2 pool) out of the integration loop is
+    exact: in float64 both paths agree to 1e-6 of the largest value on every layer; in
+    float32 both stay within 2e-4 of float64. IMPALA's block entries are not bottlenecks
+    and keep the plain path."""
+    from gallery import attribution
+    from gallery.policy import load_policy
+    from tests.reference.checkpoints import make_checkpoint, write_checkpoint
+
+    policy = load_policy(write_checkpoint(tmp_path / f"{cnn}.jd",
+                                          make_checkpoint(cnn, seed=2, **kwargs)))
+    policy64 = copy.deepcopy(policy).double()
+    h, w, c = policy.observation_shape
+    obs = torch.from_numpy(np.random.default_rng(1).random((3, h, w, c)).astype(np.float32))
+    readout = readout_matrix(policy, ["value", 0, [1, 2]])
+
+    def run(net, layer, use_split, dtype=torch.float32):
+        return np.concatenate([b for _, b in attribution._attribution_batches(
+            net, obs.to(dtype), layer, readout.to(dtype), 7, use_split=use_split,
+            elements_per_pass=1 << 17)], axis=1)
+
+    kinds = {}
+    for layer in policy.layer_names:
+        split = attribution._LayerSplit.find(policy, layer)
+        kinds[layer] = split.kind if split else None
+        if cnn == "impala":  # (float32 and float64 break max-pool near-ties differently)
+            assert_array_equal(run(policy, layer, True), run(policy, layer, False))
+            continue
+        truth = run(policy64, layer, False, torch.float64)
+        scale = np.abs(truth).max()
+        exact = run(policy64, layer, True, torch.float64)
+        assert np.abs(exact - truth).max() <= 1e-6 * scale, layer
+        for use_split in (False, True):
+            error = np.abs(run(policy, layer, use_split) - truth).max() / scale
+            assert error <= 2e-4, (layer, use_split, error)
+    expected = {"clear": {"1a": "l2pool", "2a": "affine", "2b": "l2pool", "3a": "l2pool",
+                          "4a": "l2pool"},
+                "nature": {"c1": "affine", "c2": "affine", "c3": "affine"}}
+    if cnn in expected:
+        assert kinds == expected[cnn]

@@ -195,6 +195,56 @@ def test_resample_grid_by_hand():
         resample_grid(acts, 0.25)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 2), (5, 8, 8), (2, 7, 11), (4, 32, 32)])
+@pytest.mark.parametrize("subdiv", [0.25, 0.5, 1, 2])
+def test_resampling_is_scipys_zoom(shape, subdiv):
+    """The reference tool's scipy.ndimage.zoom(order=1, mode='nearest') on the padded grid."""
+    from scipy import ndimage
+
+    acts = np.random.default_rng(0).random(shape).astype(np.float32)
+    h, w = shape[1:]
+    zoom = [1, subdiv - (subdiv - 1) / (h + 2), subdiv - (subdiv - 1) / (w + 2)]
+    padded = np.pad(acts, [(0, 0), (1, 1), (1, 1)], mode="edge")
+    expected = ndimage.zoom(padded, zoom, order=1, mode="nearest")[:, 1:-1, 1:-1]
+    cells = np.indices((h + 2, w + 2)).transpose(1, 2, 0).astype(float)
+    centres = ndimage.zoom(cells, zoom[1:] + [1], order=1, mode="nearest")[1:-1, 1:-1] - 0.5
+    if expected.size == 0:
+        with pytest.raises(FeatureVisualisationError):
+            resample_grid(acts, subdiv)
+        return
+    grid, ours = resample_grid(acts, subdiv)
+    assert_allclose(grid, expected, rtol=1e-5, atol=1e-6)
+    assert_allclose(ours, centres, atol=1e-9)
+
+
+@pytest.mark.parametrize("frames_hw, layer_hw", [((8, 8), (4, 4)), ((84, 84), (20, 20)),
+                                                 ((64, 64), (7, 9))])
+@pytest.mark.parametrize("subdiv, expand", [(1, 1), (2, 3), (0.5, 8), (2, 1)])
+def test_vectorised_view_equals_patch_by_patch(frames_hw, layer_hw, subdiv, expand):
+    """Non-integer cells (84 / 20 = 4.2 pixels) and odd expansions included."""
+    from gallery.dataset_examples import extract_patch, feature_grid, patch_bounds
+
+    rng = np.random.default_rng(1)
+    n = 30
+    acts = (rng.random((n,) + layer_hw) ** 4).astype(np.float32)
+    frames = rng.integers(0, 256, (n,) + frames_hw + (3,), dtype=np.uint8)
+    try:
+        grid = feature_grid(acts, frames, subdiv_mult=subdiv)
+    except FeatureVisualisationError:
+        return
+    view = feature_view(acts, frames, subdiv_mult=subdiv, expand_mult=expand)
+    cell_h, cell_w = frames_hw[0] / layer_hw[0], frames_hw[1] / layer_hw[1]
+    rows = []
+    for i in range(grid.indices.shape[0]):
+        row = []
+        for j in range(grid.indices.shape[1]):
+            r = patch_bounds(grid.centres[i, j, 0], cell_h, expand)
+            c = patch_bounds(grid.centres[i, j, 1], cell_w, expand)
+            row.append(extract_patch(frames[grid.indices[i, j]], r, c))
+        rows.append(np.concatenate(row, axis=1))
+    assert_allclose(view.image[..., :3], np.concatenate(rows, axis=0), atol=1e-7)
+
+
 def test_every_documented_view_size_works_on_a_real_layer_shape():
     rng = np.random.default_rng(0)
     acts = (rng.random((40, 8, 8)) * (rng.random((40, 8, 8)) < 0.2)).astype(np.float32)
