@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +64,9 @@ THUMBNAIL_FILE = "thumbnail.png"
 INTERFACE_DIR = "interface"
 #: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
 SHARED_FRAMES, SHARED_STRIDE = 32, 4
-COMPARISON_FORMAT_VERSION = 2
+COMPARISON_FORMAT_VERSION = 3
+SHARED_ROLLOUTS_FILE = "rollouts.npz"
+MATCHED_DIR = "matched"
 
 #: GitHub Pages limits: the whole site, and one file; a warning from WARN_FRACTION of them.
 PAGES_SITE_LIMIT = 1 << 30
@@ -270,10 +272,11 @@ class BuildConfig:
     """`mkdocs build --strict`: any warning (a broken link, ...) fails the site."""
     project_dir: Path | None = None
     """The generated MkDocs project; default: a folder in the cache for this manifest."""
-    interfaces: bool = False
-    """Also generate each model's interactive interface (`gallery build --interfaces`).
-    Off by default while the viewer's integration into the site is finished: at the
-    method's default settings an interface costs minutes of CPU per model."""
+    interfaces: bool = True
+    """Generate each model's interactive interface, and each comparison's interfaces on
+    shared trajectories with its matched features (`gallery build --no-interfaces`: off).
+    At the method's default settings an interface costs minutes of CPU per model: choose
+    the manifest's `defaults` accordingly (checkpoints.yaml states reduced ones)."""
 
 
 @dataclass
@@ -389,7 +392,8 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
                      ) -> tuple[int, list[ModelOutcome]]:
     """Models, comparisons, then the MkDocs project; returns (files changed, outcomes)."""
     entries, fetched, outcomes = prepare_models(manifest, config, builder, report)
-    comparisons = prepare_comparisons(manifest, entries, fetched, config.cache_dir, report)
+    comparisons = prepare_comparisons(manifest, entries, fetched, config.cache_dir, report,
+                                      interfaces=config.interfaces)
     info = BuildInfo(built=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                      version=__version__)
     written = write_project(plan_project(manifest.site, entries, comparisons, info), project)
@@ -459,7 +463,7 @@ def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config:
     partial.mkdir(parents=True)
     say("model", f"building ({key[:12]})")
     try:
-        extra = {"interfaces": True} if config.interfaces else {}
+        extra = _accepted(builder, {"interfaces": True}) if config.interfaces else {}
         result = builder(spec, got.path, settings, partial,
                          progress=lambda message: say("model", message), **extra)
         result.key = key
@@ -504,15 +508,17 @@ def _mb(size: int) -> str:
 
 def prepare_comparisons(manifest: Manifest, entries: list[ModelEntry],
                         fetched: dict[str, Fetched], cache_dir: Path,
-                        report: Reporter) -> list[ComparisonEntry]:
-    """Each comparison, with its models evaluated on shared observations when possible."""
+                        report: Reporter, interfaces: bool = False) -> list[ComparisonEntry]:
+    """Each comparison, with its models evaluated on shared observations when possible, and
+    (with `interfaces`) their interfaces on shared trajectories and matched features."""
     by_id = {e.spec.id: e for e in entries}
     out = []
     for spec in manifest.comparisons:
         entry = ComparisonEntry(spec)
         try:
             entry.shared, entry.folder, entry.note = shared_observations(
-                spec, by_id, fetched, cache_dir)
+                spec, by_id, fetched, cache_dir, manifest=manifest if interfaces else None,
+                say=lambda message, spec=spec: report(-1, spec.id, "compare", message))
         except Exception as err:  # a comparison's extra never stops the site
             entry.note = f"The models could not be evaluated on shared observations: " \
                          f"{_describe(err)}"
@@ -522,10 +528,13 @@ def prepare_comparisons(manifest: Manifest, entries: list[ModelEntry],
 
 
 def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
-                        fetched: dict[str, Fetched], cache_dir: Path
+                        fetched: dict[str, Fetched], cache_dir: Path, *,
+                        manifest: Manifest | None = None,
+                        say: StageProgress | None = None
                         ) -> tuple[SharedObservations | None, Path | None, str | None]:
     """Every model of `spec` on frames recorded by its first built model (cached by the
-    models' keys)."""
+    models' keys). With `manifest` (interfaces on), also every model's interface on one
+    shared set of trajectories, and their features matched (see `side_by_side`)."""
     built = [models[i] for i in spec.models if models[i].ok and i in fetched]
     if len(built) < 2:
         return None, None, "Fewer than two of these models were built."
@@ -534,7 +543,8 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
         return None, None, "No model of this comparison has recorded observations."
     key = hashlib.sha256(json.dumps(
         {"models": [e.result.key for e in built], "source": source.spec.id,
-         "format": COMPARISON_FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()
+         "format": COMPARISON_FORMAT_VERSION, "interfaces": manifest is not None,
+         "bundle_format": bundle_format_version()}, sort_keys=True).encode()).hexdigest()
     folder = cache_dir / "comparisons" / key
     saved = folder / "shared.json"
     if saved.is_file():
@@ -544,13 +554,98 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
     for e in built:
         values[e.spec.id], actions[e.spec.id] = _evaluate(fetched[e.spec.id].path, frames)
     partial = folder.with_name(f".{key}.partial-{os.getpid()}")
-    partial.mkdir(parents=True, exist_ok=True)
-    _save_strip(frames, partial / "frames.png")
-    shared = SharedObservations(source.spec.id, "frames.png", values, actions, SHARED_STRIDE)
-    (partial / "shared.json").write_text(json.dumps(asdict(shared)))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
-    return shared, folder, None
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        _save_strip(frames, partial / "frames.png")
+        shared = SharedObservations(source.spec.id, "frames.png", values, actions, SHARED_STRIDE)
+        note = None
+        if manifest is not None:
+            try:
+                side_by_side(manifest, built, fetched, partial, shared, cache_dir,
+                             say or (lambda message: None))
+            except Exception as err:  # the statistics stay; the interfaces are reported
+                log.debug("side-by-side interfaces of %s failed", spec.id, exc_info=True)
+                note = f"The interfaces on shared trajectories could not be built: " \
+                       f"{_describe(err)}"
+                shutil.rmtree(partial / INTERFACE_DIR, ignore_errors=True)
+                shared.interfaces, shared.matched = {}, []
+        (partial / "shared.json").write_text(json.dumps(asdict(shared)))
+        if note is None:  # a failure is retried on the next build
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+        else:
+            folder = partial.with_name(f".{key}.failed")
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return shared, folder, note
+
+
+def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str, Fetched],
+                 folder: Path, shared: SharedObservations, cache_dir: Path,
+                 say: StageProgress) -> None:
+    """Every model's interface on ONE set of trajectories and extra observations, into
+    `folder/interface/<model id>/`: those recorded (once, one environment seed) by the first
+    model's own interface -- rebuilt here from the cached units for free -- which the other
+    models' interfaces are given (`InterfaceOptions.rollouts`). Then the features of every
+    layer present in all models are matched by the correlation of their activations on the
+    shared frames (gallery.site.matching), with legend thumbnails in `folder/matched/`."""
+    from .interface import InterfaceBuilder, options_from
+    from .rollouts import Rollouts, Trajectories, save_rollouts
+    from .site import matching
+
+    del cache_dir  # the interfaces keep their units where the models' interfaces do
+    activations, thumbnails = {}, {}
+    frames = None
+    for index, entry in enumerate(built):
+        model_id = entry.spec.id
+        values = interface_options(ModelSettings.of(manifest, entry.spec))
+        values.pop("options", None)
+        options = replace(options_from(values), title=entry.spec.title, model_id=model_id)
+        if index > 0:
+            options = replace(options, rollouts=str(folder / SHARED_ROLLOUTS_FILE))
+        target = folder / INTERFACE_DIR / model_id
+        builder = InterfaceBuilder(str(fetched[model_id].path), target, options, None,
+                                   lambda message, model_id=model_id: say(f"{model_id}: "
+                                                                          f"{message}"))
+        builder.run()
+        if index == 0:  # the shared trajectories: those of the first model's interface
+            arrays = builder.store.load(builder.plan().rollouts).arrays
+            prefix = "trajectories."
+            recorded = Trajectories(**{k[len(prefix):]: v for k, v in arrays.items()
+                                       if k.startswith(prefix)})
+            save_rollouts(folder / SHARED_ROLLOUTS_FILE, Rollouts(
+                recorded, arrays["observations"], metadata={
+                    "recorded_by": model_id,
+                    "trajectories": {"num_envs": recorded.num_envs,
+                                     "num_steps": recorded.num_steps}}))
+            frames = matching.sample_frames(recorded.observations)
+            shared.shared_steps = [recorded.num_envs, recorded.num_steps]
+            say(f"shared trajectories: {recorded.num_envs} x {recorded.num_steps} steps and "
+                f"{len(arrays['observations'])} observations, recorded by {model_id}")
+        shared.interfaces[model_id] = f"{INTERFACE_DIR}/{model_id}"
+        activations[model_id] = matching.feature_activations(builder, frames)
+        thumbnails[model_id] = matching.legend_thumbnails(target, folder / MATCHED_DIR,
+                                                          model_id)
+    ids = [e.spec.id for e in built]
+    say("matching features")
+    for layer in matching.common_layers([list(activations[i]) for i in ids]):
+        rows = matching.match_layer([activations[i][layer] for i in ids])
+        shared.matched.append({"layer": layer, "models": ids, "rows": [
+            {"cells": [{"model": ids[0], "feature": row["feature"], "similarity": None,
+                        "image": _thumb(thumbnails, ids[0], layer, row["feature"])}]
+             + [{"model": i, "feature": m["feature"], "similarity": m["similarity"],
+                 "image": _thumb(thumbnails, i, layer, m["feature"])}
+                for i, m in zip(ids[1:], row["matches"], strict=True)]}
+            for row in rows]})
+
+
+def _thumb(thumbnails: dict[str, dict[str, list[str]]], model_id: str, layer: str,
+           feature: int) -> str | None:
+    names = thumbnails.get(model_id, {}).get(layer, [])
+    return f"{MATCHED_DIR}/{names[feature]}" if feature < len(names) else None
 
 
 def _shared_frames(rollouts_path: Path) -> np.ndarray:

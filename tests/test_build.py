@@ -60,9 +60,17 @@ class FakeBuilder:
         return replace(result, settings=settings.options.model_dump())
 
 
+#: Tiny analysis settings: every manifest of the tests uses them (interfaces are on by
+#: default), so that a model's interface takes seconds.
+TINY_DEFAULTS = {"trajectories": {"num_envs": 2, "num_steps": 16, "bookmarks": 2},
+                 "observations": {"num_envs": 4, "num_obs": 16, "obs_every": 4},
+                 "layers": {"include": ["4a"]},
+                 "attribution": {"integrate_steps": 2},
+                 "nmf": {"features": 4, "integrate_steps": 2}}
+
+
 def write_manifest(folder: Path, models: list[dict], **extra) -> Path:
-    text = {"site": {"name": "Test zoo"},
-            "defaults": {"trajectories": {"num_envs": 2, "num_steps": 16}},
+    text = {"site": {"name": "Test zoo"}, "defaults": TINY_DEFAULTS,
             "models": models, **extra}
     path = folder / "checkpoints.yaml"
     path.write_text(json.dumps(text, indent=1))  # JSON is YAML
@@ -102,7 +110,7 @@ def test_unchanged_models_are_not_recomputed(zoo):
 
 def test_changing_one_models_options_recomputes_only_it(zoo):
     build(zoo, FakeBuilder())
-    zoo["models"][1]["options"] = {"nmf": {"features": 4}}
+    zoo["models"][1]["options"] = {"nmf": {"features": 3}}
     builder = FakeBuilder()
     report, _ = build(zoo, builder)
     assert builder.calls == ["b"]
@@ -261,8 +269,22 @@ def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
     compare = (out / "compare" / "pair" / "index.html").read_text()
     assert 'src="frames.png"' in compare and (out / "compare" / "pair" / "frames.png").is_file()
     assert "Value on shared observations" in compare
+    # interfaces (the default): the model page mounts its viewer; the comparison shows
+    # both models on the SAME trajectories, their features matched in layer 4a
+    assert 'data-bundle="interface/bundle/bundle.json"' in (
+        out / "models" / "one" / "index.html").read_text()
+    bundles = {i: json.loads((out / "compare" / "pair" / "interface" / i / "bundle" /
+                              "bundle.json").read_text()) for i in ("one", "two")}
+    frames = {i: {k: v["sha256"] for k, v in b["files"].items() if k.startswith("frames/")}
+              for i, b in bundles.items()}
+    assert frames["one"] and frames["one"] == frames["two"]
+    assert bundles["two"]["model"]["id"] == "two"
+    assert compare.count('class="gallery-matched__row"') == 4  # K = 4 features of 4a
+    assert compare.count("data-gallery-viewer") == 2 and "similarity" in compare
     assert main(["build", "-m", str(manifest), "-o", str(out)]) == 0
-    assert "models: 0 built, 2 cached, 0 failed" in capsys.readouterr().out
+    again = capsys.readouterr()
+    assert "models: 0 built, 2 cached, 0 failed" in again.out
+    assert "matching features" not in again.err  # the comparison is cached too
 
 
 def test_official_model_offline_from_a_seeded_cache(coinrun_path, tmp_path, monkeypatch,
@@ -302,7 +324,14 @@ def test_serve_hook_refreshes_the_project_then_settles(zoo, monkeypatch):
     assert "Edited while serving" in (project / "docs/models/a/index.md").read_text()
 
 
-def test_interfaces_are_opt_in_and_part_of_the_cache_key(tmp_path, monkeypatch):
+def test_interfaces_are_on_by_default_and_part_of_the_cache_key(tmp_path, monkeypatch):
+    from gallery.commands.build import add_build_arguments
+
+    parser = __import__("argparse").ArgumentParser()
+    add_build_arguments(parser)
+    assert parser.parse_args([]).interfaces is True
+    assert parser.parse_args(["--no-interfaces"]).interfaces is False
+    assert BuildConfig(output=tmp_path, cache_dir=tmp_path).interfaces is True
     calls = []
     monkeypatch.setattr(build_module, "build_interface",
                         lambda *args, **kw: calls.append(args) or None)
@@ -318,3 +347,24 @@ def test_interfaces_are_opt_in_and_part_of_the_cache_key(tmp_path, monkeypatch):
     assert len(calls) == 1
     sha = "0" * 64
     assert build_module.model_key(sha, settings) != build_module.model_key(sha, settings, True)
+
+
+def test_no_interfaces_builds_statistics_only(tmp_path, monkeypatch, capsys):
+    write_checkpoint(tmp_path / "m1.jd", make_checkpoint("clear", seed=1))
+    manifest = write_manifest(tmp_path, [{"id": "one", "title": "One", "checkpoint": "m1.jd"}])
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "site"
+    assert main(["build", "-m", str(manifest), "-o", str(out), "--no-interfaces"]) == 0
+    page = (out / "models" / "one" / "index.html").read_text()
+    assert "data-gallery-viewer" not in page and 'src="thumbnail.png"' in page
+    assert not (out / "viewer").exists()
+
+
+def test_stats_gae_is_the_analysis_gae():
+    from gallery.advantages import gae_advantages as analysis_gae
+
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+    dones = rng.random((3, 40)) < 0.1
+    np.testing.assert_array_equal(gae_advantages(rewards, values, dones, 0.99, 0.95),
+                                  analysis_gae(values, rewards, dones, gamma=0.99, lam=0.95))

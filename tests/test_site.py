@@ -155,9 +155,29 @@ def built(tmp_path_factory) -> dict[str, Path]:
     shared_folder = root / "r" / "cmp"
     shared_folder.mkdir(parents=True)
     Image.new("RGB", (64 * 4, 64)).save(shared_folder / "frames.png")
+    for model_id in ("alpha", "beta"):
+        ui = shared_folder / "interface" / model_id
+        (ui / "bundle").mkdir(parents=True)
+        (ui / "index.html").write_text(f"<!doctype html><p>{INTERFACE_TOKEN}")
+        (ui / "bundle" / "bundle.json").write_text(json.dumps({"token": INTERFACE_TOKEN}))
+    (shared_folder / "matched").mkdir()
+    for name in ("alpha-L0-f0.png", "alpha-L0-f1.png", "beta-L0-f1.png", "beta-L0-f0.png"):
+        Image.new("RGBA", (24, 24), (200, 40, 40, 255)).save(shared_folder / "matched" / name)
+    matched = [{"layer": "2b", "models": ["alpha", "beta"], "rows": [
+        {"cells": [{"model": "alpha", "feature": 0, "similarity": None,
+                    "image": "matched/alpha-L0-f0.png"},
+                   {"model": "beta", "feature": 1, "similarity": 0.912,
+                    "image": "matched/beta-L0-f1.png"}]},
+        {"cells": [{"model": "alpha", "feature": 1, "similarity": None,
+                    "image": "matched/alpha-L0-f1.png"},
+                   {"model": "beta", "feature": 0, "similarity": 0.25,
+                    "image": "matched/beta-L0-f0.png"}]}]}]
     shared = SharedObservations("alpha", "frames.png", {"alpha": [1.0, 2.0, 3.0, 4.0],
                                                         "beta": [2.0, 2.5, 2.0, 1.0]},
-                                {"alpha": ["LEFT"] * 4, "beta": ["RIGHT"] * 4})
+                                {"alpha": ["LEFT"] * 4, "beta": ["RIGHT"] * 4},
+                                interfaces={"alpha": "interface/alpha",
+                                            "beta": "interface/beta"},
+                                matched=matched, shared_steps=[2, 16])
     comparisons = [ComparisonEntry(manifest.comparisons[0], shared, shared_folder)]
     plan = plan_project(manifest.site, models, comparisons, BuildInfo("2024-01-02", "0.1.0"))
     project, output = root / "project", root / "out"
@@ -177,7 +197,10 @@ def test_site_map(built):
                  "models/gamma/index.html", "compare/alpha-beta/index.html",
                  "models/alpha/thumbnail.png", "models/alpha/interface/index.html",
                  "models/alpha/interface/data/layer-2b.json", "compare/alpha-beta/frames.png",
-                 "css/gallery.css", "js/zoo.js", "sitemap.xml", "search/search_index.json"):
+                 "css/gallery.css", "js/zoo.js", "js/viewers.js", "viewer/viewer.js",
+                 "viewer/viewer.css", "compare/alpha-beta/interface/beta/bundle/bundle.json",
+                 "compare/alpha-beta/matched/beta-L0-f1.png", "sitemap.xml",
+                 "search/search_index.json"):
         assert (out / page).is_file(), page
 
 
@@ -246,7 +269,12 @@ def test_zoo_cards_and_tag_filter(built):
 
 def test_model_page_card(built):
     text = (built["out"] / "models/alpha/index.html").read_text()
-    assert '<iframe class="gallery-viewer__frame" src="interface/index.html"' in text
+    mounts = [a for t, a in parse(built["out"] / "models/alpha/index.html").elements
+              if "data-gallery-viewer" in a]
+    assert len(mounts) == 1 and mounts[0]["data-bundle"] == "interface/bundle/bundle.json"
+    assert mounts[0]["data-sync-url"] == "true"  # deep links live in the address
+    assert mounts[0]["data-viewer-js"] == "../../viewer/viewer.js"
+    assert 'href="interface/index.html"' in text and '<script src="../../js/viewers.js">' in text
     for fact in ("https://example.org/alpha.jd", SHA, "363,216", "25,000,000",
                  "procgen coinrun (distribution_mode=hard)", "learning_rate", "0: coin",
                  "3: buzzsaw", "Feature labels name layers this model does not offer: nope",
@@ -254,7 +282,7 @@ def test_model_page_card(built):
                  "<svg class=\"gallery-chart\""):
         assert fact in text, fact
     beta = (built["out"] / "models/beta/index.html").read_text()
-    assert 'src="thumbnail.png"' in beta and "<iframe" not in beta
+    assert 'src="thumbnail.png"' in beta and "data-gallery-viewer" not in beta
 
 
 def test_failed_model_page_shows_the_error(built):
@@ -268,7 +296,16 @@ def test_comparison_page(built):
     assert text.count('<svg class="gallery-chart"') == 4
     assert "Missing from the charts: Gamma (fails)" in text
     assert 'src="frames.png"' in text
-    assert "../../models/alpha/interface/index.html" in text
+    mounts = [a for t, a in parse(built["out"] / "compare/alpha-beta/index.html").elements
+              if "data-gallery-viewer" in a]
+    assert [m["data-bundle"] for m in mounts] == ["interface/alpha/bundle/bundle.json",
+                                                  "interface/beta/bundle/bundle.json"]
+    assert len({m["data-group"] for m in mounts}) == 1 and "data-sync-url" not in mounts[1]
+    assert "Every model on the same 2 × 16 recorded steps" in text
+    rows = re.findall(r'<tr class="gallery-matched__row">(.*?)</tr>', text, re.S)
+    assert len(rows) == 2
+    assert 'src="matched/alpha-L0-f0.png"' in rows[0] and "<strong>coin</strong>" in rows[0]
+    assert 'src="matched/beta-L0-f1.png"' in rows[0] and "similarity 0.91" in rows[0]
     assert re.search(r"<td>coin</td><td>2b: 0</td><td>3a: 1</td>", text)
     assert "Compare <em>them</em>" in text
 
@@ -279,6 +316,10 @@ def test_search_covers_the_manifest_and_never_the_interface(built):
     everything = json.dumps(index)
     assert INTERFACE_TOKEN not in everything
     assert not any("/interface/" in location for location in docs)
+    assert "bundle.json" not in everything and "viewer.js" not in everything
+    # titles, descriptions, tags, environments, layers, labels: a few kB per page
+    size = (built["out"] / "search/search_index.json").stat().st_size
+    assert size < 8000 * len(docs), size
     alpha = " ".join(d["title"] + " " + d["text"] for loc, d in docs.items()
                      if loc.startswith("models/alpha/"))
     for term in ("Hello", "coinrun", "buzzsaw", "2b", "distribution_mode", "clear",
@@ -397,3 +438,73 @@ def test_tag_filter_in_a_real_browser(built):
     visible = [json.loads(tags.replace("&quot;", '"')) for tags, hidden in cards if not hidden]
     assert len(cards) == 3 and visible == [["coinrun", "easy"]]
     assert "1 of 3 models tagged easy" in dom
+
+
+def test_features_matched_by_correlation():
+    import numpy as np
+
+    from gallery.site.matching import common_layers, feature_similarity, match_layer, \
+        sample_frames
+
+    rng = np.random.default_rng(0)
+    a = rng.random((6, 4, 4, 3))                      # 6 frames, 4 x 4 positions, K = 3
+    b = a[..., [2, 0, 1]] * 5 + 1                       # the same features, permuted, scaled
+    b = np.concatenate([b, np.zeros((6, 4, 4, 1))], -1)  # and a dead feature
+    rows = match_layer([a, b])
+    assert {r["feature"]: r["matches"][0]["feature"] for r in rows} == {0: 1, 1: 2, 2: 0}
+    assert all(r["matches"][0]["similarity"] == 1.0 for r in rows)
+    corr = feature_similarity(a.reshape(-1, 3), b.reshape(-1, 4))
+    assert corr.shape == (3, 4) and np.all(corr[:, 3] == 0)  # constant: 0, not NaN
+    # other spatial shapes: one sample per frame
+    small = a[:, :2, :2] * 0 + a.mean(axis=(1, 2), keepdims=True)
+    assert [m["feature"] for r in sorted(match_layer([a, small]), key=lambda r: r["feature"])
+            for m in r["matches"]] == [0, 1, 2]
+    assert common_layers([["1a", "2b", "4a"], ["4a", "2b"], ["2b", "4a", "x"]]) == ["2b", "4a"]
+    frames = sample_frames(np.arange(2 * 50 * 1 * 1 * 1).reshape(2, 50, 1, 1, 1), limit=10)
+    assert len(frames) == 10 and frames[0, 0, 0, 0] == 0 and frames[-1, 0, 0, 0] == 99
+
+
+def test_static_sources_are_package_data():
+    """site_src/ and theme/ live in the package (gallery/site/static, gallery/site/theme) and
+    are declared package data, so a non-editable install finds them."""
+    import tomllib
+    from importlib import resources
+
+    from gallery.site.project import SITE_SRC, THEME_DIR
+
+    root = resources.files("gallery.site")
+    assert (root / "static" / "js" / "viewers.js").is_file()
+    assert (root / "theme" / "main.html").is_file()
+    assert SITE_SRC == Path(str(root / "static")) and THEME_DIR == Path(str(root / "theme"))
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]["gallery"]
+    assert "site/static/**/*" in data and "site/theme/*" in data
+
+
+def test_a_wheel_install_finds_the_static_sources(tmp_path):
+    """A non-editable install (wheel) carries static/, theme/ and the built viewer, and the
+    site finds them inside the installed package."""
+    import shutil
+    import subprocess
+    import sys
+
+    repo = Path(__file__).parents[1]
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    shutil.copytree(repo / "gallery", source / "gallery",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w",
+                          str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("gallery-*.whl"))
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(tmp_path / "target"),
+                          str(wheel)], check=True, capture_output=True)
+    probe = ("import gallery.site.project as p; "
+             "print(p.SITE_SRC, (p.SITE_SRC / 'js/viewers.js').is_file(), "
+             "(p.THEME_DIR / 'main.html').is_file(), (p.VIEWER_DIST / 'viewer.js').is_file())")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, check=True, text=True,
+                         capture_output=True, env={"PYTHONPATH": str(tmp_path / "target"),
+                                                   "PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out[0].startswith(str(tmp_path / "target")) and out[1:] == ["True"] * 3

@@ -38,9 +38,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed-cache", action="append", default=[], metavar="FILE",
                    help="add a local copy of a checkpoint to the cache first, so that a "
                    "manifest entry with its URL and sha256 builds offline (repeatable)")
-    p.add_argument("--interfaces", action="store_true",
-                   help="also generate each model's interactive interface (experimental; "
-                   "minutes of CPU per model at the default settings)")
+    p.add_argument("--interfaces", action=argparse.BooleanOptionalAction, default=True,
+                   help="generate each model's interactive interface and the comparisons' "
+                   "side-by-side interfaces (default); --no-interfaces: statistics and model "
+                   "cards only (much faster)")
     p.add_argument("--force", action="store_true",
                    help="recompute every model, even those whose results are cached")
     p.add_argument("--retries", type=int, default=FetchPolicy.retries,
@@ -68,7 +69,7 @@ def prepare(args: argparse.Namespace) -> tuple[Manifest, BuildConfig]:
         log.info("cache: %s added as sha256 %s", path, digest)
     config = BuildConfig(output=Path(getattr(args, "output", "site")), cache_dir=cache_dir,
                          force=args.force, fetch=FetchPolicy(retries=args.retries),
-                         strict=args.strict, interfaces=getattr(args, "interfaces", False))
+                         strict=args.strict, interfaces=getattr(args, "interfaces", True))
     return manifest, config
 
 

@@ -22,6 +22,9 @@ from .charts import Series, bar_chart, histogram_series, line_chart, scatter_cha
 from .results import ComparisonEntry, ModelEntry, ModelResult
 from .sanitize import escape, plain_text, render_markdown
 
+#: The viewer (gallery/viewer_dist), once per site, relative to the site's root.
+VIEWER_JS, VIEWER_CSS = "viewer/viewer.js", "viewer/viewer.css"
+
 PAPER_BIBTEX = """@article{hilton2020understanding,
   author = {Hilton, Jacob and Cammarata, Nick and Carter, Shan and Goh, Gabriel and Olah, Chris},
   title = {Understanding RL Vision},
@@ -125,13 +128,16 @@ def model_page(entry: ModelEntry, info: BuildInfo) -> str:
         "thumbnail": result.thumbnail if result else None,
         "checkpoint": spec.checkpoint,
         "checkpoint_url": spec.checkpoint if spec.is_remote else None,
+        "viewer_js": f"../../{VIEWER_JS}", "viewer_css": f"../../{VIEWER_CSS}",
     }
     if result:
         context.update(_model_card(entry, result))
     body = _env.get_template("model.md.j2").render(**context)
     summary = plain_text(spec.description) or spec.title
+    # the viewer needs the width: the navigation stays in the header's drawer
     return _front_matter(title=spec.title, description=summary,
-                         image=result.thumbnail if result else None) + body
+                         image=result.thumbnail if result else None,
+                         hide=["navigation"] if context["interface"] else None) + body
 
 
 def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
@@ -206,17 +212,51 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         "advantages": Markup(_advantages_chart(built)),
         "shared": Markup(_shared_chart(comparison, models)),
     }
-    shared = None
+    shared, viewers, matched = None, [], []
     if comparison.shared:
-        shared = {"frames": comparison.shared.frames, "stride": comparison.shared.stride,
-                  "count": len(next(iter(comparison.shared.values.values()), [])),
-                  "source_title": models[comparison.shared.source_model].spec.title}
+        s = comparison.shared
+        source_title = models[s.source_model].spec.title
+        shared = {"frames": s.frames, "stride": s.stride,
+                  "count": len(next(iter(s.values.values()), [])),
+                  "source_title": source_title, "steps": s.shared_steps}
+        viewers = [{"id": i, "title": models[i].spec.title, "folder": folder}
+                   for i, folder in s.interfaces.items() if i in models]
+        matched = _matched_rows(s.matched, models)
     body = _env.get_template("comparison.md.j2").render(
         title=spec.title, description=Markup(render_markdown(spec.description)),
         models=rows, failed=[e.spec.title for e in entries if not e.ok], charts=charts,
-        shared=shared, shared_note=comparison.note, features=matched_features(entries))
+        shared=shared, shared_note=comparison.note, features=matched_features(entries),
+        viewers=viewers, matched=matched, viewer_js=f"../../{VIEWER_JS}",
+        viewer_css=f"../../{VIEWER_CSS}", group=f"compare-{spec.id}")
     summary = plain_text(spec.description) or spec.title
-    return _front_matter(title=spec.title, description=summary) + body
+    return _front_matter(title=spec.title, description=summary,
+                         hide=["navigation", "toc"] if viewers else None) + body
+
+
+def _matched_rows(matched: list[dict[str, Any]], models: dict[str, ModelEntry]
+                  ) -> list[dict[str, Any]]:
+    """The matched features for the template: per layer, the models' titles and rows of
+    cells (thumbnail, feature index, its label from the manifest, similarity)."""
+    out = []
+    for layer in matched:
+        ids = [i for i in layer["models"] if i in models]
+        if len(ids) != len(layer["models"]):
+            continue
+        rows = []
+        for row in layer["rows"]:
+            cells = []
+            for cell in row["cells"]:
+                labels = models[cell["model"]].spec.features.get(layer["layer"], {})
+                similarity = cell["similarity"]
+                cells.append({
+                    "image": cell["image"], "feature": cell["feature"],
+                    "label": labels.get(cell["feature"]) or labels.get(str(cell["feature"])),
+                    "similarity": None if similarity is None else f"{similarity:.2f}",
+                    "model": models[cell["model"]].spec.title})
+            rows.append(cells)
+        out.append({"layer": layer["layer"], "titles": [models[i].spec.title for i in ids],
+                    "rows": rows})
+    return out
 
 
 def _shared_chart(comparison: ComparisonEntry, models: dict[str, ModelEntry]) -> str:
@@ -259,8 +299,10 @@ def mkdocs_config(site: Any, models: list[ModelEntry], comparisons: list[Compari
         "use_directory_urls": True,
         "theme": {
             "name": "material", "custom_dir": "overrides", "language": "en",
+            "font": False,  # system fonts: no request to Google Fonts (offline, privacy)
             "icon": {"logo": "material/robot-outline"},
-            "features": ["navigation.top", "navigation.tracking", "search.suggest",
+            # no navigation.tracking: the address's hash holds the viewer's deep link
+            "features": ["navigation.top", "search.suggest",
                          "search.highlight", "content.code.copy", "toc.follow"],
             "palette": [
                 {"media": "(prefers-color-scheme: light)", "scheme": "default",
@@ -274,7 +316,7 @@ def mkdocs_config(site: Any, models: list[ModelEntry], comparisons: list[Compari
         "plugins": [{"search": {"lang": "en"}}],
         "markdown_extensions": ["attr_list", "admonition", "tables", {"toc": {"permalink": True}}],
         "extra_css": ["css/gallery.css"],
-        "extra_javascript": ["js/zoo.js"],
+        "extra_javascript": ["js/zoo.js", "js/viewers.js"],
         "extra": {"generator": False, "gallery": {"version": info.version, "built": info.built}},
         "validation": {"omitted_files": "warn", "absolute_links": "warn",
                        "unrecognized_links": "warn", "anchors": "warn"},

@@ -1,7 +1,7 @@
 """The MkDocs project on disk, and the static site MkDocs builds from it.
 
 `plan_project` lists every file of the project (text computed by pages.py, or a file to
-link in from the cache or from site_src/ and theme/); `write_project` makes the folder
+link in from the cache, from the package's static/ and theme/, or the built viewer); `write_project` makes the folder
 match the plan, touching only what changed (so `mkdocs serve` reloads only then, and a
 no-change rebuild writes nothing); `build_site` runs `mkdocs build --strict` into a
 temporary folder and moves the finished site into place.
@@ -13,21 +13,25 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from ..errors import GalleryError
-from .pages import BuildInfo, comparison_page, mkdocs_config, model_page, zoo_page
+from .pages import (VIEWER_CSS, VIEWER_JS, BuildInfo, comparison_page, mkdocs_config,
+                    model_page, zoo_page)
 from .results import ComparisonEntry, ModelEntry
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SITE_SRC = REPO_ROOT / "site_src"
-"""Static sources copied into docs/ (css, js, images)."""
-THEME_DIR = REPO_ROOT / "theme"
+PACKAGE_SITE = Path(str(resources.files("gallery.site")))
+SITE_SRC = PACKAGE_SITE / "static"
+"""Static sources copied into docs/ (css, js, images): package data of gallery.site."""
+THEME_DIR = PACKAGE_SITE / "theme"
 """Material overrides (main.html with meta tags, 404.html), the project's overrides/."""
+VIEWER_DIST = Path(str(resources.files("gallery"))) / "viewer_dist"
+"""The built viewer (viewer.js, viewer.css), copied once into docs/viewer/."""
 
 
 class SiteBuildError(GalleryError):
@@ -58,6 +62,7 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
     plan.texts["mkdocs.yml"] = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     plan.texts["docs/index.md"] = zoo_page(site, models, comparisons, info)
     by_id = {m.spec.id: m for m in models}
+    viewers = False
     for entry in models:
         base = f"docs/models/{entry.spec.id}"
         plan.texts[f"{base}/index.md"] = model_page(entry, info)
@@ -67,12 +72,29 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
                 plan.files[f"{base}/{result.thumbnail}"] = folder / result.thumbnail
             if result.interface:
                 plan.add_tree(folder / result.interface, f"{base}/{result.interface}")
+                viewers = True
     for comparison in comparisons:
         base = f"docs/compare/{comparison.spec.id}"
         plan.texts[f"{base}/index.md"] = comparison_page(comparison, by_id)
-        shared = comparison.shared
-        if shared and shared.frames and comparison.folder:
-            plan.files[f"{base}/{shared.frames}"] = comparison.folder / shared.frames
+        shared, folder = comparison.shared, comparison.folder
+        if shared and folder:
+            if shared.frames:
+                plan.files[f"{base}/{shared.frames}"] = folder / shared.frames
+            for interface in shared.interfaces.values():
+                plan.add_tree(folder / interface, f"{base}/{interface}")
+                viewers = True
+            for layer in shared.matched:
+                for row in layer["rows"]:
+                    for cell in row["cells"]:
+                        if cell.get("image"):
+                            plan.files[f"{base}/{cell['image']}"] = folder / cell["image"]
+    if viewers:
+        for name in (VIEWER_JS, VIEWER_CSS):
+            source = VIEWER_DIST / Path(name).name
+            if not source.is_file():
+                raise SiteBuildError(f"{source} is missing: the viewer is not built; run "
+                                     "`bash scripts/build_viewer.sh` (needs Node.js 20+)")
+            plan.files[f"docs/{name}"] = source
     _check_sources()
     plan.add_tree(SITE_SRC, "docs")
     plan.add_tree(THEME_DIR, "overrides")
@@ -82,8 +104,8 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
 def _check_sources() -> None:
     for folder in (SITE_SRC, THEME_DIR):
         if not folder.is_dir():
-            raise SiteBuildError(f"{folder} is missing: the site's static sources ship with "
-                                 "the repository; reinstall gallery from a checkout")
+            raise SiteBuildError(f"{folder} is missing: the site's static sources are package "
+                                 "data of gallery.site; reinstall gallery")
 
 
 def write_project(plan: ProjectPlan, project: Path) -> int:

@@ -112,6 +112,15 @@ class SharedObservations:
     """Model id -> the most likely action on each observation."""
     stride: int = 1
     """Steps between two observations (they come from one recorded trajectory)."""
+    interfaces: dict[str, str] = field(default_factory=dict)
+    """Model id -> folder (beside shared.json) of its interface on the shared trajectories."""
+    matched: list[dict[str, Any]] = field(default_factory=list)
+    """Features matched across the models, per layer present in all of them:
+    [{"layer", "models": [ids], "rows": [{"cells": [{"model", "feature", "image",
+    "similarity"}]}]}] (the first cell of a row is the first model's feature, similarity
+    None); images are files beside shared.json."""
+    shared_steps: list[int] = field(default_factory=list)
+    """[E, T] of the shared trajectories the interfaces show."""
 
 
 @dataclass

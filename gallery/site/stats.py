@@ -1,9 +1,8 @@
 """Numbers the site's charts show about recorded trajectories: discounted returns and GAE
 advantages (method.md section 2), and small subsamples of them that fit in a page.
 
-Arrays are (E, T): trajectories x steps, as gallery.rollouts records them. Pure functions.
-(When gallery.analysis provides advantages for the interface, the model step can take them
-from there; these follow the same definition.)
+Arrays are (E, T): trajectories x steps, as gallery.rollouts records them. Pure functions;
+the advantages are those of gallery.advantages (the interface's), not a second copy.
 """
 
 from __future__ import annotations
@@ -30,16 +29,12 @@ def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float
 
 def gae_advantages(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, gamma: float,
                    lam: float) -> np.ndarray:
-    """delta_t = r_t + (1 - d_t) gamma V_{t+1} - V_t; A_t = delta_t + (1 - d_t) gamma lam
-    A_{t+1} for t = T-2 .. 0, with A_{T-1} = 0 (method.md section 2)."""
-    rewards = np.asarray(rewards, np.float64)
-    values = np.asarray(values, np.float64)
-    live = 1.0 - np.asarray(dones, np.float64)
-    advantages = np.zeros_like(rewards)
-    for t in range(rewards.shape[1] - 2, -1, -1):
-        delta = rewards[:, t] + live[:, t] * gamma * values[:, t + 1] - values[:, t]
-        advantages[:, t] = delta + live[:, t] * gamma * lam * advantages[:, t + 1]
-    return advantages
+    """GAE advantages (E, T) as the interface computes them (`gallery.advantages`, method.md
+    section 2), with this module's argument order."""
+    from ..advantages import gae_advantages as analysis_gae
+
+    return analysis_gae(np.asarray(values, np.float64), np.asarray(rewards, np.float64),
+                        np.asarray(dones, np.float64), gamma=gamma, lam=lam)
 
 
 def subsample(count: int, limit: int, seed: int = 0) -> np.ndarray:
