@@ -210,12 +210,59 @@ def policy_from_checkpoint(ckpt: Checkpoint, layer_options: LayerOptions = Layer
                   source=ckpt.path, sha256=ckpt.sha256)
 
 
-def load_policy(path: str | Path, layer_options: LayerOptions = LayerOptions()) -> Policy:
-    """Load an rl-clarity checkpoint (a path or file:// URL) as a PyTorch policy, safely."""
+def load_policy(path: str | Path, layer_options: LayerOptions = LayerOptions(), *,
+                sha256: str | None = None, cache_dir: str | Path | None = None) -> Policy:
+    """Load an rl-clarity checkpoint (a path, file:// or http(s):// URL) as a PyTorch policy,
+    safely.
+
+    A URL is fetched into the gallery's content-addressed cache (gallery.fetch: `cache_dir`,
+    else $GALLERY_CACHE, else the user cache folder). With `sha256` the file is verified and,
+    once cached, loaded without network; without it the download is not verified (a warning
+    says so) and is fetched again each time."""
     text = str(path)
     if text.startswith("file://"):
         text = text[len("file://"):]
+    elif text.startswith(("http://", "https://")):
+        return policy_from_checkpoint(read_checkpoint(_fetch_url(text, sha256, cache_dir)),
+                                      layer_options)
     elif "://" in text:
-        raise CheckpointError(text, "remote checkpoints are fetched by `gallery build`; "
-                              "download the file and pass its path")
+        raise CheckpointError(text, "only paths, file://, http:// and https:// URLs are "
+                              "supported")
+    if sha256:
+        from .fetch import sha256_file
+
+        actual = sha256_file(text)
+        if actual != sha256.lower():
+            raise CheckpointError(text, f"sha256 is {actual}, expected {sha256}")
     return policy_from_checkpoint(read_checkpoint(text), layer_options)
+
+
+def _fetch_url(url: str, sha256: str | None, cache_dir: str | Path | None) -> Path:
+    """The local, cached copy of the checkpoint at `url` (gallery.fetch)."""
+    import logging
+    import tempfile
+    import urllib.request
+
+    from .fetch import Cache, FetchError, FetchPolicy, download, resolve_cache_dir
+
+    cache = Cache(resolve_cache_dir(cache_dir))
+    if sha256:
+        sha256 = sha256.lower()
+        return cache.get(sha256) or download(url, sha256, cache, FetchPolicy())
+    logging.getLogger(__name__).warning("%s: loading without a sha256: the download is not "
+                                        "verified (pass sha256=... to verify and cache it)",
+                                        url)
+    cache.folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.folder) as tmp:
+        target = Path(tmp) / "checkpoint"
+        try:
+            with urllib.request.urlopen(url, timeout=FetchPolicy.timeout) as response, \
+                    open(target, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    if out.tell() > FetchPolicy.max_bytes:
+                        raise FetchError(f"{url}: more than {FetchPolicy.max_bytes:,} bytes")
+        except OSError as err:
+            raise FetchError(f"{url}: download failed ({getattr(err, 'reason', err)})") \
+                from None
+        return cache.path(cache.add(target))

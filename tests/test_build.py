@@ -368,3 +368,39 @@ def test_stats_gae_is_the_analysis_gae():
     dones = rng.random((3, 40)) < 0.1
     np.testing.assert_array_equal(gae_advantages(rewards, values, dones, 0.99, 0.95),
                                   analysis_gae(values, rewards, dones, gamma=0.99, lam=0.95))
+
+
+def test_load_policy_from_a_url_through_the_cache(tmp_path, caplog):
+    import functools
+    import http.server
+    import threading
+
+    from gallery import load_policy
+    from gallery.errors import GalleryError
+    from gallery.fetch import sha256_file
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    path = write_checkpoint(folder / "m.jd", make_checkpoint("clear", seed=4))
+    sha = sha256_file(path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/m.jd"
+    cache = tmp_path / "cache"
+    try:
+        policy = load_policy(url, sha256=sha, cache_dir=cache)
+        assert policy.sha256 == sha and (cache / "checkpoints" / "sha256" / sha).is_file()
+        with pytest.raises(GalleryError, match="sha256"):
+            load_policy(url, sha256="0" * 64, cache_dir=cache)
+        assert load_policy(url, cache_dir=tmp_path / "other").sha256 == sha  # unverified
+        assert "not verified" in caplog.text
+        with pytest.raises(GalleryError, match="HTTP 404"):
+            load_policy(url + "x", sha256=sha.replace(sha[0], "f", 1), cache_dir=cache)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert load_policy(url, sha256=sha, cache_dir=cache).sha256 == sha  # offline: cached
+    with pytest.raises(GalleryError, match="sha256"):
+        load_policy(path, sha256="1" * 64)
