@@ -415,9 +415,15 @@ def refresh_project(manifest: str, cache_dir: str, project: str, retries: int = 
 def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilder,
                    report: Reporter) -> tuple[list[ModelEntry], dict[str, Fetched],
                                               list[ModelOutcome]]:
-    """Fetch and build each model in turn; a failure stays with its model."""
+    """Fetch and build each model in turn; a failure stays with its model.
+
+    Under MPI (`mpiexec -n N gallery build`, gallery.distributed), the interface units of
+    every model to build are first computed together on all ranks (`pool_interface_units`);
+    each model's build then only assembles its bundle from the unit store, on rank 0."""
     cache = Cache(config.cache_dir)
     entries, fetched, outcomes = [], {}, []
+    if config.interfaces and builder is build_model:
+        pool_interface_units(manifest, config, report)
     for index, spec in enumerate(manifest.models):
         outcome = ModelOutcome(spec.id)
         entry = ModelEntry(spec)
@@ -446,6 +452,58 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
         entries.append(entry)
         outcomes.append(outcome)
     return entries, fetched, outcomes
+
+
+def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Reporter,
+                         context: Any = None) -> Any:
+    """Compute the interface units of every model still to build, pooled across the MPI
+    ranks (dependencies respected, any rank takes the next ready unit); a no-op in a single
+    process, where each model computes its own units in turn. Returns the RunSummary, or
+    None when there was nothing to pool. A model whose units cannot be planned or computed
+    is left to its own build, which reports the failure."""
+    from . import distributed
+
+    context = context or distributed.current()
+    if context.executor is None or importlib.util.find_spec("gallery.interface") is None:
+        return None
+    from .interface import generate_interface, interface_builder
+    from .units import Interrupted, StopFlag, run_units, unique_units
+
+    cache = Cache(config.cache_dir)
+    units = []
+    for index, spec in enumerate(manifest.models):
+        try:
+            got = fetch_checkpoint(spec.checkpoint, spec.sha256, cache, root=manifest.root,
+                                   policy=config.fetch)
+            settings = ModelSettings.of(manifest, spec)
+            key = model_key(got.sha256, settings, config.interfaces)
+            if not config.force and ModelResult.load(config.cache_dir / "models" / key):
+                continue
+            options = _accepted(generate_interface, interface_options(settings))
+            planned = interface_builder(str(got.path), config.cache_dir / "unused", **options,
+                                        progress=lambda message: None)
+            units += planned.plan().units
+            store = planned.store  # where build_interface's generate_interface looks too
+        except Exception as err:  # reported by the model's own build below
+            report(index, spec.id, "model", f"not pooled ({_describe(err)})")
+    if not units:
+        return None
+    units = unique_units(units)
+    report(-1, "units", "model", f"{len(units)} interface units of {len(manifest.models)} "
+           f"model(s) on {context.size} MPI ranks")
+    try:
+        with StopFlag().installed() as stop:
+            summary = run_units(units, store, executor=context.executor,
+                                workers=context.workers, stop=stop)
+    except Interrupted as stop:
+        report(-1, "units", "model", f"stopped: {stop.summary.describe()}; run the build "
+               "again to finish (finished units are kept)")
+        raise
+    except Exception as err:  # each model retries its own units and reports
+        report(-1, "units", "model", f"pooled units stopped: {_describe(err)}")
+        return None
+    report(-1, "units", "model", summary.describe())
+    return summary
 
 
 def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config: BuildConfig,

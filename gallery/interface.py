@@ -17,10 +17,10 @@ module only sequences it and writes files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import attribution_codec, distributed
 from . import bundle as bundles
-from .adapters import load_any
 from .advantages import bookmarks as find_bookmarks
 from .advantages import gae_advantages, policy_outputs
 from .attribution import (INPUT_LAYER, MultiPath, action_groups, attribution_batches,
@@ -44,8 +44,13 @@ from .dataset_examples import assign_with_max_repetition, feature_thumbnail, res
 from .environments import EnvSpec
 from .errors import GalleryError
 from .fetch import resolve_cache_dir, sha256_file
+from .distributed import cached_policy
 from .nmf import LayerNMF, NMFSettings, fit_nmf
-from .rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from .rollouts import FORMAT_VERSION as ROLLOUTS_FORMAT
+from .rollouts import ObservationConfig, TrajectoryConfig, load_rollouts, metadata_path, \
+    policy_fingerprint
+from .rollouts import collect as collect_rollouts
+from .units import RunSummary, StopFlag, Unit, UnitResult, UnitStore, run_units, unit_key
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +131,11 @@ class InterfaceOptions:
     """Identifier carried in deep links (default: derived from the title)."""
     resample: bool = False
     """Record trajectories and observations again even if a saved copy matches."""
+    rollouts: str | None = None
+    """A saved rollouts file (`gallery.rollouts.save_rollouts`: .npz with its .json sidecar,
+    holding trajectories and extra observations) to show instead of recording new ones, e.g.
+    the same frames for every model of a comparison. The trajectory and observation options
+    are then those of the file."""
     cache_dir: str | None = None
     """Where rollouts are kept (default: $GALLERY_CACHE or the user cache folder)."""
     image_effort: str = "best"
@@ -210,22 +220,53 @@ def generate_interface(checkpoint: str | Path, output_dir: str | Path, *,
                        nmf_features: int | None = None, nmf_integrate_steps: int | None = None,
                        title: str | None = None, model_id: str | None = None,
                        resample: bool | None = None, cache_dir: str | None = None,
-                       image_effort: str | None = None) -> dict[str, Any]:
+                       image_effort: str | None = None, rollouts: str | Path | None = None,
+                       device: str | None = None) -> dict[str, Any]:
     """Generate the interface of `checkpoint` (a .jd file, or module:factory with an
     adapter) into `output_dir`; returns a summary (sizes, timings, fidelity checks).
 
     Options are those of `InterfaceOptions` (given as `config`, or one keyword each, which
     override `config`). The folder is replaced.
+
+    The work is split into units kept in `<cache>/units` (gallery.units): a second call
+    reuses them, a killed one resumes, and under `mpiexec -n N` (gallery.distributed) they
+    are spread over the ranks; the bundle's bytes are the same in every case.
+    `device`: 'cpu' (default).
     """
     given = {k: v for k, v in locals().items()
              if k in {f.name for f in fields(InterfaceOptions)} and v is not None}
+    context = distributed.current()
+    builder = interface_builder(checkpoint, output_dir, adapter=adapter, config=config,
+                                progress=progress, device=device, **given)
+    return builder.run(context)
+
+
+def interface_builder(checkpoint: str | Path, output_dir: str | Path, *,
+                      adapter: str | None = None, config: InterfaceOptions | None = None,
+                      progress: Progress | None = None, device: str | None = None,
+                      **values: Any) -> InterfaceBuilder:
+    """The builder `generate_interface` runs (options as there): `plan().units` lists
+    the interface's units, e.g. to pool the units of many models (gallery build)."""
+    given = {k: v for k, v in values.items() if v is not None}
     try:
         options = replace(config or InterfaceOptions(), **{
-            k: (tuple(v) if k == "layers" else v) for k, v in given.items()})
+            k: (tuple(v) if k == "layers" else str(v) if k == "rollouts" else v)
+            for k, v in given.items()})
     except TypeError as err:
         raise InterfaceError(str(err)) from None
     return InterfaceBuilder(str(checkpoint), Path(output_dir), options, adapter,
-                            progress or _log_progress).run()
+                            progress or _log_progress,
+                            device=check_device(device, distributed.current().local_rank))
+
+
+def check_device(name: str | None, local_rank: int = 0) -> str:
+    """The torch device units run on: 'cpu' (default). CUDA is refused for now: the
+    attribution functions (gallery.attribution) build their tensors on the CPU."""
+    device = distributed.resolve_device(name, local_rank)
+    if device != "cpu":
+        raise InterfaceError(f"--device {name}: gallery.attribution computes on CPU tensors "
+                             "only for now; use --device cpu")
+    return device
 
 
 def _log_progress(message: str) -> None:
@@ -233,6 +274,26 @@ def _log_progress(message: str) -> None:
 
 
 # --- the pipeline -------------------------------------------------------------------------
+#
+# An interface is built from units (gallery.units), each persisted in the unit store of the
+# cache (`<cache>/units`) as soon as it is finished, so that a killed build resumes where it
+# stopped and a build spread over MPI ranks (gallery.distributed) gives the same bytes:
+#
+#   rollouts                          trajectories and extra observations
+#   outputs                           logits, values, advantages, bookmarks      <- rollouts
+#   nmf <layer>                       value attribution of the extras, NMF fit   <- rollouts
+#   attribution <layer> T<e> <chunk>  IG of up to 4 outputs, reduced, encoded    <- nmf
+#   features <layer>                  legend thumbnails and feature-view grids   <- nmf
+#
+# then rank 0 alone assembles the bundle from the store (`InterfaceBuilder.assemble`). A
+# unit's batch composition (one trajectory, a fixed chunk of outputs) never depends on the
+# number of ranks, so neither do the floating-point results.
+
+UNITS_DIR = "units"
+UNIT_VERSION = 1
+"""Bump when the computation of any unit changes (it is part of every unit key)."""
+OUTPUTS_PER_UNIT = 4
+"""Outputs attributed together (one readout batch), as in the single-process pipeline."""
 
 
 @dataclass
@@ -243,60 +304,225 @@ class _Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
 
 
+@dataclass
+class _Plan:
+    """The units of one interface and where the assembly finds their results."""
+
+    units: list[Unit]
+    rollouts: str
+    outputs: str
+    nmf: dict[str, str]
+    attribution: dict[str, list[list[tuple[list[str], str]]]]
+    """layer -> trajectory -> [(output ids, unit key)]."""
+    features: dict[str, str]
+
+
 class InterfaceBuilder:
-    """Runs the stages for one checkpoint; `run` returns the summary."""
+    """Plans the units of one checkpoint's interface, runs them (here or on MPI ranks),
+    assembles the bundle; `run` returns the summary."""
 
     def __init__(self, checkpoint: str, output_dir: Path, options: InterfaceOptions,
-                 adapter: str | None, progress: Progress):
+                 adapter: str | None, progress: Progress, device: str = "cpu"):
         self.checkpoint = checkpoint
         self.output_dir = output_dir
         self.options = options
         self.adapter = adapter
         self.say = progress
+        self.device = device
         self.timer = _Timer()
+        self.store = UnitStore(resolve_cache_dir(options.cache_dir) / UNITS_DIR)
+        self.run_summary: RunSummary | None = None
+        self._plan: _Plan | None = None
 
-    def run(self) -> dict[str, Any]:
+    # --- planning ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Load the policy (once per process) and everything the plan depends on."""
         o = self.options
-        viewer = viewer_assets()
         start = time.perf_counter()
         self.say(f"loading {self.checkpoint}")
-        policy = load_any(self.checkpoint, adapter=self.adapter)
-        policy.eval()
-        checkpoint_sha = getattr(policy, "sha256", "") or (
+        policy = cached_policy(self.checkpoint, self.adapter, self.device)
+        self.policy = policy
+        self.checkpoint_sha = getattr(policy, "sha256", "") or (
             sha256_file(self.checkpoint) if Path(self.checkpoint).is_file() else "")
-        spec = EnvSpec.from_args(policy.args, o.env)
-        layer_names = select_layers(policy.layer_names, o)
+        self.fingerprint = policy_fingerprint(policy, self.checkpoint_sha or None)
+        self.spec = EnvSpec.from_args(policy.args, o.env)
+        self.layer_names = select_layers(policy.layer_names, o)
+        names = list(policy.action_names)
+        self.group_specs = [bundles.group_output(g.name, g.actions, names)
+                            for g in action_groups(names)]
+        self.output_specs = [bundles.value_output()]
+        if o.policy:
+            self.output_specs += bundles.action_outputs(names) + self.group_specs
         self.timer.add("load", start)
 
-        rollouts = self.collect(policy, spec, checkpoint_sha)
-        recorded = rollouts.trajectories
-        extra = rollouts.observations
+    def plan(self) -> _Plan:
+        """The units of this interface, dependencies first."""
+        if self._plan is not None:
+            return self._plan
+        if not hasattr(self, "policy"):
+            self.prepare()
+        o = self.options
+        policy = self.policy
+        common = {"checkpoint": self.checkpoint, "adapter": self.adapter,
+                  "device": self.device}
+        base = {"policy": self.fingerprint, "unit_version": UNIT_VERSION,
+                "gallery": _gallery_version()}
+        units: list[Unit] = []
+        title = o.title or Path(self.checkpoint).stem
 
+        if o.rollouts is not None:
+            file_sha = sha256_file(o.rollouts)
+            rollouts_key = unit_key("rollouts-file", sha256=file_sha, **base)
+            num_envs = _saved_num_envs(o.rollouts)
+            task = {"path": str(o.rollouts), "observation_shape": list(
+                policy.observation_shape)}
+            units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts (given)", (),
+                              ("gallery.interface:unit_given_rollouts", task)))
+        else:
+            trajectories = asdict(TrajectoryConfig(o.num_envs, o.num_steps))
+            observations = asdict(ObservationConfig(o.obs_num_envs, o.num_obs, o.obs_every))
+            rollouts_key = unit_key("rollouts", env=self.spec.to_dict(),
+                                    trajectories=trajectories, observations=observations,
+                                    seed=o.seed, rollouts_format=ROLLOUTS_FORMAT, **base)
+            num_envs = o.num_envs
+            units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts", (), (
+                "gallery.interface:unit_rollouts",
+                {**common, "env": dict(o.env), "trajectories": trajectories,
+                 "observations": observations, "seed": o.seed})))
+        outputs_key = unit_key("outputs", rollouts=rollouts_key, bookmarks=o.bookmarks, **base)
+        units.append(Unit(outputs_key, "outputs", f"{title}: outputs, advantages, bookmarks",
+                          (rollouts_key,), ("gallery.interface:unit_outputs", {
+                              **common, "rollouts": rollouts_key, "bookmarks": o.bookmarks})))
+
+        chunks = [self.output_specs[i:i + OUTPUTS_PER_UNIT]
+                  for i in range(0, len(self.output_specs), OUTPUTS_PER_UNIT)]
+        nmf_keys: dict[str, str] = {}
+        feature_keys: dict[str, str] = {}
+        attribution: dict[str, list[list[tuple[list[str], str]]]] = {}
+        layers = ([INPUT_LAYER] if o.input_layer else []) + list(self.layer_names)
+        for name in layers:
+            nmf_key = None
+            if name != INPUT_LAYER:
+                c = policy.layer_shapes[name][-1]
+                k = min(o.nmf_features, c)
+                nmf_key = unit_key("nmf", rollouts=rollouts_key, layer=name, features=k,
+                                   steps=o.nmf_integrate_steps, **base)
+                nmf_keys[name] = nmf_key
+                units.append(Unit(nmf_key, "nmf", f"{title}: NMF {name}", (rollouts_key,), (
+                    "gallery.interface:unit_nmf",
+                    {**common, "rollouts": rollouts_key, "layer": name, "features": k,
+                     "steps": o.nmf_integrate_steps})))
+            steps = 1 if name == INPUT_LAYER else o.integrate_steps
+            multi = o.multi_path and name != INPUT_LAYER
+            per_trajectory = []
+            for e in range(num_envs):
+                row = []
+                for chunk in chunks:
+                    ids = [s.id for s in chunk]
+                    targets = [_target(s) for s in chunk]
+                    key = unit_key("attribution", rollouts=rollouts_key, nmf=nmf_key,
+                                   layer=name, trajectory=e, targets=targets, steps=steps,
+                                   multi_path=multi, max_paths=o.max_paths if multi else None,
+                                   path_seed=o.seed if multi else None,
+                                   single_features=o.single_features,
+                                   codec=attribution_codec.CODEC_VERSION, **base)
+                    deps = (rollouts_key,) + ((nmf_key,) if nmf_key else ())
+                    units.append(Unit(key, "attribution",
+                                      f"{title}: attribution {name} T{e} {ids[0]}..", deps, (
+                                          "gallery.interface:unit_attribution",
+                                          {**common, "rollouts": rollouts_key, "nmf": nmf_key,
+                                           "layer": name, "trajectory": e,
+                                           "targets": targets, "steps": steps,
+                                           "multi_path": multi, "max_paths": o.max_paths,
+                                           "seed": o.seed,
+                                           "single_features": o.single_features})))
+                    row.append((ids, key))
+                per_trajectory.append(row)
+            attribution[name] = per_trajectory
+            if nmf_key is not None:
+                feature_settings = {"subdiv_mults": list(o.vis_subdiv_mults),
+                                    "num_mult": o.thumbnail_num_mult,
+                                    "expand_mult": o.thumbnail_expand_mult}
+                feature_key = unit_key("features", rollouts=rollouts_key, nmf=nmf_key,
+                                       layer=name, **feature_settings, **base)
+                feature_keys[name] = feature_key
+                units.append(Unit(feature_key, "features", f"{title}: features {name}",
+                                  (rollouts_key, nmf_key), (
+                                      "gallery.interface:unit_features",
+                                      {**common, "rollouts": rollouts_key, "nmf": nmf_key,
+                                       "layer": name, **feature_settings})))
+        # the order of the list is a valid order of work: dependencies first, and the
+        # expensive attribution after every layer's NMF so that all ranks find work early
+        order = {"rollouts": 0, "outputs": 1, "nmf": 1, "features": 2, "attribution": 3}
+        units.sort(key=lambda u: order[u.kind])
+        self._plan = _Plan(units, rollouts_key, outputs_key, nmf_keys, attribution,
+                           feature_keys)
+        return self._plan
+
+    # --- running ----------------------------------------------------------------------
+    def run(self, context: distributed.Context | None = None) -> dict[str, Any]:
+        """Plan, compute what the store lacks (on the MPI pool when there is one), then
+        assemble. Raises units.Interrupted on SIGINT/SIGTERM (finished units are kept)."""
+        context = context or distributed.current()
+        plan = self.plan()
+        if self.options.resample:
+            for unit in plan.units:
+                self.store.delete(unit.key)
+        self.compute(plan.units, context)
+        return self.assemble()
+
+    def compute(self, units: list[Unit], context: distributed.Context) -> RunSummary:
         start = time.perf_counter()
-        self.say("outputs, advantages and bookmarks")
-        outputs = policy_outputs(policy, recorded.observations)
-        dones = recorded.dones.astype(np.float32)
-        advantages = gae_advantages(outputs.values, recorded.rewards, dones,
-                                    gamma=policy.gamma, lam=policy.lam)
-        high = find_bookmarks(advantages, dones, sign=1, num=o.bookmarks)
-        low = find_bookmarks(advantages, dones, sign=-1, num=o.bookmarks)
-        self.timer.add("outputs", start)
+        where = (f"{context.size} MPI ranks" if context.executor is not None
+                 else "this process")
+        self.say(f"{len(units)} units ({', '.join(_count_kinds(units))}) on {where}; "
+                 f"store {self.store.root}")
 
-        names = list(policy.action_names)
-        groups = action_groups(names)
-        group_specs = [bundles.group_output(g.name, g.actions, names) for g in groups]
-        output_specs = [bundles.value_output()]
-        if o.policy:
-            output_specs += bundles.action_outputs(names) + group_specs
+        def progress(unit: Unit, computed: bool, done: int, total: int) -> None:
+            self.say(f"[{done}/{total}] {unit.label}{'' if computed else ' (reused)'}")
+
+        with StopFlag().installed() as stop:
+            summary = run_units(units, self.store, executor=context.executor,
+                                workers=context.workers, progress=progress, stop=stop)
+        self.run_summary = summary
+        self.say(summary.describe())
+        self.timer.add("compute", start)
+        return summary
+
+    # --- assembling ------------------------------------------------------------------
+    def assemble(self) -> dict[str, Any]:
+        """Write the bundle and the page from the stored units (rank 0)."""
+        o = self.options
+        plan = self.plan()
+        viewer = viewer_assets()
+        start = time.perf_counter()
+        self.say(f"writing {self.output_dir}")
+        stage_seconds: dict[str, float] = {}
+
+        def get(key: str, kind: str) -> UnitResult:
+            found = self.store.load(key)
+            if found is None:
+                raise InterfaceError(f"unit {key[:12]} ({kind}) is missing from "
+                                     f"{self.store.root}; run the build again")
+            stage_seconds[kind] = stage_seconds.get(kind, 0.0) + found.seconds
+            return found
+
+        rollouts = _rollout_arrays(get(plan.rollouts, "rollouts"))
+        observations = rollouts["trajectories.observations"]
+        extra = rollouts.get("observations")
+        outputs = get(plan.outputs, "outputs")
+        names = list(self.policy.action_names)
         title = o.title or Path(self.checkpoint).stem
         model = {"id": o.model_id or _slug(title), "title": title,
-                 "architecture": getattr(policy, "architecture", "unknown"),
-                 "environment": spec.to_dict(), "environment_description": spec.describe(),
-                 "observation_shape": list(policy.observation_shape),
-                 "checkpoint": {"name": Path(self.checkpoint).name, "sha256": checkpoint_sha}}
-        writer = bundles.BundleWriter(
-            self.output_dir / BUNDLE_DIR, model=model, outputs=output_specs,
-            action_names=names, action_groups=group_specs,
+                 "architecture": getattr(self.policy, "architecture", "unknown"),
+                 "environment": self.spec.to_dict(),
+                 "environment_description": self.spec.describe(),
+                 "observation_shape": list(self.policy.observation_shape),
+                 "checkpoint": {"name": Path(self.checkpoint).name,
+                                "sha256": self.checkpoint_sha}}
+        writer = _UnitBundleWriter(
+            self.output_dir / BUNDLE_DIR, model=model, outputs=self.output_specs,
+            action_names=names, action_groups=self.group_specs,
             presentation=bundles.Presentation(
                 video_speed=o.video_speed, attribution_weight=o.attribution_weight,
                 scrub_range=tuple(o.scrub_range),
@@ -304,140 +530,73 @@ class InterfaceBuilder:
                 vis_subdiv_mult_default=o.vis_subdiv_mult_default,
                 vis_expand_mult_default=o.vis_expand_mult_default),
             single_features=o.single_features, image_effort=o.image_effort)
-        for e in range(recorded.num_envs):
+        a = outputs.arrays
+        for e in range(len(observations)):
             writer.add_trajectory(bundles.TrajectoryData(
-                observations=recorded.observations[e], actions=recorded.actions[e],
-                rewards=recorded.rewards[e], firsts=recorded.firsts[e], dones=dones[e],
-                logits=outputs.logits[e], values=outputs.values[e],
-                advantages=advantages[e]))
-        writer.set_bookmarks([bundles.BookmarkEntry(b.trajectory, b.step, b.score) for b in high],
-                             [bundles.BookmarkEntry(b.trajectory, b.step, b.score) for b in low])
+                observations=observations[e], actions=rollouts["trajectories.actions"][e],
+                rewards=rollouts["trajectories.rewards"][e],
+                firsts=rollouts["trajectories.firsts"][e], dones=a["dones"][e],
+                logits=a["logits"][e], values=a["values"][e], advantages=a["advantages"][e]))
+        writer.set_bookmarks(
+            [bundles.BookmarkEntry(*b) for b in outputs.value["high"]],
+            [bundles.BookmarkEntry(*b) for b in outputs.value["low"]])
         if extra is not None:
             writer.add_extra_observations(extra)
-
-        if o.input_layer:
-            self.input_layer(writer, policy, recorded.observations, output_specs)
-        for name in layer_names:
-            self.hidden_layer(writer, policy, name, recorded.observations, extra, output_specs)
-
-        start = time.perf_counter()
-        index = writer.finish(self.provenance(checkpoint_sha, spec, policy))
+        for name, per_trajectory in plan.attribution.items():
+            if name == INPUT_LAYER:
+                h, w, c = self.policy.observation_shape
+                writer.add_layer(bundles.LayerSpec(INPUT_LAYER, (h, w, c), "gradients", c))
+            else:
+                h, w, c = self.policy.layer_shapes[name]
+                writer.add_layer(bundles.LayerSpec(name, (h, w, c), "attribution",
+                                                   min(o.nmf_features, c)))
+            for e, row in enumerate(per_trajectory):
+                for ids, key in row:
+                    encoded = get(key, "attribution").arrays
+                    for i, output in enumerate(ids):
+                        writer.add_encoded_attribution(name, e, output,
+                                                       encoded[f"gatr{i}"].tobytes())
+            if name in plan.features:
+                self.add_features(writer, name, get(plan.features[name], "features"),
+                                  observation_shape=tuple(extra.shape[1:3]))
+        for kind, seconds in stage_seconds.items():
+            self.timer.seconds.setdefault(kind, seconds)
+        index = writer.finish(self.provenance(self.checkpoint_sha, self.spec, self.policy))
         write_page(self.output_dir, title, viewer)
         self.timer.add("write", start)
         sizes = bundles.bundle_sizes(self.output_dir / BUNDLE_DIR,
                                      viewer_bytes=sum(p.stat().st_size for p in viewer))
         return {"output_dir": str(self.output_dir),
                 "layers": [la["name"] for la in index["layers"]],
-                "outputs": [s.id for s in output_specs], "sizes": sizes,
-                "seconds": self.timer.seconds, "fidelity": writer.fidelity_report}
+                "outputs": [s.id for s in self.output_specs], "sizes": sizes,
+                "seconds": self.timer.seconds, "fidelity": writer.fidelity_report,
+                "units": None if self.run_summary is None else {
+                    "total": self.run_summary.total, "computed": self.run_summary.computed,
+                    "reused": self.run_summary.reused + self.run_summary.waited}}
 
-    def collect(self, policy: torch.nn.Module, spec: EnvSpec, checkpoint_sha: str) -> Any:
+    def add_features(self, writer: bundles.BundleWriter, name: str, stored: UnitResult,
+                     observation_shape: tuple[int, int]) -> None:
         o = self.options
-        start = time.perf_counter()
-        trajectories = TrajectoryConfig(o.num_envs, o.num_steps)
-        observations = ObservationConfig(o.obs_num_envs, o.num_obs, o.obs_every)
-        key = hashlib.sha256(json.dumps(
-            [checkpoint_sha or self.checkpoint, spec.to_dict(), asdict(trajectories),
-             asdict(observations), o.seed], sort_keys=True, default=str).encode()).hexdigest()
-        path = resolve_cache_dir(o.cache_dir) / "rollouts" / f"{key[:24]}.npz"
-        self.say(f"rollouts: {o.num_envs} x {o.num_steps} steps and {o.obs_num_envs} x "
-                 f"{o.num_obs} observations, {spec.describe()} (cached in {path.parent})")
-        rollouts = load_or_collect(path, policy, spec, trajectories=trajectories,
-                                   observations=observations, seed=o.seed,
-                                   checkpoint_sha256=checkpoint_sha or None, force=o.resample)
-        self.timer.add("rollouts", start)
-        return rollouts
-
-    def input_layer(self, writer: bundles.BundleWriter, policy: torch.nn.Module,
-                    observations: np.ndarray, outputs: list[bundles.OutputSpec]) -> None:
-        """Gradients with respect to the observation: features are its channels."""
-        start = time.perf_counter()
-        h, w, c = policy.observation_shape
-        writer.add_layer(bundles.LayerSpec(INPUT_LAYER, (h, w, c), "gradients", c))
-        self.say(f"layer {INPUT_LAYER}: gradients")
-        for e in range(len(observations)):
-            for spec, attr in self.attribute(policy, observations[e], INPUT_LAYER, outputs):
-                self.add_attribution(writer, INPUT_LAYER, e, spec.id, attr,
-                                     np.zeros(attr.shape[:-1], np.float32))
-        self.timer.add("attribution", start)
-
-    def hidden_layer(self, writer: bundles.BundleWriter, policy: torch.nn.Module, name: str,
-                     observations: np.ndarray, extra: np.ndarray,
-                     outputs: list[bundles.OutputSpec]) -> None:
-        o = self.options
-        h, w, c = policy.layer_shapes[name]
-        k = min(o.nmf_features, c)
-        start = time.perf_counter()
-        self.say(f"layer {name}: NMF features on value attribution of {len(extra)} observations")
-        nmf = fit_nmf(integrated_gradients(policy, extra, name, "value",
-                                           steps=o.nmf_integrate_steps), NMFSettings(k))
-        self.timer.add("nmf", start)
-        writer.add_layer(bundles.LayerSpec(name, (h, w, c), "attribution", k))
-
-        start = time.perf_counter()
-        self.say(f"layer {name}: attribution of {len(observations)} trajectories to "
-                 f"{len(outputs)} output(s)")
-        multi = MultiPath(nmf, o.max_paths, o.seed) if o.multi_path else None
-        for e in range(len(observations)):
-            for spec, attr in self.attribute(policy, observations[e], name, outputs, multi):
-                features, residual = nmf.reduce_attribution(attr)
-                self.add_attribution(writer, name, e, spec.id, features, residual)
-        self.timer.add("attribution", start)
-
-        start = time.perf_counter()
-        self.say(f"layer {name}: feature visualisation")
-        self.features(writer, policy, name, nmf, extra)
-        self.timer.add("features", start)
-
-    def add_attribution(self, writer: bundles.BundleWriter, layer: str, trajectory: int,
-                        output: str, features: np.ndarray, residual: np.ndarray) -> None:
-        """Hand one (layer, trajectory, output) to the writer (a hook for benchmarks)."""
-        writer.add_attribution(layer, trajectory, output, features, residual)
-
-    def attribute(self, policy: torch.nn.Module, obs: np.ndarray, layer: str,
-                  outputs: list[bundles.OutputSpec], multi: MultiPath | None = None):
-        """(output, attribution (T, h, w, c)) for each output, a few outputs at a time so
-        that memory stays bounded when every action is attributed."""
-        o = self.options
-        steps = 1 if layer == INPUT_LAYER else o.integrate_steps
-        if multi is not None:
-            for spec in outputs:
-                target = _target(spec)
-                yield spec, integrated_gradients(policy, obs, layer, target, steps,
-                                                 multi_path=multi)
-            return
-        per_chunk = 4
-        for first in range(0, len(outputs), per_chunk):
-            chunk = outputs[first:first + per_chunk]
-            readout = readout_matrix(policy, [_target(s) for s in chunk])
-            parts = [batch for _, batch in attribution_batches(policy, obs, layer, readout, steps)]
-            everything = np.concatenate(parts, axis=1)
-            for i, spec in enumerate(chunk):
-                yield spec, everything[i]
-
-    def features(self, writer: bundles.BundleWriter, policy: torch.nn.Module, name: str,
-                 nmf: LayerNMF, extra: np.ndarray) -> None:
-        o = self.options
-        with torch.inference_mode():
-            acts = np.concatenate([
-                policy.activations(torch.from_numpy(extra[i:i + 256]).float().div_(255),
-                                   name).numpy()
-                for i in range(0, len(extra), 256)])
-        reduced = nmf.transform(acts)
-        thumbnails = [feature_thumbnail(reduced[..., f], extra, num_mult=o.thumbnail_num_mult,
-                                        expand_mult=o.thumbnail_expand_mult).image
-                      for f in range(nmf.n_features)]
-        writer.add_legend(name, np.stack(_same_size(thumbnails)))
-        for f in range(nmf.n_features):
-            grids = [feature_grid(reduced[..., f], s) for s in o.vis_subdiv_mults]
+        arrays = stored.arrays
+        writer.add_legend(name, arrays["thumbnails"])
+        h, w = stored.value["layer_hw"]
+        for f in range(stored.value["features"]):
+            grids = [bundles.FeatureGrid(
+                float(s), arrays[f"f{f}s{i}_indices"], arrays[f"f{f}s{i}_acts"],
+                arrays[f"f{f}s{i}_rows"], arrays[f"f{f}s{i}_cols"], (h, w))
+                for i, s in enumerate(o.vis_subdiv_mults)]
             writer.add_feature_views(name, f, grids, expand_mults=o.vis_expand_mults,
-                                     observation_shape=tuple(extra.shape[1:3]))
+                                     observation_shape=observation_shape)
 
     def provenance(self, checkpoint_sha: str, spec: EnvSpec, policy: Any) -> dict[str, Any]:
+        """What the bundle was made from. With SOURCE_DATE_EPOCH set (reproducible builds),
+        `created` is that date and the timings, which differ from run to run, are left out."""
         settings = asdict(self.options)
         settings.pop("cache_dir", None)
         settings.pop("image_effort", None)
-        return {
+        if settings.get("rollouts"):  # a local path: keep only the file's name
+            settings["rollouts"] = Path(settings["rollouts"]).name
+        out = {
             "checkpoint": {"name": Path(self.checkpoint).name, "sha256": checkpoint_sha},
             "settings": settings,
             "environment": spec.to_dict(),
@@ -445,9 +604,211 @@ class InterfaceBuilder:
                               if isinstance(v, (str, int, float, bool)) or v is None},
             "gamma": policy.gamma, "lambda": policy.lam,
             "versions": dict(_versions()),
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "seconds": {k: round(v, 1) for k, v in self.timer.seconds.items()},
         }
+        epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+        if epoch:
+            try:
+                when = datetime.fromtimestamp(int(epoch), timezone.utc)
+            except ValueError:
+                raise InterfaceError(f"SOURCE_DATE_EPOCH must be an integer number of "
+                                     f"seconds, not {epoch!r}") from None
+            out["created"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:
+            out["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            out["seconds"] = {k: round(v, 1) for k, v in self.timer.seconds.items()}
+        return out
+
+
+class _UnitBundleWriter(bundles.BundleWriter):
+    """The bundle writer, taking attribution already encoded by a unit."""
+
+    def add_encoded_attribution(self, layer: str, trajectory: int, output: str,
+                                data: bytes) -> dict[str, Any]:
+        li, entry = self._layer(layer)
+        if output not in {o.id for o in self.outputs}:
+            raise bundles.BundleError(f"output {output!r} is not one of the bundle's outputs")
+        header = attribution_codec.decode(data).header
+        expected = (self.trajectories[trajectory]["length"], *entry["shape"][:2],
+                    entry["features"])
+        if (header.frames, header.height, header.width, header.features) != expected:
+            raise bundles.BundleError(f"layer {layer}, trajectory {trajectory}, {output}: "
+                                      f"stored attribution does not match {expected}")
+        name = self._write(f"attribution/L{li}/T{trajectory}-{output}.gatr", data)
+        files = entry["attribution"].setdefault(output, [None] * len(self.trajectories))
+        files[trajectory] = name
+        report = {"layer": layer, "trajectory": trajectory, "output": output,
+                  "bytes": len(data), "step": header.step,
+                  "checked_mae": header.worst_mae, "checked_psnr": header.worst_psnr}
+        self.fidelity_report.append(report)
+        return report
+
+
+def _count_kinds(units: Sequence[Unit]) -> list[str]:
+    counts: dict[str, int] = {}
+    for u in units:
+        counts[u.kind] = counts.get(u.kind, 0) + 1
+    return [f"{n} {k}" for k, n in counts.items()]
+
+
+def _gallery_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _saved_num_envs(path: str) -> int:
+    meta = json.loads(metadata_path(path).read_text()) if metadata_path(path).is_file() else {}
+    recorded = (meta.get("trajectories") or {}).get("num_envs")
+    if isinstance(recorded, int):
+        return recorded
+    return int(load_rollouts(path).trajectories.num_envs)
+
+
+# --- the units' work (run in any process: arguments are plain values) -------------------
+
+_ROLLOUTS_CACHE: dict[str, dict[str, np.ndarray]] = {}
+
+
+def _rollout_arrays(stored: UnitResult) -> dict[str, np.ndarray]:
+    return stored.arrays
+
+
+def _stored_rollouts(store: UnitStore, key: str) -> dict[str, np.ndarray]:
+    """The rollouts of `key`, read from the store once per process (the last two kept)."""
+    arrays = _ROLLOUTS_CACHE.get(key)
+    if arrays is None:
+        found = store.load(key)
+        if found is None:
+            raise InterfaceError(f"rollouts unit {key[:12]} is missing from {store.root}")
+        arrays = found.arrays
+        while len(_ROLLOUTS_CACHE) >= 2:
+            _ROLLOUTS_CACHE.pop(next(iter(_ROLLOUTS_CACHE)))
+        _ROLLOUTS_CACHE[key] = arrays
+    return arrays
+
+
+def _stored_nmf(store: UnitStore, key: str) -> LayerNMF:
+    found = store.load(key)
+    if found is None:
+        raise InterfaceError(f"NMF unit {key[:12]} is missing from {store.root}")
+    return LayerNMF(found.arrays["components"], settings=NMFSettings(found.value["features"]),
+                    n_iter=found.value["n_iter"], converged=found.value["converged"])
+
+
+def unit_rollouts(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+                  env: dict[str, Any], trajectories: dict[str, Any],
+                  observations: dict[str, Any], seed: int) -> UnitResult:
+    policy = cached_policy(checkpoint, adapter, device)
+    spec = EnvSpec.from_args(policy.args, env)
+    recorded = collect_rollouts(policy, spec, TrajectoryConfig(**trajectories),
+                                ObservationConfig(**observations), seed)
+    arrays = {f"trajectories.{k}": v for k, v in recorded.trajectories.arrays().items()
+              if k != "observations_full"}
+    if recorded.observations is not None:
+        arrays["observations"] = recorded.observations
+    return UnitResult(arrays, {"num_envs": recorded.trajectories.num_envs})
+
+
+def unit_given_rollouts(store: UnitStore, *, path: str,
+                        observation_shape: list[int]) -> UnitResult:
+    recorded = load_rollouts(path)
+    shape = tuple(recorded.trajectories.observations.shape[2:])
+    if shape != tuple(observation_shape) or recorded.observations is None:
+        raise InterfaceError(
+            f"{path}: its observations are {shape}, the checkpoint takes "
+            f"{tuple(observation_shape)}; the file must also hold extra "
+            "observations (record it with gallery.rollouts.load_or_collect)")
+    arrays = {f"trajectories.{k}": v for k, v in recorded.trajectories.arrays().items()
+              if k != "observations_full"}
+    arrays["observations"] = recorded.observations
+    return UnitResult(arrays, {"num_envs": recorded.trajectories.num_envs})
+
+
+def unit_outputs(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+                 rollouts: str, bookmarks: int) -> UnitResult:
+    policy = cached_policy(checkpoint, adapter, device)
+    recorded = _stored_rollouts(store, rollouts)
+    outputs = policy_outputs(policy, recorded["trajectories.observations"])
+    dones = recorded["trajectories.dones"].astype(np.float32)
+    advantages = gae_advantages(outputs.values, recorded["trajectories.rewards"], dones,
+                                gamma=policy.gamma, lam=policy.lam)
+    high = find_bookmarks(advantages, dones, sign=1, num=bookmarks)
+    low = find_bookmarks(advantages, dones, sign=-1, num=bookmarks)
+    return UnitResult(
+        {"logits": np.asarray(outputs.logits), "values": np.asarray(outputs.values),
+         "advantages": np.asarray(advantages), "dones": dones},
+        {"high": [[int(b.trajectory), int(b.step), float(b.score)] for b in high],
+         "low": [[int(b.trajectory), int(b.step), float(b.score)] for b in low]})
+
+
+def unit_nmf(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+             rollouts: str, layer: str, features: int, steps: int) -> UnitResult:
+    policy = cached_policy(checkpoint, adapter, device)
+    extra = _stored_rollouts(store, rollouts)["observations"]
+    nmf = fit_nmf(integrated_gradients(policy, extra, layer, "value", steps=steps),
+                  NMFSettings(features))
+    return UnitResult({"components": nmf.components},
+                      {"features": features, "n_iter": int(nmf.n_iter),
+                       "converged": bool(nmf.converged)})
+
+
+def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+                     rollouts: str, nmf: str | None, layer: str, trajectory: int,
+                     targets: list[Any], steps: int, multi_path: bool,
+                     max_paths: int | None, seed: int, single_features: bool) -> UnitResult:
+    """Attribution of one trajectory to a chunk of outputs, reduced to the layer's features
+    and encoded (attribution_codec): the files as they go into the bundle."""
+    policy = cached_policy(checkpoint, adapter, device)
+    obs = _stored_rollouts(store, rollouts)["trajectories.observations"][trajectory]
+    layer_nmf = _stored_nmf(store, nmf) if nmf is not None else None
+    targets = [t if not isinstance(t, list) else list(t) for t in targets]
+    if multi_path and layer_nmf is not None:
+        multi = MultiPath(layer_nmf, max_paths, seed)
+        attributions = [integrated_gradients(policy, obs, layer, t, steps, multi_path=multi)
+                        for t in targets]
+    else:
+        readout = readout_matrix(policy, targets)
+        parts = [batch for _, batch in attribution_batches(policy, obs, layer, readout, steps)]
+        everything = np.concatenate(parts, axis=1)
+        attributions = [everything[i] for i in range(len(targets))]
+    arrays = {}
+    for i, attr in enumerate(attributions):
+        if layer_nmf is None:
+            features, residual = attr, np.zeros(attr.shape[:-1], np.float32)
+        else:
+            features, residual = layer_nmf.reduce_attribution(attr)
+        data = attribution_codec.encode(features, residual, single_features=single_features,
+                                        target=attribution_codec.FidelityTarget())
+        arrays[f"gatr{i}"] = np.frombuffer(data, dtype=np.uint8)
+    return UnitResult(arrays, {"outputs": len(targets)})
+
+
+def unit_features(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+                  rollouts: str, nmf: str, layer: str, subdiv_mults: list[float],
+                  num_mult: int, expand_mult: float) -> UnitResult:
+    """Legend thumbnails and the feature-view grids of one layer (method.md 7)."""
+    policy = cached_policy(checkpoint, adapter, device)
+    extra = _stored_rollouts(store, rollouts)["observations"]
+    layer_nmf = _stored_nmf(store, nmf)
+    with torch.inference_mode():
+        acts = np.concatenate([
+            policy.activations(torch.from_numpy(extra[i:i + 256]).float().div_(255),
+                               layer).numpy()
+            for i in range(0, len(extra), 256)])
+    reduced = layer_nmf.transform(acts)
+    thumbnails = [feature_thumbnail(reduced[..., f], extra, num_mult=num_mult,
+                                    expand_mult=expand_mult).image
+                  for f in range(layer_nmf.n_features)]
+    arrays = {"thumbnails": np.stack(_same_size(thumbnails))}
+    layer_hw = [int(x) for x in reduced.shape[1:3]]
+    for f in range(layer_nmf.n_features):
+        for i, s in enumerate(subdiv_mults):
+            g = feature_grid(reduced[..., f], s)
+            arrays[f"f{f}s{i}_indices"] = np.asarray(g.indices)
+            arrays[f"f{f}s{i}_acts"] = np.asarray(g.acts)
+            arrays[f"f{f}s{i}_rows"] = np.asarray(g.centre_rows)
+            arrays[f"f{f}s{i}_cols"] = np.asarray(g.centre_cols)
+    return UnitResult(arrays, {"features": layer_nmf.n_features, "layer_hw": layer_hw})
 
 
 def _target(spec: bundles.OutputSpec) -> Any:

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .. import distributed
 from ..build import BuildConfig, build_gallery, format_summary
 from ..fetch import Cache, FetchPolicy, resolve_cache_dir
 from ..manifest import Manifest, load_manifest
@@ -48,6 +49,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"download retries (default {FetchPolicy.retries})")
     p.add_argument("--no-strict", dest="strict", action="store_false",
                    help="let MkDocs warnings (broken links, ...) pass instead of failing")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per process (default: the cores divided by the MPI "
+                   "ranks on this node); run under `mpiexec -n N` to spread the interface "
+                   "units of all models over N ranks (docs/scaling.md)")
 
 
 def resolve_manifest(option: str | None) -> Path:
@@ -74,6 +79,12 @@ def prepare(args: argparse.Namespace) -> tuple[Manifest, BuildConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # under `mpiexec -n N`, ranks other than 0 compute interface units, rank 0 does the rest
+    with distributed.session(getattr(args, "threads", None)) as context:
+        return 0 if context is None else _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     manifest, config = prepare(args)
     print(f"gallery build: {manifest.path} ({len(manifest.models)} models, "
           f"{len(manifest.comparisons)} comparisons) -> {config.output}/; cache {config.cache_dir}",

@@ -6,8 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from .. import distributed
 from ..errors import UsageError
 from ..interface import InterfaceError, InterfaceOptions, generate_interface, options_from
+from ..units import Interrupted
 from .rollout import parse_overrides
 
 DEFAULTS = InterfaceOptions()
@@ -80,6 +82,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fast-images", dest="image_effort", action="store_const", const="fast",
                    default="best", help="encode observation images quickly (about twice "
                    "the size; for previews)")
+    g = p.add_argument_group("execution (docs/scaling.md)")
+    g.add_argument("--device", default="cpu", help="torch device of the analysis: cpu "
+                   "(default); under MPI each rank takes its node's GPU by local rank")
+    g.add_argument("--threads", type=int, metavar="N", help="torch threads per process "
+                   "(default: the cores divided by the MPI ranks on this node)")
     p.set_defaults(func=run)
 
 
@@ -110,8 +117,18 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(f"[interface] {message}", file=sys.stderr, flush=True)
 
-    summary = generate_interface(args.checkpoint, args.output, adapter=args.adapter,
-                                 config=options, progress=say)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be a positive integer, not {args.threads}")
+    with distributed.session(args.threads) as context:
+        if context is None:  # an MPI worker rank: it served units; rank 0 reports
+            return 0
+        try:
+            summary = generate_interface(args.checkpoint, args.output, adapter=args.adapter,
+                                         config=options, progress=say, device=args.device)
+        except Interrupted as stop:
+            print(f"gallery interface: stopped; {stop.summary.describe()}. Run the same "
+                  "command again to finish: finished units are kept.", file=sys.stderr)
+            return 130
     sizes = summary["sizes"]
     print(f"wrote {summary['output_dir']}")
     print(f"layers        {', '.join(summary['layers'])}")
