@@ -400,13 +400,14 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
     return written, outcomes
 
 
-def refresh_project(manifest: str, cache_dir: str, project: str, retries: int = 3) -> int:
+def refresh_project(manifest: str, cache_dir: str, project: str, retries: int = 3,
+                    interfaces: bool = True) -> int:
     """Bring a generated project up to date with its manifest (for `gallery serve`)."""
     from .manifest import load_manifest
 
     loaded = load_manifest(manifest)
     config = BuildConfig(output=Path(project) / "unused", cache_dir=Path(cache_dir),
-                         fetch=FetchPolicy(retries=retries))
+                         fetch=FetchPolicy(retries=retries), interfaces=interfaces)
     written, _ = generate_project(loaded, config, Path(project), build_model,
                                   Reporter(len(loaded.models)))
     return written

@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="build the gallery, then preview it with live reload",
         description="Build as `gallery build` does, then serve the site on a local address; "
-        "edits of the manifest, site_src/ or theme/ rebuild the affected pages.")
+        "edits of the manifest, gallery/site/static/ or gallery/site/theme/ rebuild the "
+        "affected pages.")
     add_build_arguments(p)
     p.add_argument("-o", "--output", default="site", metavar="DIR",
                    help="folder for the built site (default: site/)")
@@ -41,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     # the hook regenerates the pages before each rebuild (see gallery/site/serve_hook.py)
     os.environ["GALLERY_SERVE"] = json.dumps({
         "manifest": str(manifest.path.resolve()), "cache_dir": str(config.cache_dir),
-        "project": str(project), "retries": config.fetch.retries})
+        "project": str(project), "retries": config.fetch.retries,
+        "interfaces": config.interfaces})
     serve(config_file=str(project / "mkdocs.yml"), livereload=True,
           watch=[str(manifest.path.resolve()), str(SITE_SRC), str(THEME_DIR)],
           open_in_browser=args.open, dev_addr=args.dev_addr, hooks=[HOOK],

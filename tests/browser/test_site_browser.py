@@ -138,8 +138,10 @@ def test_model_page_viewer_and_deep_link(site_page, screenshots):
 
 
 def test_comparison_viewers_play_in_step(site_page, screenshots):
-    page = site_page("compare/pair/", viewport=(1400, 1000))
+    page = site_page("compare/pair/", viewport=(1920, 1080))  # wide: two columns
     wait_viewers(page, 2)
+    boxes = [page.locator("[data-gallery-viewer]").nth(i).bounding_box() for i in (0, 1)]
+    assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2 and boxes[1]["x"] > boxes[0]["x"] + 400
     frames = "window.galleryViewers.map(v => v.getState().frame)"
     assert page.evaluate(frames) == [0, 0]
     first = page.locator("[data-gallery-viewer]").nth(0)
@@ -157,6 +159,8 @@ def test_comparison_viewers_play_in_step(site_page, screenshots):
     rows = page.locator("tr.gallery-matched__row")
     assert rows.count() == 2 * 4
     assert "similarity" in rows.first.inner_text()
+    page.locator("h2#interfaces-side-by-side").scroll_into_view_if_needed()
+    page.evaluate("document.getElementById('interfaces-side-by-side').scrollIntoView()")
     page.screenshot(path=str(screenshots / "site-compare.png"))
     rows.first.scroll_into_view_if_needed()
     page.wait_for_function("[...document.querySelectorAll('tr.gallery-matched__row img')]"
