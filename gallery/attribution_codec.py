@@ -42,12 +42,14 @@ Everything here is pure: arrays in, bytes out.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import rendering
+from .errors import GalleryError
 
 MAGIC = b"GATR"
 #: Version of the attribution file layout; the reader refuses others.
@@ -62,7 +64,12 @@ MAX_LINEAR = 64
 NUM_CONTEXTS = 18
 
 
-class CodecError(ValueError):
+#: Codes per frame a file may declare (planes x height x width): 84 x 84 positions with
+#: 64 NMF features is about 0.9 million. The reader refuses more before allocating.
+MAX_CODES_PER_FRAME = 1 << 20
+
+
+class CodecError(GalleryError, ValueError):
     """Bytes that are not a valid attribution file of this version."""
 
 
@@ -396,6 +403,7 @@ def rans_decode(streams: list[bytes], tables: np.ndarray | None, freq: np.ndarra
     count = len(streams)
     width = max(len(s) for s in streams) if streams else 0
     buf = np.zeros((count, width + 4), np.int64)
+    lengths = np.array([len(s) for s in streams], np.int64)
     for i, s in enumerate(streams):
         buf[i, :len(s)] = np.frombuffer(s, np.uint8)
     state = (buf[:, 0] << 24) | (buf[:, 1] << 16) | (buf[:, 2] << 8) | buf[:, 3]
@@ -414,6 +422,8 @@ def rans_decode(streams: list[bytes], tables: np.ndarray | None, freq: np.ndarra
                 break
             state = np.where(low, (state << 8) | buf[rows, pos], state)
             pos += low
+            if (pos > lengths).any():  # a valid stream is read exactly to its end
+                raise CodecError("a frame's stream ends before its codes: the file is corrupt")
     return out
 
 
@@ -524,8 +534,43 @@ class AttributionFile:
         return level_values(self.header.step, self.header.linear)[self.codes(frames)]
 
 
+def _check_header(header: AttributionHeader, size: int) -> None:
+    """Types and sizes of a header, bounded by the file's size before anything is
+    allocated from them."""
+    for name in ("version", "frames", "height", "width", "features", "linear"):
+        value = getattr(header, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise CodecError(f"bad header: {name} is {value!r:.40}, not an integer")
+    for name in ("scale", "step", "worst_mae", "worst_psnr"):
+        value = getattr(header, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise CodecError(f"bad header: {name} is {value!r:.40}, not a number")
+    if header.version != CODEC_VERSION:
+        raise CodecError(f"attribution file version {header.version}; this gallery reads "
+                         f"version {CODEC_VERSION}: rebuild the interface")
+    if min(header.frames, header.features) < 0 or min(header.height, header.width) < 1:
+        raise CodecError("bad header: negative or empty sizes")
+    if not (math.isfinite(header.step) and header.step > 0 and header.linear >= 1):
+        raise CodecError("bad header: the level table's step must be positive")
+    planes = 2 * (header.features + 1)
+    # every table takes 2 bytes, every frame 4 bytes of offset and 4 (K + 1) of totals
+    if planes * NUM_CONTEXTS * 2 > size or header.frames * 4 * (header.features + 2) > size:
+        raise CodecError("bad header: it declares more tables or frames than the file holds")
+    if planes * header.height * header.width > MAX_CODES_PER_FRAME:
+        raise CodecError(f"bad header: {planes} x {header.height} x {header.width} codes per "
+                         f"frame, more than the limit of {MAX_CODES_PER_FRAME}")
+
+
 def decode(data: bytes) -> AttributionFile:
     """Parse an attribution file, checking its structure (not decoding the streams)."""
+    try:
+        return _decode(data)
+    except struct.error:
+        raise CodecError("the file ends inside its header or tables (truncated file?)") \
+            from None
+
+
+def _decode(data: bytes) -> AttributionFile:
     view = memoryview(data)
     if bytes(view[:4]) != MAGIC:
         raise CodecError("not a gallery attribution file (bad magic)")
@@ -533,23 +578,24 @@ def decode(data: bytes) -> AttributionFile:
     try:
         meta = json.loads(bytes(view[8:8 + meta_len]))
         header = AttributionHeader(**meta)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, RecursionError) as err:
         raise CodecError(f"bad header: {err}") from None
-    if header.version != CODEC_VERSION:
-        raise CodecError(f"attribution file version {header.version}; this gallery reads "
-                         f"version {CODEC_VERSION}: rebuild the interface")
+    _check_header(header, len(data))
     pos = 8 + meta_len
     (body_len,) = struct.unpack_from("<I", view, pos)
     pos += 4
     freq, _ = unpack_tables(view[pos:pos + body_len], 2 * (header.features + 1))
     pos += body_len
     count = header.frames * (header.features + 1)
+    if pos + 4 * count + 4 * (header.frames + 1) > len(data):
+        raise CodecError("the file ends inside its totals or stream offsets (truncated file?)")
     totals = np.frombuffer(view[pos:pos + 4 * count], "<f4").reshape(
         header.frames, header.features + 1).copy()
     pos += 4 * count
     offsets = np.frombuffer(view[pos:pos + 4 * (header.frames + 1)], "<u4").astype(np.int64)
     pos += 4 * (header.frames + 1)
-    if len(offsets) != header.frames + 1 or pos + offsets[-1] != len(data):
+    if len(offsets) != header.frames + 1 or pos + offsets[-1] != len(data) or \
+            offsets[0] != 0 or np.any(np.diff(offsets) < 0):
         raise CodecError("stream offsets do not match the file length (truncated file?)")
     streams = [bytes(view[pos + offsets[i]:pos + offsets[i + 1]]) for i in range(header.frames)]
     return AttributionFile(header, freq, totals, streams)

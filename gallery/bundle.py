@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -484,10 +485,13 @@ def read_bundle(directory: str | Path) -> dict[str, Any]:
     """The index of the bundle in `directory`, after checking its format and version."""
     path = Path(directory) / INDEX_FILE
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes, over the "
+                              f"{MAX_FILE_BYTES} byte limit of one bundle file")
         index = json.loads(path.read_text())
     except FileNotFoundError:
         raise BundleError(f"{path}: no bundle here (bundle.json is missing)") from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise BundleError(f"{path}: cannot read the bundle index ({err})") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT_NAME:
         raise BundleError(f"{path}: not a gallery interface bundle")
@@ -516,17 +520,32 @@ def validate_bundle(directory: str | Path, *, decode_frames: int = 1) -> dict[st
                            if k not in index]
     if problems:
         raise BundleError("; ".join(problems))
+    try:
+        problems += _check_structure(root, index, decode_frames)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as err:
+        # a hostile or damaged index: a key missing or a value of the wrong type
+        problems.append(f"bundle.json is malformed ({type(err).__name__}: {err!s:.200}); "
+                        "rebuild the interface")
+    if problems:
+        raise BundleError(f"{root}: invalid bundle:\n  " + "\n  ".join(problems))
+    return index
+
+
+def _check_structure(root: Path, index: dict[str, Any], decode_frames: int) -> list[str]:
+    problems: list[str] = []
     for name, meta in index["files"].items():
         problems += _check_file(root, name, meta)
     named = set(index["files"])
     for reference in _references(index):
-        if reference not in named:
-            problems.append(f"bundle.json names {reference}, which is not in its file list")
+        if not isinstance(reference, str) or reference not in named:
+            problems.append(f"bundle.json names {reference!r:.200}, which is not in its "
+                            "file list")
+    if index["default_layer"] not in [layer["name"] for layer in index["layers"]]:
+        problems.append(f"bundle.json: default_layer {index['default_layer']!r:.100} is not "
+                        "one of its layers")
     if not problems:
         problems += _check_contents(root, index, decode_frames)
-    if problems:
-        raise BundleError(f"{root}: invalid bundle:\n  " + "\n  ".join(problems))
-    return index
+    return problems
 
 
 def _check_file(root: Path, name: str, meta: dict[str, Any]) -> list[str]:
@@ -535,14 +554,15 @@ def _check_file(root: Path, name: str, meta: dict[str, Any]) -> list[str]:
         return [f"{name}: file names must stay inside the bundle"]
     if not path.is_file():
         return [f"{name}: missing"]
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:  # before reading it
+        return [f"{name}: {size} bytes, over the {MAX_FILE_BYTES} byte limit"]
     data = path.read_bytes()
     problems = []
     if len(data) != meta.get("bytes"):
-        problems.append(f"{name}: {len(data)} bytes, the index says {meta.get('bytes')}")
+        problems.append(f"{name}: {len(data)} bytes, the index says {meta.get('bytes')!r:.40}")
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         problems.append(f"{name}: sha256 differs from the index (file changed or corrupt)")
-    if len(data) > MAX_FILE_BYTES:
-        problems.append(f"{name}: {len(data)} bytes, over the {MAX_FILE_BYTES} byte limit")
     return problems
 
 
@@ -567,10 +587,16 @@ def _check_contents(root: Path, index: dict[str, Any], decode_frames: int) -> li
     problems: list[str] = []
     lengths = [t["length"] for t in index["trajectories"]]
     for t in index["trajectories"]:
-        data = read_json(root / t["data"])
+        try:
+            data = read_json(root / t["data"])
+        except (OSError, EOFError, zlib.error, ValueError, RecursionError) as err:
+            problems.append(f"{t['data']}: cannot read it ({err!s:.200})")
+            continue
         for key in ("actions", "rewards", "firsts", "dones", "logits", "values", "advantages"):
-            if len(data.get(key, [])) != t["length"]:
-                problems.append(f"{t['data']}: {key} does not have {t['length']} entries")
+            if not isinstance(data, dict) or not isinstance(data.get(key), list) or \
+                    len(data[key]) != t["length"]:
+                problems.append(f"{t['data']}: {key} does not have {t['length']!r:.40} "
+                                "entries")
         h, w = t["frames"]["tile"]
         for atlas in t["frames"]["atlases"]:
             problems += _check_atlas(root, atlas, h, w, t["frames"]["columns"])
@@ -596,7 +622,7 @@ def _check_atlas(root: Path, atlas: dict[str, Any], h: int, w: int, columns: int
     try:
         with Image.open(root / atlas["file"]) as image:
             width, height = image.size
-    except OSError as err:
+    except (OSError, Image.DecompressionBombError) as err:
         return [f"{atlas['file']}: cannot decode ({err})"]
     rows = math.ceil(atlas["count"] / columns)
     cols = min(columns, atlas["count"]) if rows == 1 else columns
@@ -605,10 +631,20 @@ def _check_atlas(root: Path, atlas: dict[str, Any], h: int, w: int, columns: int
     return []
 
 
+#: A bundle's gzip-compressed JSON may expand to at most this many bytes (a gzip bomb
+#: stops here instead of filling the memory).
+MAX_JSON_BYTES = 4 * MAX_FILE_BYTES
+
+
 def read_json(path: Path) -> Any:
     """A bundle's JSON file, gzip-compressed when its name ends in .gz."""
     data = path.read_bytes()
-    return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+    if path.suffix == ".gz":
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+            data = stream.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise ValueError(f"{path.name} expands to more than {MAX_JSON_BYTES} bytes")
+    return json.loads(data)
 
 
 # --- sizes ------------------------------------------------------------------------------

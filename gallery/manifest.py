@@ -319,12 +319,59 @@ def key_text(path: Key) -> str:
     return text
 
 
+#: Bounds on a manifest's YAML document, checked on its node graph before anything is
+#: built from it: nesting depth, and nodes counted with every alias expanded (a "billion
+#: laughs" document of nested aliases expands exponentially).
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 100_000
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader; a scalar its constructors cannot convert (`!!int ''`, a 5000-digit
+    number, the timestamp 2001-02-30) is a YAML error at that node, not a crash."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, IndexError, OverflowError) as err:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value ({err})", node.start_mark) from None
+
+
+def _check_bounds(node: yaml.Node) -> None:
+    """Refuse documents nested deeper than MAX_YAML_DEPTH or expanding (aliases followed)
+    to more than MAX_YAML_NODES nodes; recursive aliases are too deep."""
+    count, stack = 0, [(node, 1)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.MarkedYAMLError(problem=f"nested deeper than {MAX_YAML_DEPTH} levels "
+                                       "(or an alias refers to itself)",
+                                       problem_mark=item.start_mark)
+        if count > MAX_YAML_NODES:
+            raise yaml.MarkedYAMLError(problem=f"the document expands to more than "
+                                       f"{MAX_YAML_NODES} values (aliases repeat what they "
+                                       "name); write it without so many aliases",
+                                       problem_mark=item.start_mark)
+        if isinstance(item, yaml.MappingNode):
+            stack.extend((n, depth + 1) for pair in item.value for n in pair)
+        elif isinstance(item, yaml.SequenceNode):
+            stack.extend((n, depth + 1) for n in item.value)
+
+
 def _read_yaml(path: Path, text: str) -> tuple[Any, _Lines]:
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters right away
         node = loader.get_single_node()
+        if node is not None:
+            _check_bounds(node)
         data = loader.construct_document(node) if node is not None else None
         lines = _Lines(node, loader)
+    except RecursionError:
+        raise ManifestError(path, [Problem(str(path), None, "", "not valid YAML: nested too "
+                                           "deeply; flatten the document")]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         raise ManifestError(path, [Problem(
@@ -334,7 +381,8 @@ def _read_yaml(path: Path, text: str) -> tuple[Any, _Lines]:
         raise ManifestError(path, [Problem(str(path), None, "", f"not valid YAML: {err}")]) \
             from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -349,6 +397,10 @@ def load_manifest(path: str | Path) -> Manifest:
     except OSError as err:
         raise ManifestError(path, [Problem(str(path), None, "", f"cannot read the manifest "
                                            f"({err.strerror or err}); pass -m FILE")]) from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(path, [Problem(str(path), None, "", "not UTF-8 text (byte "
+                                           f"{err.start}: {err.reason}); save the manifest "
+                                           "as UTF-8")]) from None
     return parse_manifest(text, path)
 
 
@@ -425,7 +477,7 @@ def _cross_check(data: dict[str, Any], path: Path, lines: _Lines) -> list[Proble
     for i, comparison in enumerate(comparisons):
         names = comparison.get("models") if isinstance(comparison, dict) else None
         for j, name in enumerate(names if isinstance(names, list) else []):
-            if name not in model_ids:
+            if isinstance(name, str) and name not in model_ids:  # others: a type error
                 problem(("comparisons", i, "models", j),
                         f"no model has id {name!r}; the ids are "
                         f"{', '.join(sorted(model_ids)) or '(none)'}")
@@ -448,7 +500,11 @@ def _check_checkpoint(model: dict[str, Any], key: Key, root: Path, problem: Any)
     source = model.get("checkpoint")
     if not isinstance(source, str) or not source:
         return
-    scheme = urlparse(source).scheme
+    try:
+        scheme = urlparse(source).scheme
+    except ValueError as err:  # e.g. "http://[": an unclosed IPv6 address
+        problem(key + ("checkpoint",), f"not a valid URL ({err})")
+        return
     if scheme in ("http", "https"):
         if not model.get("sha256"):
             problem(key + ("sha256",), "required for an http(s) checkpoint: add the file's "
@@ -458,8 +514,13 @@ def _check_checkpoint(model: dict[str, Any], key: Key, root: Path, problem: Any)
         problem(key + ("checkpoint",), f"unsupported URL scheme {scheme!r}: use http(s)://, "
                 "file:// or a path relative to the manifest")
         return
-    local = local_checkpoint_path(source, root)
-    if not local.is_file():
+    try:
+        local = local_checkpoint_path(source, root)
+        found = local.is_file()
+    except (OSError, RuntimeError, ValueError) as err:  # too long, ~nosuchuser, NUL
+        problem(key + ("checkpoint",), f"cannot use this path ({str(err):.200}); fix it")
+        return
+    if not found:
         problem(key + ("checkpoint",), f"file not found: {local}; fix the path (relative "
                 "paths are relative to the manifest's folder)")
 

@@ -14,7 +14,12 @@ handful of names, each mapped to a function of ours that builds plain data:
 
 Anything else -- and object arrays, whose payload joblib pickles unrestricted -- raises
 `UnsafeCheckpointError` before it is imported or called. Sizes are bounded, so a file that
-declares a 1 TB array fails on what is actually there, not by allocating it.
+declares a 1 TB array fails on what is actually there, not by allocating it. Hostile files
+are refused within bounded memory and time (docs/reliability.md, Hardening): the file's
+size, the decompressed stream's size (a decompression bomb stops at the limit, and a length
+field claiming more is refused before anything is read or allocated), the arrays' declared
+sizes and the number of pickle opcodes run (each builds at most one small object) are all
+limited.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import bz2
 import gzip
 import io
 import lzma
+import os
 import pickle
+import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +40,13 @@ import numpy as np
 
 from .errors import CheckpointError, UnsafeCheckpointError
 
-#: Refuse arrays (and streams) whose declared size exceeds this many bytes.
-DEFAULT_MAX_BYTES = 2 * 1024**3
+#: Refuse files, decompressed streams and arrays (their declared sizes, summed) larger
+#: than this many bytes. The largest checkpoints of the model zoo are a few tens of MB.
+DEFAULT_MAX_BYTES = 1024**3
+#: Refuse streams that run more pickle opcodes than this (array data does not count): each
+#: opcode builds at most one small object, so this bounds the memory of a stream of tiny
+#: objects (a real checkpoint runs a few thousand).
+MAX_OPCODES = 2_000_000
 _CHUNK = 16 * 1024**2
 
 
@@ -125,13 +137,70 @@ _ALLOWED.update(
 )
 
 
+class _LimitedStream:
+    """The (decompressed) pickle stream, refusing to deliver more than `limit` bytes in all.
+
+    A read asking for more than is left is refused before anything is read, so a length
+    field that claims gigabytes fails at once, whatever the decompressor could produce."""
+
+    def __init__(self, raw: BinaryIO, limit: int):
+        self._raw, self.limit, self.used = raw, limit, 0
+
+    def remaining(self) -> int:
+        return self.limit - self.used
+
+    def _refuse(self, wanted: int) -> CheckpointError:
+        return CheckpointError(
+            "<stream>", f"the pickle stream asks for {wanted} more bytes after {self.used}, "
+            f"more than the limit of {self.limit} bytes in all; refusing to read (a "
+            "decompression bomb or a corrupt length)")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.remaining() + 1
+        if n > self.remaining():
+            raise self._refuse(n)
+        data = self._raw.read(n)
+        self.used += len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._raw.readline(self.remaining() + 1)
+        self.used += len(line)
+        if self.used > self.limit:
+            raise self._refuse(len(line))
+        return line
+
+
 class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: BUILD is overridable
     def __init__(self, file: BinaryIO, max_bytes: int):
-        super().__init__(file)
+        self._stream = _LimitedStream(file, max_bytes)
+        super().__init__(self._stream)
         self._max_bytes = max_bytes
         self._bytes_read = 0
-        self.dispatch = dict(self.dispatch)
-        self.dispatch[pickle.BUILD[0]] = _RestrictedUnpickler._load_build
+        self._opcodes = 0
+        self.dispatch = {code: self._counted(load)
+                         for code, load in pickle._Unpickler.dispatch.items()}
+        self.dispatch[pickle.BUILD[0]] = self._counted(_RestrictedUnpickler._load_build)
+        self.dispatch[pickle.BYTEARRAY8[0]] = self._counted(
+            _RestrictedUnpickler._load_bytearray8)
+
+    def _counted(self, load: Callable[[Any], None]) -> Callable[[Any], None]:
+        def run(unpickler: Any) -> None:
+            self._opcodes += 1
+            if self._opcodes > MAX_OPCODES:
+                raise CheckpointError("<stream>", f"the pickle stream runs more than "
+                                      f"{MAX_OPCODES} opcodes; a checkpoint needs a few "
+                                      "thousand, so it was refused")
+            load(unpickler)
+        return run
+
+    def _load_bytearray8(self) -> None:
+        # pickle's own allocates the declared length before reading: check it first
+        (size,) = struct.unpack("<Q", self.read(8))
+        if size > self._stream.remaining():
+            raise self._stream._refuse(size)
+        self.append(bytearray(self._read_exact(size)))
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -171,15 +240,17 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: BUILD is 
             )
         return nbytes
 
-    def _read_exact(self, nbytes: int) -> bytes:
-        parts, left = [], nbytes
-        while left > 0:
-            part = self.read(min(left, _CHUNK))
+    def _read_exact(self, nbytes: int) -> np.ndarray:
+        """The next `nbytes` bytes as a uint8 array, read in chunks into one buffer."""
+        out = np.empty(nbytes, np.uint8)
+        done = 0
+        while done < nbytes:
+            part = self.read(min(nbytes - done, _CHUNK))
             if not part:
                 raise CheckpointError("<stream>", "file ends inside an array: it is truncated")
-            parts.append(part)
-            left -= len(part)
-        return b"".join(parts)
+            out[done:done + len(part)] = np.frombuffer(part, np.uint8)
+            done += len(part)
+        return out
 
     def _read_wrapped_array(self, state: Any) -> np.ndarray:
         if not isinstance(state, dict) or state.get("subclass") is not _NdarrayMarker:
@@ -188,9 +259,9 @@ class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: BUILD is 
         shape, order = state.get("shape"), state.get("order", "C")
         nbytes = self._check_size(shape, dtype)
         if state.get("numpy_array_alignment_bytes") is not None:
-            pad = self._read_exact(1)[0]
+            pad = int(self._read_exact(1)[0])
             self._read_exact(pad)
-        flat = np.frombuffer(self._read_exact(nbytes), dtype=dtype).copy()
+        flat = self._read_exact(nbytes).view(dtype)
         if order == "F":
             return flat.reshape(shape[::-1]).transpose()
         return flat.reshape(shape)
@@ -270,6 +341,11 @@ def safe_load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     path = Path(path)
     try:
         with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            if size > max_bytes:
+                raise CheckpointError(path, f"the file is {size} bytes, more than the limit "
+                                      f"of {max_bytes} bytes for a checkpoint; refusing to "
+                                      "read it")
             stream = open_stream(path, raw)
             return _RestrictedUnpickler(stream, max_bytes).load()
     except CheckpointError as err:
@@ -278,7 +354,8 @@ def safe_load(path: str | Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Any:
     except FileNotFoundError:
         raise CheckpointError(path, "no such file") from None
     except (EOFError, pickle.UnpicklingError, zlib.error, lzma.LZMAError, OSError,
-            ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as err:
+            ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError,
+            struct.error, OverflowError) as err:
         raise CheckpointError(
             path, f"not a readable joblib/pickle file (truncated or corrupt: {err})"
         ) from None
