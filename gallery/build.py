@@ -392,6 +392,15 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
                      ) -> tuple[int, list[ModelOutcome]]:
     """Models, comparisons, then the MkDocs project; returns (files changed, outcomes)."""
     entries, fetched, outcomes = prepare_models(manifest, config, builder, report)
+    for entry in entries:  # legend thumbnails, shown with the feature labels on model pages
+        if entry.ok and entry.result.interface and entry.folder:
+            from .site.matching import model_legends
+
+            try:
+                entry.legends = model_legends(entry.folder / entry.result.interface,
+                                              config.cache_dir / "legends" / entry.result.key)
+            except (OSError, ValueError, KeyError) as err:
+                log.warning("%s: no legend thumbnails (%s)", entry.spec.id, err)
     comparisons = prepare_comparisons(manifest, entries, fetched, config.cache_dir, report,
                                       interfaces=config.interfaces)
     info = BuildInfo(built=datetime.now(timezone.utc).strftime("%Y-%m-%d"),

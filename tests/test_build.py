@@ -281,6 +281,7 @@ def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
     assert bundles["two"]["model"]["id"] == "two"
     assert compare.count('class="gallery-matched__row"') == 4  # K = 4 features of 4a
     assert compare.count("data-gallery-viewer") == 2 and "similarity" in compare
+    assert len(list((out / "models" / "two" / "features").glob("*.png"))) == 4
     assert main(["build", "-m", str(manifest), "-o", str(out)]) == 0
     again = capsys.readouterr()
     assert "models: 0 built, 2 cached, 0 failed" in again.out

@@ -147,8 +147,13 @@ def built(tmp_path_factory) -> dict[str, Path]:
     manifest = parse_manifest(MANIFEST, root / "checkpoints.yaml")
     alpha = fake_result("alpha", interface="interface")
     beta = fake_result("beta", mean_return=None, seed=1)
+    legends = root / "r" / "alpha-legends"
+    legends.mkdir(parents=True)
+    for k in range(4):
+        Image.new("RGBA", (24, 24), (40, 200, 40, 255)).save(legends / f"f-L0-f{k}.png")
     models = [
-        ModelEntry(manifest.model("alpha"), alpha, fake_folder(root / "r" / "alpha", alpha)),
+        ModelEntry(manifest.model("alpha"), alpha, fake_folder(root / "r" / "alpha", alpha),
+                   legends={"2b": [legends / f"f-L0-f{k}.png" for k in range(4)]}),
         ModelEntry(manifest.model("beta"), beta, fake_folder(root / "r" / "beta", beta)),
         ModelEntry(manifest.model("gamma"), error="fetch: HTTP 404 <script>alert(1)</script>"),
     ]
@@ -275,6 +280,11 @@ def test_model_page_card(built):
     assert mounts[0]["data-sync-url"] == "true"  # deep links live in the address
     assert mounts[0]["data-viewer-js"] == "../../viewer/viewer.js"
     assert 'href="interface/index.html"' in text and '<script src="../../js/viewers.js">' in text
+    # the features: legend thumbnails numbered as in the viewer, with the manifest's labels
+    items = re.findall(r'<figure class="gallery-legend__item">(.*?)</figure>', text, re.S)
+    assert len(items) == 4 and 'src="features/f-L0-f0.png"' in items[0]
+    assert "1 <strong>coin</strong>" in items[0] and "4 <strong>buzzsaw</strong>" in items[3]
+    assert (built["out"] / "models/alpha/features/f-L0-f3.png").is_file()
     for fact in ("https://example.org/alpha.jd", SHA, "363,216", "25,000,000",
                  "procgen coinrun (distribution_mode=hard)", "learning_rate", "0: coin",
                  "3: buzzsaw", "Feature labels name layers this model does not offer: nope",

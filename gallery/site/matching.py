@@ -105,6 +105,23 @@ def legend_thumbnails(interface_dir: Path, out_dir: Path, prefix: str) -> dict[s
     return files
 
 
+def model_legends(interface_dir: Path, folder: Path) -> dict[str, list[Path]]:
+    """The legend thumbnails of an interface, one PNG per feature, cropped once into
+    `folder` (a cache folder named after the model's result key); {layer: [paths]}."""
+    index = folder / "legends.json"
+    if not index.is_file():
+        partial = folder.with_name(folder.name + ".partial")
+        files = legend_thumbnails(interface_dir, partial, "f")
+        (partial / "legends.json").write_text(json.dumps(files))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        partial.rename(folder)
+    files = json.loads(index.read_text())
+    return {layer: [folder / name for name in names] for layer, names in files.items()}
+
+
 def feature_activations(builder: Any, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Per layer, the NMF feature activations (N, h, w, K) of `frames` (N, H, W, C) uint8,
     for a `gallery.interface.InterfaceBuilder` that has run: its layers' NMF components

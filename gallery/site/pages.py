@@ -22,6 +22,8 @@ from .charts import Series, bar_chart, histogram_series, line_chart, scatter_cha
 from .results import ComparisonEntry, ModelEntry, ModelResult
 from .sanitize import escape, plain_text, render_markdown
 
+#: Folder of a model page holding its legend thumbnails (one PNG per NMF feature).
+LEGENDS_DIR = "features"
 #: The viewer (gallery/viewer_dist), once per site, relative to the site's root.
 VIEWER_JS, VIEWER_CSS = "viewer/viewer.js", "viewer/viewer.css"
 
@@ -147,13 +149,17 @@ def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
                "features": [{"index": i, "label": label}
                             for i, label in sorted(labels.get(layer["name"], {}).items())]}
               for layer in result.layers]
+    legends = [{"layer": name, "features": [
+        {"index": k, "number": k + 1, "image": f"{LEGENDS_DIR}/{path.name}",
+         "label": labels.get(name, {}).get(k)} for k, path in enumerate(paths)]}
+        for name, paths in entry.legends.items()]
     return {
         "parameters": f"{result.parameters:,}",
         "training_steps": f"{_training_steps(entry):,}" if _training_steps(entry) else None,
         "mean_return": fmt_number(result.episodes.mean_return),
         "mean_length": fmt_number(result.episodes.mean_length, 1),
         "build_seconds": fmt_seconds(result.seconds),
-        "layers": layers,
+        "layers": layers, "legends": legends,
         "unknown_feature_layers": sorted(set(labels) - layer_names),
         "environment": _flatten(result.environment),
         "training_args": sorted((str(k), _value(v)) for k, v in result.training_args.items()),

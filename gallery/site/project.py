@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import GalleryError
-from .pages import (VIEWER_CSS, VIEWER_JS, BuildInfo, comparison_page, mkdocs_config,
+from .pages import (LEGENDS_DIR, VIEWER_CSS, VIEWER_JS, BuildInfo, comparison_page, mkdocs_config,
                     model_page, zoo_page)
 from .results import ComparisonEntry, ModelEntry
 
@@ -73,6 +73,9 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
             if result.interface:
                 plan.add_tree(folder / result.interface, f"{base}/{result.interface}")
                 viewers = True
+            for paths in entry.legends.values():
+                for path in paths:
+                    plan.files[f"{base}/{LEGENDS_DIR}/{path.name}"] = path
     for comparison in comparisons:
         base = f"docs/compare/{comparison.spec.id}"
         plan.texts[f"{base}/index.md"] = comparison_page(comparison, by_id)

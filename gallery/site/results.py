@@ -93,6 +93,8 @@ class ModelEntry:
     """The folder holding the result's files (thumbnail, interface)."""
     error: str | None = None
     """Why the model failed (stage and message), when it did."""
+    legends: dict[str, list[Path]] = field(default_factory=dict)
+    """Layer -> one legend thumbnail (PNG) per NMF feature of its interface, when it has one."""
 
     @property
     def ok(self) -> bool:
