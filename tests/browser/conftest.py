@@ -10,12 +10,16 @@ Interfaces (built once per session, about a minute on two CPU cores):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 
+from gallery import attribution_codec
 from gallery.interface import InterfaceBuilder, InterfaceOptions
 
 from .harness import chromium, chromium_path, serve
@@ -23,25 +27,33 @@ from .harness import chromium, chromium_path, serve
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-class KeepingBuilder(InterfaceBuilder):
-    """Keeps the reduced attribution it writes, for comparison with the reference."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.arrays: dict[tuple[str, int, str], tuple[np.ndarray, np.ndarray]] = {}
-
-    def add_attribution(self, writer, layer, trajectory, output, features, residual):
-        self.arrays[(layer, trajectory, output)] = (features, residual)
-        super().add_attribution(writer, layer, trajectory, output, features, residual)
-
-
 def _build(coinrun_path: Path, folder: Path, cache: Path, **options) -> dict:
+    """Build an interface; `arrays` keeps the reduced attribution (features, residual) of
+    every (layer, trajectory, output), for comparison with the reference renderer. They are
+    caught where they are encoded and matched to the bundle's files by their sha256."""
     options = InterfaceOptions(obs_num_envs=16, num_obs=16, obs_every=16,
                                cache_dir=str(cache), title="CoinRun (test)", image_effort="fast",
                                **options)
-    builder = KeepingBuilder(str(coinrun_path), folder, options, None, lambda m: None)
-    summary = builder.run()
-    return {"dir": folder, "summary": summary, "arrays": builder.arrays, "extra": None}
+    encoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    encode = attribution_codec.encode
+
+    def keeping(features, residual, **kwargs):
+        data = encode(features, residual, **kwargs)
+        encoded[hashlib.sha256(data).hexdigest()] = (np.array(features), np.array(residual))
+        return data
+
+    with mock.patch.object(attribution_codec, "encode", keeping):
+        summary = InterfaceBuilder(str(coinrun_path), folder, options, None,
+                                   lambda m: None).run()
+    index = json.loads((folder / "bundle" / "bundle.json").read_text())
+    arrays = {}
+    for layer in index["layers"]:
+        for output, files in layer["attribution"].items():
+            for e, name in enumerate(files):
+                found = encoded.get(index["files"][name]["sha256"]) if name else None
+                if found is not None:
+                    arrays[(layer["name"], e, output)] = found
+    return {"dir": folder, "summary": summary, "arrays": arrays, "extra": None}
 
 
 @pytest.fixture(scope="session")

@@ -127,11 +127,23 @@ def test_timeline_readout_navigation_graphs_and_scrubbers(small_interface, open_
     assert state(page)["frame"] == 20
     wait_drawn(page, "4a|0|value|20|")
     # play at 12 fps, then pause
+    page.evaluate("window.galleryViewer.stats.reset()")
     nav.get_by_label("Play").click()
     time.sleep(0.75)
     nav.get_by_label("Pause").click()
     advanced = state(page)["frame"] - 20
     assert 4 <= advanced <= 11, advanced
+    # while playing, the render worker had the frames ready
+    stats = page.evaluate("({p: window.galleryViewer.stats.preparedDraws, "
+                          "n: window.galleryViewer.stats.draws})")
+    assert stats["p"] >= stats["n"] - 1 > 0, stats
+    # the arrows still step while a button has the focus; space is the button's own
+    before = state(page)["frame"]
+    nav.get_by_label("Step forward").focus()
+    page.keyboard.press("ArrowRight")
+    assert state(page)["frame"] == before + 1
+    page.keyboard.press("ArrowLeft")
+    assert state(page)["frame"] == before
     # graphs: the advantage and the value function, with their current values
     graphs = page.locator(".graph .label")
     assert graphs.count() == 2
@@ -327,27 +339,89 @@ def test_deep_link_restores_the_view(small_interface, open_page):
 
 
 def test_switching_never_shows_stale_frames(small_interface, open_page):
-    """After a switch of layer or trajectory the canvas is blank or shows the new data,
-    checked synchronously right after each change."""
+    """After a switch of layer or trajectory, the attribution, the observations and the
+    scrubber strips are blank or show the new selection, checked before every paint."""
     page = open_page(small_interface["dir"], "#layer=2b")
     wait_drawn(page, "2b|0|")
     seen = page.evaluate("""async () => {
-      const v = window.galleryViewer, c = () => document.querySelector('canvas.attr');
+      const v = window.galleryViewer, q = (s) => document.querySelector(s);
       const out = [];
       const beforePaint = () => new Promise((r) => requestAnimationFrame(() => r()));
-      for (const [layer, trajectory] of [['4a', 0], ['4a', 1], ['2b', 1], ['2b', 0], ['4a', 1]]) {
-        v.setState({layer, trajectory});
+      const steps = [['4a', 0, 5], ['4a', 1, 5], ['2b', 1, 40], ['2b', 0, 40], ['4a', 1, 12]];
+      for (const [layer, trajectory, frame] of steps) {
+        v.setState({layer, trajectory, frame});
         for (let i = 0; i < 30; i++) {
           await beforePaint();  // what the next paint will show
-          out.push([layer, trajectory, c().dataset.drawn, c().width]);
+          out.push({layer, trajectory, frame, attr: q('canvas.attr').dataset.drawn,
+                    width: q('canvas.attr').width, obs: q('canvas.obs').dataset.shown,
+                    under: q('canvas.under').dataset.shown,
+                    obsStrip: q('.strips .scrubber canvas').dataset.strip,
+                    attrStrip: document.querySelectorAll('.strips .scrubber canvas')[1].dataset.strip});
         }
       }
       return out;
     }""")
-    for layer, trajectory, drawn_as, width in seen:
-        if drawn_as:
-            assert drawn_as.startswith(f"{layer}|{trajectory}|"), (layer, trajectory, drawn_as)
-            assert width == (32 if layer == "2b" else 8)
+    names = [la["name"] for la in bundle_index(small_interface)["layers"]]
+    for s in seen:
+        layer, trajectory, frame = s["layer"], s["trajectory"], s["frame"]
+        if s["attr"]:
+            assert s["attr"].startswith(f"{layer}|{trajectory}|value|{frame}|"), s
+            assert s["width"] == (32 if layer == "2b" else 8)
+        for shown in (s["obs"], s["under"]):
+            assert shown in ("", f"{trajectory}|{frame}"), s
+        assert s["obsStrip"] in ("", str(trajectory)), s
+        if s["attrStrip"]:
+            assert f"/L{names.index(layer)}/T{trajectory}-value.gatr|" in s["attrStrip"], s
+    last = seen[-1]  # and the new selection does arrive
+    assert last["attr"] and last["obs"] and last["obsStrip"] and last["attrStrip"], last
+
+
+def test_attribution_is_overlaid_on_the_observation(small_interface, open_page):
+    """As the reference draws it (method.md 6): the observation in grey, fully opaque, and
+    the attribution over it at opacity 0.9; where the attribution is transparent, the
+    grey observation shows. Without the overlay, the attribution is on black."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    page = open_page(small_interface["dir"], "#layer=2b&frame=30")
+    wait_drawn(page, "2b|0|value|30|abs|all")
+    style = page.evaluate("""() => {
+      const s = (q) => getComputedStyle(document.querySelector(q));
+      return {under: s('canvas.under').filter, visible: s('canvas.under').visibility,
+              attr: s('canvas.attr').opacity, stack: s('.stack').backgroundColor};
+    }""")
+    assert style == {"under": "grayscale(1)", "visible": "visible", "attr": "0.9",
+                     "stack": "rgb(0, 0, 0)"}
+    attr = canvas_pixels(page, "canvas.attr")
+    obs = canvas_pixels(page, "canvas.obs").astype(float)
+    shot = Image.open(BytesIO(page.locator(".stack canvas.under").screenshot()))
+    shot = np.asarray(shot.convert("RGB").resize((64, 64), Image.BOX), float)
+    # where the attribution (upsampled to the observation's size) is transparent nearby
+    alpha = np.asarray(Image.fromarray(attr[..., 3]).resize((64, 64), Image.BILINEAR), float)
+    clear = np.asarray(Image.fromarray((alpha < 3).astype(np.uint8) * 255).filter(
+        ImageFilter.MinFilter(5)), bool)
+    assert clear.sum() > 100, clear.sum()
+    grey = obs[..., :3] @ np.array([0.2126, 0.7152, 0.0722])
+    assert np.abs(shot[clear] - grey[clear][:, None]).mean() < 12
+    # under strong attribution the colour is the attribution's, not the observation's
+    strong = alpha > 250
+    if strong.any():
+        assert np.abs(shot[strong] - grey[strong][:, None]).mean() > 12
+    page.get_by_label("overlay on observations").uncheck()
+    assert page.evaluate("getComputedStyle(document.querySelector('canvas.under')).visibility") \
+        == "hidden"
+    page.wait_for_function("location.hash.includes('overlay=0')")
+
+
+def canvas_pixels(page, selector: str):
+    import numpy as np
+
+    got = page.evaluate("""(q) => { const c = document.querySelector(q);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return {w: c.width, h: c.height, d: Array.from(d)}; }""", selector)
+    return np.array(got["d"], np.uint8).reshape(got["h"], got["w"], 4)
 
 
 def test_policy_rows_input_layer_and_narrow_screen(policy_interface, open_page, screenshots):
@@ -380,6 +454,21 @@ def test_policy_rows_input_layer_and_narrow_screen(policy_interface, open_page, 
     assert page.evaluate("document.querySelector('canvas.attr').width") == 64
     views = page.get_by_label("View of row 1").locator("option")
     assert [views.nth(i).get_attribute("value") for i in range(views.count())] == ["prin", "all"]
+    # a deep link restores every row (output, direction, view) and the overlay
+    link = "#layer=4a&frame=5&rows=action-7.pos.prin~group-RIGHT.neg.all&overlay=0"
+    linked = open_page(policy_interface["dir"], link)
+    s = state(linked)
+    assert s["rows"] == [{"output": "action-7", "direction": "pos", "view": "prin"},
+                         {"output": "group-RIGHT", "direction": "neg", "view": "all"}]
+    assert (s["frame"], s["overlay"]) == (5, False)
+    assert linked.get_by_label("Output of row 2").input_value() == "group-RIGHT"
+    assert linked.get_by_label("Direction of row 1").input_value() == "pos"
+    assert not linked.get_by_label("overlay on observations").is_checked()
+    wait_drawn(linked, "4a|0|group-RIGHT|5|neg|all", row=1)
+    linked.reload()
+    linked.wait_for_function("window.galleryViewer !== undefined")
+    linked.evaluate("window.galleryViewer.ready")
+    assert state(linked) == s
     # readable on a narrow screen: the page is no wider than the viewport
     narrow = open_page(policy_interface["dir"], "#layer=4a", viewport=(390, 844))
     width = narrow.evaluate("document.documentElement.scrollWidth")

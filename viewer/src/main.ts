@@ -26,6 +26,9 @@ export interface MountOptions {
   hotkeys?: boolean;
   /** Called whenever the view state changes. */
   onStateChange?: (state: ViewState) => void;
+  /** Draw attribution frames ahead of time in a Web Worker (default true); false draws
+   *  every frame on the main thread when it is shown (for measurements). */
+  worker?: boolean;
 }
 
 export interface ViewerHandle {
@@ -51,6 +54,7 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
   let destroyed = false;
   let resolveDrawn: () => void = () => {};
   const drawn = new Promise<void>((resolve) => (resolveDrawn = resolve));
+  let loaded: Bundle | null = null;
   const status = document.createElement("p");
   status.className = "gallery-viewer-status";
   status.textContent = "Loading the interface…";
@@ -66,6 +70,8 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
       throw err;
     }
     if (destroyed) return;
+    loaded = bundle;
+    bundle.useWorker = options.worker ?? true;
     state = new ViewerState(bundle.index);
     const initial = typeof options.state === "string" ? parseDeepLink(options.state) : options.state;
     if (initial) state.apply(initial);
@@ -75,7 +81,11 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
       target: element,
       props: {
         bundle, vs: state, stats, hotkeys: options.hotkeys ?? true, syncUrl: options.syncUrl ?? false,
-        onStateChange: options.onStateChange, onFirstDraw: resolveDrawn,
+        onStateChange: options.onStateChange,
+        onFirstDraw: () => {
+          stats.readyAt = performance.now();
+          resolveDrawn();
+        },
       },
     });
     await drawn;
@@ -97,6 +107,8 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
       destroyed = true;
       if (component) unmount(component);
       component = null;
+      loaded?.dispose();
+      loaded = null;
       element.replaceChildren();
     },
   };

@@ -1,47 +1,21 @@
 // Loading a bundle: the index first, everything else lazily, per layer and trajectory.
-// Every fetch is cached by URL; decoded attribution frames are cached per file (LRU).
+// Every fetch is cached by URL; drawn attribution frames are cached by the renderer.
 
 import { AttributionFile } from "./codec";
+import { AttributionRenderer } from "./renderer";
 import type { BundleIndex, FeatureDetail, LayerEntry, TrajectoryData } from "./types";
 import { FORMAT_NAME, FORMAT_VERSION } from "./types";
 
 export class BundleError extends Error {}
 
-/** Least-recently-used map with a size budget. */
-class LRU<K, V> {
-  private map = new Map<K, { value: V; size: number }>();
-  private total = 0;
-  constructor(private budget: number) {}
-  get(key: K): V | undefined {
-    const hit = this.map.get(key);
-    if (!hit) return undefined;
-    this.map.delete(key);
-    this.map.set(key, hit);
-    return hit.value;
-  }
-  set(key: K, value: V, size: number): void {
-    const old = this.map.get(key);
-    if (old) {
-      this.total -= old.size;
-      this.map.delete(key);
-    }
-    this.map.set(key, { value, size });
-    this.total += size;
-    for (const [k, v] of this.map) {
-      if (this.total <= this.budget || this.map.size <= 1) break;
-      this.map.delete(k);
-      this.total -= v.size;
-    }
-  }
-}
-
 export class Bundle {
   readonly base: URL;
   private json = new Map<string, Promise<unknown>>();
-  private images = new Map<string, Promise<HTMLImageElement>>();
+  private images = new Map<string, Promise<ImageBitmap>>();
   private imageData = new Map<string, Promise<ImageData>>();
   private attribution = new Map<string, Promise<AttributionFile>>();
-  private frames = new LRU<string, Uint16Array>(96 * 1024 * 1024);
+  private attributionBytes = new Map<string, ArrayBuffer>();
+  private drawer: AttributionRenderer | null = null;
   /** bytes fetched so far, for the first-load measurement */
   fetchedBytes = 0;
 
@@ -115,8 +89,8 @@ export class Bundle {
     if (!hit) {
       hit = this.image(file).then((img) => {
         const c = document.createElement("canvas");
-        c.width = img.naturalWidth;
-        c.height = img.naturalHeight;
+        c.width = img.width;
+        c.height = img.height;
         const ctx = c.getContext("2d", { willReadFrequently: true })!;
         ctx.drawImage(img, 0, 0);
         return ctx.getImageData(0, 0, c.width, c.height);
@@ -126,15 +100,13 @@ export class Bundle {
     return hit;
   }
 
-  image(file: string): Promise<HTMLImageElement> {
+  /** An image of the bundle, decoded once (drawing it never decodes again). */
+  image(file: string): Promise<ImageBitmap> {
     let hit = this.images.get(file);
     if (!hit) {
       hit = (async () => {
         const blob = new Blob([await this.fetchBytes(file)], { type: "image/webp" });
-        const img = new Image();
-        img.src = URL.createObjectURL(blob);
-        await img.decode();
-        return img;
+        return createImageBitmap(blob, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
       })();
       this.images.set(file, hit);
     }
@@ -155,21 +127,34 @@ export class Bundle {
   attributionData(file: string): Promise<AttributionFile> {
     let hit = this.attribution.get(file);
     if (!hit) {
-      hit = this.fetchBytes(file).then((b) => new AttributionFile(b));
+      hit = this.fetchBytes(file).then((b) => {
+        const data = new AttributionFile(b);
+        this.attributionBytes.set(file, b);
+        return data;
+      });
       this.attribution.set(file, hit);
     }
     return hit;
   }
 
-  /** Decoded codes of one frame of an attribution file (cached). */
-  frameCodes(file: string, data: AttributionFile, t: number): Uint16Array {
-    const key = `${file}#${t}`;
-    let codes = this.frames.get(key);
-    if (!codes) {
-      codes = data.decodeFrame(t);
-      this.frames.set(key, codes, codes.byteLength);
-    }
-    return codes;
+  /** The raw bytes of a loaded attribution file (for the render worker). */
+  attributionBuffer(file: string): ArrayBuffer | undefined {
+    return this.attributionBytes.get(file);
+  }
+
+  /** Whether frames are drawn ahead of time in a worker (set before the first use). */
+  useWorker = true;
+
+  /** Draws attribution frames and strips, ahead of time in a worker (one per bundle). */
+  get renderer(): AttributionRenderer {
+    this.drawer ??= new AttributionRenderer(this.useWorker);
+    return this.drawer;
+  }
+
+  /** Stop the render worker. */
+  dispose(): void {
+    this.drawer?.destroy();
+    this.drawer = null;
   }
 
   /** Where frame t of a trajectory is: the atlas image and the tile's top-left corner. */

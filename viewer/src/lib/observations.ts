@@ -4,7 +4,7 @@ import type { Bundle } from "./data";
 
 export interface FrameSource {
   trajectory: number;
-  images: HTMLImageElement[];
+  images: ImageBitmap[];
 }
 
 /** Draw frame t of the source's trajectory into ctx (w x h at 0, 0); false if not loaded. */

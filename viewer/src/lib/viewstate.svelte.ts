@@ -73,6 +73,15 @@ export class ViewerState {
   step(delta: number): void {
     this.seek(this.frame + delta);
   }
+
+  /** Play or pause; playing from the last frame (in the play direction) starts over. */
+  togglePlay(): void {
+    const next = this.frame + this.playDirection;
+    if (!this.playing && (next < 0 || next >= this.length)) {
+      this.seek(this.playDirection > 0 ? 0 : this.length - 1);
+    }
+    this.playing = !this.playing;
+  }
 }
 
 /** `#layer=2b&trajectory=1&frame=5&rows=value.abs.all~action-3.pos.prin&feature=2` */
