@@ -5,10 +5,12 @@
 
 Prints, in order:
 
-1. fp32 peak: GFLOP/s of a large matmul (the roof the convolutions are measured against);
+1. fp32 peak: GFLOP/s of independent AVX-512 FMA chains on every thread (a C kernel
+   compiled with gcc: the roof the layers are measured against), and of a large matmul;
 2. per layer, value attribution (10 steps): frames/s and achieved GFLOP/s, counting the
-   convolution and dense FLOPs analytically (forward from the layer, plus the backward
-   pass's input gradients, per integration step);
+   convolution and dense FLOPs that run analytically (forward from the layer, plus the
+   backward pass's input gradients, per integration step; a hoisted affine consumer of the
+   layer once per batch);
 3. per layer, policy attribution (value + every action, groups summed) over value
    attribution on the same frames: the cost ratio;
 4. Captum's IntegratedGradients (same semantics: forward from the layer, zero baseline,
@@ -80,17 +82,18 @@ def matmul_peak(n: int) -> float:
     return 2 * n**3 / best_of(5, lambda: a @ b) / 1e9
 
 
-def macs_after(policy: torch.nn.Module, layer: str) -> int:
-    """Multiply-accumulates of the network from `layer` to the outputs, per observation
-    (convolutions and dense layers, counted from their weights and output sizes)."""
-    counted = []
+def macs_by_module(policy: torch.nn.Module, layer: str) -> dict[str, int]:
+    """Multiply-accumulates per observation of each convolution and dense layer that runs
+    from `layer` to the outputs (counted from their weights and output sizes)."""
+    counted: dict[str, int] = {}
+    names = {m: n for n, m in policy.named_modules()}
 
     def hook(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
         weight = getattr(module, "weight", None)
         if weight is None or not isinstance(output, torch.Tensor):
             return
         per_output = weight[0].numel()  # in_channels * kh * kw, or in_features
-        counted.append(output[0].numel() * per_output)
+        counted[names[module]] = output[0].numel() * per_output
 
     handles = [m.register_forward_hook(hook) for m in policy.modules()
                if getattr(m, "weight", None) is not None and not list(m.children())]
@@ -108,14 +111,91 @@ def macs_after(policy: torch.nn.Module, layer: str) -> int:
     finally:
         for handle in handles:
             handle.remove()
-    return sum(counted)
+    return counted
+
+
+def macs_after(policy: torch.nn.Module, layer: str) -> int:
+    """Multiply-accumulates of the network from `layer` to the outputs, per observation."""
+    return sum(macs_by_module(policy, layer).values())
+
+
+def split_macs(policy: torch.nn.Module, layer: str) -> tuple[int, int]:
+    """(MACs run per integration step, MACs run once per batch) per observation.
+
+    When the layer's only consumer is affine (a convolution or dense layer) the
+    attribution evaluates it once per batch, not once per step (`_LayerSplit`)."""
+    from gallery.attribution import _LayerSplit
+    from gallery.networks import _key
+
+    by_module = macs_by_module(policy, layer)
+    total = sum(by_module.values())
+    split = _LayerSplit.find(policy, layer)
+    if split is None or split.kind != "affine":
+        return total, 0
+    name = f"network.layers.{_key(split.start.name)}"
+    once = by_module.get(name, 0)
+    return total - once, once
 
 
 def attribution_flops(policy: torch.nn.Module, layer: str, frames: int, steps: int,
                       outputs: int = 1) -> float:
-    """FLOPs of IG: per step one forward pass from the layer and one backward pass of
-    input gradients per output (a convolution's input gradient costs its forward)."""
-    return 2.0 * macs_after(policy, layer) * frames * steps * (1 + outputs)
+    """FLOPs IG executes: per step one forward pass from the layer (after a hoisted affine
+    consumer) and one backward pass of input gradients per output (a convolution's input
+    gradient costs its forward); a hoisted consumer once forward and once backward per
+    output."""
+    per_step, once = split_macs(policy, layer)
+    return 2.0 * frames * (1 + outputs) * (steps * per_step + once)
+
+
+FMA_KERNEL = r"""
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+  long iters = 200000000L / 16;
+  double t0 = omp_get_wtime();
+  float sink = 0;
+  #pragma omp parallel reduction(+:sink)
+  {
+    __m512 a[12], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long k = 0; k < iters; k++)
+      for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], b, c);
+    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
+  }
+  double t = omp_get_wtime() - t0;
+  printf("%f %d %f\n", t, omp_get_max_threads(), sink);
+  double flops = (double)iters * 12 * 16 * 2 * omp_get_max_threads();
+  printf("%f\n", flops / t / 1e9);
+  return 0;
+}
+"""
+
+
+def fma_peak(threads: int) -> float | None:
+    """GFLOP/s of independent AVX-512 FMA chains on `threads` cores (the machine's fp32
+    roof), from a C kernel compiled here; None without a compiler or AVX-512."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("gcc") is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, exe = Path(tmp) / "fma.c", Path(tmp) / "fma"
+        src.write_text(FMA_KERNEL)
+        build = subprocess.run(["gcc", "-O3", "-funroll-loops", "-mavx512f", "-mfma", "-fopenmp", str(src),
+                                "-o", str(exe)], capture_output=True, text=True)
+        if build.returncode != 0:
+            return None
+        best = 0.0
+        for _ in range(3):
+            run = subprocess.run([str(exe)], capture_output=True, text=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if run.returncode != 0:
+                return None
+            best = max(best, float(run.stdout.split()[-1]))
+        return best
 
 
 def load_frames(args: argparse.Namespace, policy: torch.nn.Module
@@ -236,8 +316,11 @@ def main() -> None:
     policy = load_policy(args.checkpoint)
     arrays, observations = load_frames(args, policy)
     layers = list(policy.layer_names)
-    peak = matmul_peak(2048 if args.quick else 4096)
-    print(f"fp32 peak (matmul): {peak:.0f} GFLOP/s")
+    blas = matmul_peak(2048 if args.quick else 4096)
+    fma = fma_peak(args.threads)
+    print(f"fp32 roofs: AVX-512 FMA kernel {fma or float('nan'):.0f} GFLOP/s "
+          f"({args.threads} threads), large matmul {blas:.0f} GFLOP/s")
+    peak = fma or blas
     frames = observations[:32 if args.quick else 256]
     repeats = 2 if args.quick else 3
     micro_benchmarks(policy, frames, layers, peak, repeats)

@@ -422,6 +422,9 @@ class _LayerSplit:
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
             value = self.consumer(leaf)
+            if len(upstream) > 1 and BATCHED_BACKWARD:
+                (summed,) = torch.autograd.grad(value, leaf, upstream, is_grads_batched=True)
+                return summed
             summed = [torch.autograd.grad(value, leaf, u, retain_graph=o < len(upstream) - 1)[0]
                       for o, u in enumerate(upstream)]
         return torch.stack(summed)
@@ -440,12 +443,23 @@ def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:
         return _backward(torch.cat([value[:, None], logits], dim=1), x, readout)
 
 
+#: Run the backward passes of several readout rows as one vmapped pass (autograd's
+#: `is_grads_batched`: one convolution over rows x batch per layer) instead of one pass
+#: per row; measured on a 2-core CPU, see docs/analysis.md.
+BATCHED_BACKWARD = True
+
+
 def _backward(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Tensor:
     """(O,) + inputs.shape: gradients of sum_batch(outputs @ readout[o]) for every o.
 
-    Several rows share the forward graph and run one backward pass each: measured faster
-    on CPU than one vmapped backward (`is_grads_batched`), see docs/analysis.md.
+    Every row shares the forward graph; with several rows the backward passes run as one
+    batched pass (`BATCHED_BACKWARD`) or one pass per row.
     """
+    if len(readout) > 1 and BATCHED_BACKWARD:
+        cotangents = readout[:, None, :].to(outputs.dtype).expand(
+            len(readout), *outputs.shape).contiguous()
+        (grads,) = torch.autograd.grad(outputs, inputs, cotangents, is_grads_batched=True)
+        return grads
     grads = []
     for o, row in enumerate(readout):
         (grad,) = torch.autograd.grad((outputs @ row).sum(), inputs,

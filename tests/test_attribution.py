@@ -417,3 +417,26 @@ def test_split_path_equals_plain_path(cnn, kwargs, tmp_path):
                 "nature": {"c1": "affine", "c2": "affine", "c3": "affine"}}
     if cnn in expected:
         assert kinds == expected[cnn]
+
+
+@pytest.mark.parametrize("cnn, kwargs", TF_CASES)
+def test_batched_backward_equals_one_pass_per_output(cnn, kwargs, tmp_path, monkeypatch):
+    """Policy attribution runs the backward passes of every output as one vmapped pass;
+    it gives what one backward pass per output gives (float32, every layer, both the
+    plain path and the hoisted consumer)."""
+    from gallery import attribution
+    from gallery.policy import load_policy
+    from tests.reference.checkpoints import make_checkpoint, write_checkpoint
+
+    policy = load_policy(write_checkpoint(tmp_path / f"{cnn}.jd",
+                                          make_checkpoint(cnn, seed=3, **kwargs)))
+    h, w, c = policy.observation_shape
+    obs = np.random.default_rng(2).random((3, h, w, c)).astype(np.float32)
+    for layer in [*policy.layer_names, "input"]:
+        monkeypatch.setattr(attribution, "BATCHED_BACKWARD", True)
+        batched = policy_attribution(policy, obs, layer, steps=4)
+        monkeypatch.setattr(attribution, "BATCHED_BACKWARD", False)
+        looped = policy_attribution(policy, obs, layer, steps=4)
+        scale = np.abs(looped.actions).max()
+        assert np.abs(batched.actions - looped.actions).max() <= 1e-5 * scale, layer
+        assert_allclose(batched.value, looped.value, rtol=1e-4, atol=1e-6 * scale)
