@@ -123,7 +123,8 @@ def _check_args(path: str, args: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(full.get("env_id"), str) or not full["env_id"]:
             raise CheckpointError(path, "args.env_id must name the Atari game (e.g. 'breakout')")
     else:
-        raise CheckpointError(path, f"args.env_kind is {_short(kind)}; expected 'procgen' or 'atari'")
+        raise CheckpointError(path, f"args.env_kind is {_short(kind)}; expected 'procgen' or "
+                              "'atari'")
     return full
 
 

@@ -360,7 +360,23 @@ def _check_bounds(node: yaml.Node) -> None:
             stack.extend((n, depth + 1) for n in item.value)
 
 
+def _flow_depth(text: str) -> int:
+    """Deepest nesting of [ and { in `text` (quotes ignored): PyYAML's scanner takes time
+    quadratic in it, so very deep flow collections are refused before scanning."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
+
+
 def _read_yaml(path: Path, text: str) -> tuple[Any, _Lines]:
+    if _flow_depth(text) > 16 * MAX_YAML_DEPTH:  # generous: brackets in plain scalars count
+        raise ManifestError(path, [Problem(str(path), None, "", "not valid YAML: [ ] and "
+                                           "{ } nested too deeply; flatten the document")])
     loader = None
     try:
         loader = _Loader(text)  # the reader refuses control characters right away

@@ -46,7 +46,9 @@ DEFAULT_MAX_BYTES = 1024**3
 #: Refuse streams that run more pickle opcodes than this (array data does not count): each
 #: opcode builds at most one small object, so this bounds the memory of a stream of tiny
 #: objects (a real checkpoint runs a few thousand).
-MAX_OPCODES = 2_000_000
+MAX_OPCODES = 1_000_000
+#: Longest line of a protocol-0 text opcode (a number, a name, an escaped string).
+MAX_LINE_BYTES = 64 * 1024**2
 _CHUNK = 16 * 1024**2
 
 
@@ -165,10 +167,13 @@ class _LimitedStream:
         return data
 
     def readline(self) -> bytes:
-        line = self._raw.readline(self.remaining() + 1)
+        line = self._raw.readline(min(self.remaining(), MAX_LINE_BYTES) + 1)
         self.used += len(line)
         if self.used > self.limit:
             raise self._refuse(len(line))
+        if len(line) > MAX_LINE_BYTES:
+            raise CheckpointError("<stream>", f"a text line of the pickle stream is longer "
+                                  f"than {MAX_LINE_BYTES} bytes; refusing to read it")
         return line
 
 

@@ -40,7 +40,6 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 import pytest
 import yaml
