@@ -312,6 +312,7 @@ def test_comparison_page(built):
                                                   "interface/beta/bundle/bundle.json"]
     assert len({m["data-group"] for m in mounts}) == 1 and "data-sync-url" not in mounts[1]
     assert "Every model on the same 2 × 16 recorded steps" in text
+    assert "These models share one checkpoint" in text  # fake results: one sha256
     rows = re.findall(r'<tr class="gallery-matched__row">(.*?)</tr>', text, re.S)
     assert len(rows) == 2
     assert 'src="matched/alpha-L0-f0.png"' in rows[0] and "<strong>coin</strong>" in rows[0]

@@ -233,7 +233,9 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         models=rows, failed=[e.spec.title for e in entries if not e.ok], charts=charts,
         shared=shared, shared_note=comparison.note, features=matched_features(entries),
         viewers=viewers, matched=matched, viewer_js=f"../../{VIEWER_JS}",
-        viewer_css=f"../../{VIEWER_CSS}", group=f"compare-{spec.id}")
+        viewer_css=f"../../{VIEWER_CSS}", group=f"compare-{spec.id}",
+        same_checkpoint=len(built) > 1 and len({e.result.checkpoint_sha256
+                                                for e in built}) == 1)
     summary = plain_text(spec.description) or spec.title
     return _front_matter(title=spec.title, description=summary,
                          hide=["navigation", "toc"] if viewers else None) + body
