@@ -3,9 +3,9 @@ shared set of recorded trajectories.
 
 Every model of a comparison gets an interface built on the SAME rollouts (trajectories and
 extra observations recorded once, from one environment seed, by the comparison's first
-model; `gallery.interface.InterfaceOptions.rollouts`). While each model's NMF features are
-fitted, their activations on a sample of the shared frames are computed
-(`feature_activations`, from the NMF the interface's unit store keeps); for every layer present in all models, each feature of the first
+model; `gallery.interface.InterfaceOptions.rollouts`). Each model's NMF features, read
+back from the interface's unit store, are applied to a sample of the shared frames
+(`feature_activations`); for every layer present in all models, each feature of the first
 model is paired with the most similar feature of each other model, by the Pearson
 correlation of the feature activations over the shared frames (per position when the
 layers have the same spatial shape, else per frame, averaged over positions).

@@ -1,8 +1,8 @@
 """The MkDocs project on disk, and the static site MkDocs builds from it.
 
 `plan_project` lists every file of the project (text computed by pages.py, or a file to
-link in from the cache, from the package's static/ and theme/, or the built viewer); `write_project` makes the folder
-match the plan, touching only what changed (so `mkdocs serve` reloads only then, and a
+link in from the cache, the package's static/ and theme/, or the built viewer);
+`write_project` makes the folder match the plan, touching only what changed (so `mkdocs serve` reloads only then, and a
 no-change rebuild writes nothing); `build_site` runs `mkdocs build --strict` into a
 temporary folder and moves the finished site into place.
 """
