@@ -349,10 +349,9 @@ TF_CASES = [("clear", {}), ("impala", {}), ("nature", {"env_kind": "atari"})]
 @pytest.mark.parametrize("cnn, kwargs", TF_CASES)
 def test_live_tensorflow_ig_every_layer(cnn, kwargs, tmp_path):
     """Every offered layer, the value and one action logit: our float32 IG against
-    tf_integrated_gradients in float64, relative max error <= 1e-4 -- or 4 times
-    TensorFlow's own float32 error where that is larger (the rule of
-    tests.reference.float32_bound: with random weights and noise frames a ReLU input
-    within rounding of zero moves either implementation by ~1e-4). Needs .venv-tf."""
+    tf_integrated_gradients in float64, relative max error <= 1e-4 (the issue's flat
+    bound; benchmarks/ig_parity_report.py prints every figure, worst 8.7e-5 next to
+    TensorFlow's own float32 6.3e-5). Needs .venv-tf."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     tf = pytest.importorskip("tensorflow")
     from gallery.policy import load_policy
@@ -370,8 +369,8 @@ def test_live_tensorflow_ig_every_layer(cnn, kwargs, tmp_path):
             ref32 = tf_integrated_gradients(ckpt, obs, layer, target, 10, dtype=tf.float32)
             if cnn == "impala":
                 ours, ref, ref32 = map(_spatial_totals, (ours, ref, ref32))
-            bound = max(1e-4, 4 * _relative_error(ref32, ref))
-            assert _relative_error(ours, ref) <= bound, (layer, target, bound)
+            assert _relative_error(ours, ref) <= 1e-4, (layer, target,
+                                                         _relative_error(ref32, ref))
 
 
 # --- the split fast path (gallery's graph networks) ----------------------------------------
