@@ -181,6 +181,17 @@ class ModelSpec(_Strict):
             raise ValueError("expected 64 hexadecimal digits (`sha256sum FILE` prints them)")
         return value
 
+    @field_validator("features")
+    @classmethod
+    def _feature_indices(cls, value: dict[str, dict[int, str]]) -> dict[str, dict[int, str]]:
+        top = NMFOptions.model_fields["features"].metadata[-1].le
+        for layer, labels in value.items():
+            for index in labels:
+                if not 0 <= index < top:
+                    raise ValueError(f"layer {layer}: feature {shown(index)} does not exist "
+                                     f"(features are numbered 0 to {top - 1})")
+        return value
+
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
@@ -311,11 +322,23 @@ class _Lines:
         return f"<{node.tag}>"
 
 
+def shown(value: Any, as_repr: bool = True) -> str:
+    """A value from the manifest for a message: cut to 100 characters, and never failing
+    (str() of an integer of more than 4,300 digits raises ValueError)."""
+    try:
+        text = repr(value) if as_repr else str(value)
+    except ValueError:
+        text = (f"<an integer of {value.bit_length()} bits>" if isinstance(value, int)
+                else f"<a {type(value).__name__}>")
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 def key_text(path: Key) -> str:
     """('models', 1, 'options', 'nmf') -> 'models[1].options.nmf'."""
     text = ""
     for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+        name = shown(part, as_repr=False)
+        text += f"[{name}]" if isinstance(part, int) else (f".{name}" if text else name)
     return text
 
 
@@ -472,7 +495,8 @@ def _message(error: dict[str, Any]) -> str:
         return str(ctx.get("error", error["msg"]))
     if kind == "too_short" and "min_length" in ctx:
         return f"needs at least {ctx['min_length']} item(s)"
-    return f"{error['msg']} (got {error.get('input')!r})" if "input" in error else error["msg"]
+    return f"{error['msg']} (got {shown(error.get('input'))})" if "input" in error else \
+        error["msg"]
 
 
 def _cross_check(data: dict[str, Any], path: Path, lines: _Lines) -> list[Problem]:
@@ -583,7 +607,7 @@ def _effective_settings(data: dict[str, Any], path: Path, lines: _Lines
             continue
         options = model.get("options") or {}
         try:
-            settings[str(model.get("id"))] = AnalysisOptions.model_validate(
+            settings[shown(model.get("id"), as_repr=False)] = AnalysisOptions.model_validate(
                 _deep_merge(defaults, options))
         except ValidationError as err:
             for e in err.errors():

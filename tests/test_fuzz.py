@@ -919,3 +919,16 @@ def test_regression_bundle_index_nested_too_deeply():
     (root / bundles.INDEX_FILE).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(bundles.BundleError, match="cannot read the bundle index"):
         bundles.read_bundle(root)  # RecursionError
+
+
+@pytest.mark.parametrize("entry", ["training_steps: -0x" + "f" * 5000,
+                                   "env:\n      ? 0x" + "f" * 5000 + "\n      : 1",
+                                   "features:\n      2b:\n        ? 0x" + "f" * 5000
+                                   + "\n        : coin",
+                                   "\n  - id: 0b" + "1" * 20000 + "\n    title: u"])
+def test_regression_manifest_integers_too_long_to_print(entry):
+    """Found by the long campaign: a hexadecimal integer of 6,000 decimal digits reached
+    an error message, whose repr() raised ValueError (Python's 4,300-digit limit)."""
+    text = f"models:\n  - id: m\n    title: t\n    checkpoint: c.jd\n    {entry}\n"
+    with pytest.raises(ManifestError, match="bits>"):
+        parse_manifest(text, MANIFEST_PATH)

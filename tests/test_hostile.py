@@ -58,6 +58,8 @@ def bounded(call: Callable[[], Any], error: type[BaseException], match: str,
         if trace:
             tracemalloc.stop()
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+    print(f"[bounded] {seconds:.2f} s, traced peak {peak / 1024**2:.1f} MB, resident size "
+          f"grew {rss_growth / 1024**2:.0f} MB")  # shown with pytest -s (docs/reliability.md)
     assert seconds < MAX_SECONDS, f"took {seconds:.1f} s"
     assert peak < MAX_EXTRA_BYTES, f"allocated {peak / GB:.2f} GB"
     assert rss_growth < MAX_EXTRA_BYTES, f"resident size grew by {rss_growth / GB:.2f} GB"
