@@ -932,3 +932,13 @@ def test_regression_manifest_integers_too_long_to_print(entry):
     text = f"models:\n  - id: m\n    title: t\n    checkpoint: c.jd\n    {entry}\n"
     with pytest.raises(ManifestError, match="bits>"):
         parse_manifest(text, MANIFEST_PATH)
+
+
+def test_regression_bundle_atlas_over_pils_bomb_limit(monkeypatch):
+    """PIL raises DecompressionBombError (not an OSError) for images over twice its pixel
+    limit; validate_bundle let it escape. A small limit makes the real atlases such images."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(bundles.BundleError, match="cannot decode"):
+        bundles.validate_bundle(_fresh_bundle())
