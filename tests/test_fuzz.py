@@ -21,6 +21,7 @@ this file well under a minute on two cores).
 
 from __future__ import annotations
 
+import atexit
 import bz2
 import functools
 import gzip
@@ -62,6 +63,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck))
 
 WORK = Path(tempfile.mkdtemp(prefix="gallery-fuzz-"))
+atexit.register(shutil.rmtree, WORK, True)
 #: Payloads in the pickle programs write or touch this file: it must never appear.
 SENTINEL = WORK / "PWNED"
 
