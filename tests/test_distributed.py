@@ -224,3 +224,46 @@ def test_ctrl_c_stops_cleanly_with_a_summary(reference, tmp_path):
 
 def test_events_file_is_in_the_store(reference):
     assert (reference.parent / "cache" / "units" / EVENTS_FILE).is_file()
+
+
+ZOO = """
+site: {name: Tiny zoo}
+defaults:
+  trajectories: {num_envs: 2, num_steps: 16, seed: 0, bookmarks: 4}
+  observations: {num_envs: 16, num_obs: 4, obs_every: 4}
+  layers: {include: [4a]}
+models:
+  - {id: easy, title: Easy, checkpoint: CHECKPOINT}
+  - {id: hard, title: Hard, checkpoint: CHECKPOINT, env: {distribution_mode: hard}}
+"""
+
+
+@pytest.mark.slow
+def test_gallery_build_pools_the_units_of_every_model(tmp_path):
+    """`mpiexec -n 3 gallery build`: both models' units computed by several ranks in one
+    pool, then rank 0 assembles the bundles and builds the site; bundles equal those of a
+    single-process build."""
+    manifest = tmp_path / "zoo.yaml"
+    manifest.write_text(ZOO.replace("CHECKPOINT", str(CHECKPOINT)))
+    outputs = {}
+    for ranks in (None, 3):
+        cache, site = tmp_path / f"cache{ranks}", tmp_path / f"site{ranks}"
+        gallery = [sys.executable, "-m", "gallery", "build", "-m", str(manifest), "-o",
+                   str(site), "--cache-dir", str(cache), "--no-strict"]
+        if ranks:
+            gallery = [mpiexec(), "-n", str(ranks), *gallery]
+        done = subprocess.run(gallery, env=dict(environment(), GALLERY_CACHE=str(cache)),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        events = UnitStore(cache / "units").events()
+        keys = [e["key"] for e in events if e["event"] == "computed"]
+        assert len(keys) == len(set(keys)) == 2 * 6
+        if ranks:
+            assert "interface units of 2 model(s) on 3 MPI ranks" in done.stderr
+            assert len({e["pid"] for e in events}) >= 2
+        bundles = sorted(cache.glob("models/*/interface/bundle"))
+        assert len(bundles) == 2 and (site / "index.html").is_file()
+        outputs[ranks] = {b.parent.parent.name: b for b in bundles}
+    assert sorted(outputs[None]) == sorted(outputs[3])
+    for key, folder in outputs[None].items():
+        same_bytes(folder, outputs[3][key])
