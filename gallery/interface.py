@@ -369,6 +369,8 @@ class InterfaceBuilder:
                 "gallery": _gallery_version()}
         units: list[Unit] = []
         title = o.title or Path(self.checkpoint).stem
+        # a subclass that overrides add_attribution (benchmarks) gets the reduced arrays
+        keep = type(self).add_attribution is not InterfaceBuilder.add_attribution
 
         if o.rollouts is not None:
             file_sha = sha256_file(o.rollouts)
@@ -425,7 +427,8 @@ class InterfaceBuilder:
                                    multi_path=multi, max_paths=o.max_paths if multi else None,
                                    path_seed=o.seed if multi else None,
                                    single_features=o.single_features,
-                                   codec=attribution_codec.CODEC_VERSION, **base)
+                                   codec=attribution_codec.CODEC_VERSION,
+                                   **({"keep_reduced": True} if keep else {}), **base)
                     deps = (rollouts_key,) + ((nmf_key,) if nmf_key else ())
                     units.append(Unit(key, "attribution",
                                       f"{title}: attribution {name} T{e} {ids[0]}..", deps, (
@@ -435,7 +438,8 @@ class InterfaceBuilder:
                                            "targets": targets, "steps": steps,
                                            "multi_path": multi, "max_paths": o.max_paths,
                                            "seed": o.seed,
-                                           "single_features": o.single_features})))
+                                           "single_features": o.single_features,
+                                           "keep_reduced": keep})))
                     row.append((ids, key))
                 per_trajectory.append(row)
             attribution[name] = per_trajectory
@@ -485,6 +489,7 @@ class InterfaceBuilder:
             summary = run_units(units, self.store, executor=context.executor,
                                 workers=context.workers, progress=progress, stop=stop)
         self.run_summary = summary
+        self.timer.seconds.update(summary.seconds)  # compute seconds of the units run now
         self.say(summary.describe())
         self.timer.add("compute", start)
         return summary
@@ -554,8 +559,13 @@ class InterfaceBuilder:
                 for ids, key in row:
                     encoded = get(key, "attribution").arrays
                     for i, output in enumerate(ids):
-                        writer.add_encoded_attribution(name, e, output,
-                                                       encoded[f"gatr{i}"].tobytes())
+                        if f"features{i}" in encoded:  # a subclass hooks the arrays
+                            self.add_attribution(writer, name, e, output,
+                                                 encoded[f"features{i}"],
+                                                 encoded[f"residual{i}"])
+                        else:
+                            writer.add_encoded_attribution(name, e, output,
+                                                           encoded[f"gatr{i}"].tobytes())
             if name in plan.features:
                 self.add_features(writer, name, get(plan.features[name], "features"),
                                   observation_shape=tuple(extra.shape[1:3]))
@@ -573,6 +583,13 @@ class InterfaceBuilder:
                 "units": None if self.run_summary is None else {
                     "total": self.run_summary.total, "computed": self.run_summary.computed,
                     "reused": self.run_summary.reused + self.run_summary.waited}}
+
+    def add_attribution(self, writer: bundles.BundleWriter, layer: str, trajectory: int,
+                        output: str, features: np.ndarray, residual: np.ndarray) -> None:
+        """A hook for benchmarks: overriding it makes the attribution units keep the
+        reduced arrays (features, residual), handed here at assembly; the default encodes
+        them as the units do."""
+        writer.add_attribution(layer, trajectory, output, features, residual)
 
     def add_features(self, writer: bundles.BundleWriter, name: str, stored: UnitResult,
                      observation_shape: tuple[int, int]) -> None:
@@ -755,7 +772,8 @@ def unit_nmf(store: UnitStore, *, checkpoint: str, adapter: str | None, device: 
 def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
                      rollouts: str, nmf: str | None, layer: str, trajectory: int,
                      targets: list[Any], steps: int, multi_path: bool,
-                     max_paths: int | None, seed: int, single_features: bool) -> UnitResult:
+                     max_paths: int | None, seed: int, single_features: bool,
+                     keep_reduced: bool = False) -> UnitResult:
     """Attribution of one trajectory to a chunk of outputs, reduced to the layer's features
     and encoded (attribution_codec): the files as they go into the bundle."""
     policy = cached_policy(checkpoint, adapter, device)
@@ -780,6 +798,9 @@ def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, 
         data = attribution_codec.encode(features, residual, single_features=single_features,
                                         target=attribution_codec.FidelityTarget())
         arrays[f"gatr{i}"] = np.frombuffer(data, dtype=np.uint8)
+        if keep_reduced:
+            arrays[f"features{i}"] = np.asarray(features, np.float32)
+            arrays[f"residual{i}"] = np.asarray(residual, np.float32)
     return UnitResult(arrays, {"outputs": len(targets)})
 
 
