@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,11 @@ def session(threads: int | None = None) -> Iterator[Context | None]:
         finally:
             _CURRENT = Context()
         return
+    if context.rank != 0:
+        # Ctrl-C reaches every rank (the launcher forwards it): workers finish the unit in
+        # hand and keep serving; rank 0 stops handing out units, waits for those in flight,
+        # prints its summary and shuts the pool down
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     with MPICommExecutor(comm, root=0) as executor:
         if executor is None:  # a worker: served units until rank 0 shut the pool down
             yield None

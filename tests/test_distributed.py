@@ -65,8 +65,8 @@ def build(out: Path, cache: Path, ranks: int | None = None) -> subprocess.Comple
     return done
 
 
-def start(out: Path, cache: Path) -> subprocess.Popen:
-    return subprocess.Popen(command(out, cache), env=environment(), cwd=ROOT,
+def start(out: Path, cache: Path, ranks: int | None = None) -> subprocess.Popen:
+    return subprocess.Popen(command(out, cache, ranks), env=environment(), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -201,9 +201,12 @@ def test_two_builds_at_once_share_the_cache(reference, tmp_path):
         same_bytes(reference, tmp_path / f"out{i}")
 
 
-def test_ctrl_c_stops_cleanly_with_a_summary(reference, tmp_path):
+@pytest.mark.parametrize("ranks", [None, pytest.param(2, marks=pytest.mark.slow)])
+def test_ctrl_c_stops_cleanly_with_a_summary(reference, tmp_path, ranks):
+    """SIGINT to the command (or to mpiexec, which forwards it to every rank: workers
+    finish their unit, rank 0 waits for them and reports)."""
     cache = tmp_path / "cache"
-    process = start(tmp_path / "out", cache)
+    process = start(tmp_path / "out", cache, ranks)
     try:
         wait_for_units(cache, 2, process)
         process.send_signal(signal.SIGINT)
