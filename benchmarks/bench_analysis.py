@@ -262,22 +262,30 @@ def captum_comparison(policy: torch.nn.Module, frames: np.ndarray, layers: list[
     print(f"\nCaptum IntegratedGradients vs ours, value, {len(frames)} frames, 10 steps")
     print(f"{'layer':<8}{'captum s':>10}{'ours s':>10}{'speed-up':>10}{'cpu':>7}"
           f"{'max rel diff':>14}")
-    obs = torch.from_numpy(frames.astype(np.float32) / 255)
+    total_captum = total_ours = 0.0
     for layer in layers:
-        with torch.no_grad():
-            acts = policy.activations_nchw(obs, layer)
         ig = IntegratedGradients(partial(value_from, policy, layer))
-        # internal_batch_size bounds memory like our batching does
-        run_captum = partial(ig.attribute, acts, baselines=torch.zeros_like(acts), n_steps=10,
-                             method="riemann_right", internal_batch_size=160)
+
+        def run_captum(ig: IntegratedGradients = ig, layer: str = layer) -> torch.Tensor:
+            # from the same uint8 frames as ours: the layer's activations are part of it
+            obs = torch.from_numpy(frames).float().div_(255)
+            with torch.no_grad():
+                acts = policy.activations_nchw(obs, layer)
+            # internal_batch_size bounds memory like our batching does
+            return ig.attribute(acts, baselines=torch.zeros_like(acts), n_steps=10,
+                                method="riemann_right", internal_batch_size=160)
+
         t_captum, c_captum = best_of_both(repeats, run_captum)
         t_ours, c_ours = best_of_both(repeats,
                                       partial(integrated_gradients, policy, frames, layer))
+        total_captum, total_ours = total_captum + t_captum, total_ours + t_ours
         theirs = run_captum().permute(0, 2, 3, 1).numpy()
         ours = integrated_gradients(policy, frames, layer)
         diff = np.abs(ours - theirs).max() / np.abs(theirs).max()
         print(f"{layer:<8}{t_captum:>10.2f}{t_ours:>10.2f}{t_captum / t_ours:>9.1f}x"
               f"{c_captum / c_ours:>6.1f}x{diff:>14.1e}", flush=True)
+    print(f"{'all':<8}{total_captum:>10.2f}{total_ours:>10.2f}"
+          f"{total_captum / total_ours:>9.1f}x")
 
 
 def full_analysis(policy: torch.nn.Module, arrays: TrajectoryArrays,

@@ -22,6 +22,7 @@ results are converted once, at the end.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -291,11 +292,15 @@ def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, reado
     split = _LayerSplit.find(policy, layer) if use_split and not needs_obs else None
     for start in range(0, len(obs), frames):
         chunk = slice(start, min(start + frames, len(obs)))
-        if layer == INPUT_LAYER:
-            grads = _gradients(policy, obs[chunk], readout)
-        else:
-            grads = _integrated_gradients(policy, obs[chunk], layer, readout, steps,
-                                          steps_per_pass, needs_obs, split)
+        token = _BATCHED.set(BATCHED_BACKWARD and h * w * c <= BATCHED_MAX_ELEMENTS)
+        try:
+            if layer == INPUT_LAYER:
+                grads = _gradients(policy, obs[chunk], readout)
+            else:
+                grads = _integrated_gradients(policy, obs[chunk], layer, readout, steps,
+                                              steps_per_pass, needs_obs, split)
+        finally:
+            _BATCHED.reset(token)
         yield chunk, grads.numpy()
         if progress is not None:
             progress(chunk.stop, len(obs))
@@ -447,7 +452,8 @@ class _LayerSplit:
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
             value = self.consumer(leaf)
-            if len(upstream) > 1 and BATCHED_BACKWARD:
+            batched = _BATCHED.get()
+            if len(upstream) > 1 and (BATCHED_BACKWARD if batched is None else batched):
                 (summed,) = torch.autograd.grad(value, leaf, upstream, is_grads_batched=True)
                 return summed
             summed = [torch.autograd.grad(value, leaf, u, retain_graph=o < len(upstream) - 1)[0]
@@ -470,8 +476,13 @@ def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:
 
 #: Run the backward passes of several readout rows as one vmapped pass (autograd's
 #: `is_grads_batched`: one convolution over rows x batch per layer) instead of one pass
-#: per row; measured on a 2-core CPU, see docs/analysis.md.
+#: per row, for layers of at most BATCHED_MAX_ELEMENTS per observation. Measured on the
+#: 2-core CPU (benchmarks/bench_passes.py): faster for the clear network's 2a and 2b
+#: (32 x 32 x 32), slower for 1a (64 x 64 x 16), see docs/analysis.md.
 BATCHED_BACKWARD = True
+BATCHED_MAX_ELEMENTS = 1 << 15
+_BATCHED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("batched",
+                                                                      default=None)
 
 
 def _backward(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Tensor:
@@ -480,7 +491,8 @@ def _backward(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Tensor:
     Every row shares the forward graph; with several rows the backward passes run as one
     batched pass (`BATCHED_BACKWARD`) or one pass per row.
     """
-    if len(readout) > 1 and BATCHED_BACKWARD:
+    batched = _BATCHED.get()
+    if len(readout) > 1 and (BATCHED_BACKWARD if batched is None else batched):
         cotangents = readout[:, None, :].to(outputs.dtype).expand(
             len(readout), *outputs.shape).contiguous()
         (grads,) = torch.autograd.grad(outputs, inputs, cotangents, is_grads_batched=True)

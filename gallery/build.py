@@ -152,7 +152,8 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
                                       policy.lam)
     save_thumbnail(recorded.observations[0, 0], out_dir / THUMBNAIL_FILE)
-    interface = (build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say)
+    interface = (build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say,
+                                 title=spec.title, model_id=spec.id)
                  if interfaces else None)
     return ModelResult(
         model_id=spec.id, key="", checkpoint_sha256=checkpoint.sha256,
@@ -172,7 +173,8 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
 
 
 def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSettings,
-                    say: StageProgress) -> str | None:
+                    say: StageProgress, *, title: str | None = None,
+                    model_id: str | None = None) -> str | None:
     """THE place where a model's interactive interface is generated.
 
     Calls `gallery.interface.generate_interface(checkpoint, output_dir, **options)` when that
@@ -184,8 +186,11 @@ def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSetting
     from .interface import generate_interface  # type: ignore[attr-defined]
 
     say("interface")
+    options = interface_options(settings)
+    if title is not None:  # the manifest's title and id (not part of any unit's key)
+        options.update(title=title, model_id=model_id)
     generate_interface(str(checkpoint_path), str(out_dir),
-                       **_accepted(generate_interface, interface_options(settings)))
+                       **_accepted(generate_interface, options))
     return out_dir.name if (out_dir / "index.html").is_file() else None
 
 

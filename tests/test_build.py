@@ -273,6 +273,9 @@ def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
     # both models on the SAME trajectories, their features matched in layer 4a
     assert 'data-bundle="interface/bundle/bundle.json"' in (
         out / "models" / "one" / "index.html").read_text()
+    model_bundle = json.loads((out / "models" / "two" / "interface" / "bundle" /
+                               "bundle.json").read_text())
+    assert model_bundle["model"]["id"] == "two" and model_bundle["model"]["title"] == "Two"
     bundles = {i: json.loads((out / "compare" / "pair" / "interface" / i / "bundle" /
                               "bundle.json").read_text()) for i in ("one", "two")}
     frames = {i: {k: v["sha256"] for k, v in b["files"].items() if k.startswith("frames/")}

@@ -1,0 +1,65 @@
+"""How many layer elements one attribution pass should hold (gallery/attribution.py's
+ELEMENTS_PER_PASS and ELEMENTS_PER_PASS_MANY), measured per layer of coinrun.jd.
+
+    .venv/bin/python benchmarks/bench_passes.py [--frames 64] [--checkpoint PATH]
+
+Prints frames/s of value attribution (1 output) and of policy attribution (16 outputs)
+for each pass size; best of 3 (CPU time / threads next to it, for shared machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gallery import attribution
+from gallery.policy import load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn) -> tuple[float, float]:
+    walls, cpus = [], []
+    for _ in range(3):
+        start, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus) / torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path,
+                        default=REPO.parent / "shared" / "checkpoints" / "coinrun.jd")
+    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--layers", nargs="*", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    policy = load_policy(args.checkpoint)
+    obs = np.random.default_rng(0).integers(0, 256, (args.frames, *policy.observation_shape),
+                                            dtype=np.uint8)
+    readouts = {"value": attribution.readout_matrix(policy, ["value"]),
+                "policy": attribution.readout_matrix(
+                    policy, ["value", *range(policy.num_actions)])}
+    x = torch.from_numpy(obs).float() / 255
+    print(f"{'layer':<7}{'outputs':<8}" + "".join(f"{'2^' + str(e):>14}" for e in range(16, 23)))
+    for layer in args.layers or policy.layer_names:
+        for name, readout in readouts.items():
+            cells = []
+            for e in range(16, 23):
+                def run(e: int = e) -> None:
+                    for _ in attribution._attribution_batches(policy, x, layer, readout, 10,
+                                                              elements_per_pass=1 << e):
+                        pass
+                wall, cpu = timed(run)
+                cells.append(f"{args.frames / wall:>7.0f} ({args.frames / cpu:>4.0f})")
+            print(f"{layer:<7}{name:<8}" + "".join(f"{c:>14}" for c in cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()
