@@ -259,7 +259,7 @@ def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
     manifest = write_manifest(tmp_path, [
         {"id": "one", "title": "One", "checkpoint": "m1.jd", "tags": ["x"]},
         {"id": "two", "title": "Two", "checkpoint": "m2.jd", "tags": ["y"],
-         "features": {"2b": {"0": "coin"}}}],
+         "features": {"2b": {"0": "coin"}, "4a": {"1": "ledge <b>"}}}],
         comparisons=[{"id": "pair", "title": "Pair", "models": ["one", "two"]}])
     monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "site"
@@ -276,6 +276,12 @@ def test_cli_build_end_to_end(tmp_path, monkeypatch, capsys):
     model_bundle = json.loads((out / "models" / "two" / "interface" / "bundle" /
                                "bundle.json").read_text())
     assert model_bundle["model"]["id"] == "two" and model_bundle["model"]["title"] == "Two"
+    # the manifest's feature labels reach the site's copy of the bundle (the viewer's
+    # legend shows them as text), not the cached one
+    labelled = {la["name"]: la.get("labels") for la in model_bundle["layers"]}
+    assert labelled["4a"] == {"1": "ledge <b>"}
+    cached = next((tmp_path / "cache").rglob("interface/bundle/bundle.json"))
+    assert all("labels" not in la for la in json.loads(cached.read_text())["layers"])
     bundles = {i: json.loads((out / "compare" / "pair" / "interface" / i / "bundle" /
                               "bundle.json").read_text()) for i in ("one", "two")}
     frames = {i: {k: v["sha256"] for k, v in b["files"].items() if k.startswith("frames/")}

@@ -9,6 +9,7 @@ temporary folder and moves the finished site into place.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -72,6 +73,7 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
                 plan.files[f"{base}/{result.thumbnail}"] = folder / result.thumbnail
             if result.interface:
                 plan.add_tree(folder / result.interface, f"{base}/{result.interface}")
+                label_bundle(plan, f"{base}/{result.interface}", entry.spec.features)
                 viewers = True
             for paths in entry.legends.values():
                 for path in paths:
@@ -83,8 +85,10 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
         if shared and folder:
             if shared.frames:
                 plan.files[f"{base}/{shared.frames}"] = folder / shared.frames
-            for interface in shared.interfaces.values():
+            for model_id, interface in shared.interfaces.items():
                 plan.add_tree(folder / interface, f"{base}/{interface}")
+                if model_id in by_id:
+                    label_bundle(plan, f"{base}/{interface}", by_id[model_id].spec.features)
                 viewers = True
             for layer in shared.matched:
                 for row in layer["rows"]:
@@ -102,6 +106,29 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
     plan.add_tree(SITE_SRC, "docs")
     plan.add_tree(THEME_DIR, "overrides")
     return plan
+
+
+#: Where an interface folder keeps its bundle index.
+BUNDLE_INDEX = "bundle/bundle.json"
+
+
+def label_bundle(plan: ProjectPlan, prefix: str, labels: dict[str, dict[int, str]]) -> None:
+    """Give the interface under `prefix` the manifest's feature labels: the site's copy of
+    its bundle.json gets `labels` ({feature index: text}) on each labelled layer, which
+    the viewer's legend shows. Labels are presentation: the cached bundle is not touched,
+    so a changed label rebuilds pages only. (The viewer renders them as text.)"""
+    key = f"{prefix}/{BUNDLE_INDEX}"
+    source = plan.files.get(key)
+    if not labels or source is None:
+        return
+    index = json.loads(source.read_text())
+    for layer in index.get("layers", []):
+        named = labels.get(layer.get("name"))
+        if named:
+            layer["labels"] = {str(k): str(v) for k, v in sorted(named.items())
+                               if 0 <= int(k) < int(layer.get("features", 0))}
+    del plan.files[key]
+    plan.texts[key] = json.dumps(index, separators=(",", ":"))
 
 
 def _check_sources() -> None:

@@ -134,6 +134,11 @@ def test_model_page_viewer_and_deep_link(site_page, screenshots):
     for text in ("zzcoinlabel", "sha256", "Mean episode return", "Build settings",
                  "How to cite"):
         assert text in page.content(), text
+    # the manifest's feature label is in the viewer's own legend on the labelled layer
+    page.evaluate("window.galleryViewers[0].setState({layer: '2b'})")
+    legend = page.locator("[data-gallery-viewer] .gv-legend")
+    legend.get_by_text("zzcoinlabel").wait_for()
+    assert "zzcoinlabel" in legend.locator("button").first.inner_text()
     page.screenshot(path=str(screenshots / "site-model.png"))
 
 

@@ -59,6 +59,8 @@ export interface LayerEntry {
   attribution: Record<string, string[]>;
   legend: { file: string; tile: [number, number] } | null;
   feature_views: (string | null)[] | null;
+  /** Optional labels of features (manifest text, shown as text): index -> label. */
+  labels?: Record<string, string>;
 }
 
 export interface FeatureGrid {
