@@ -10,26 +10,16 @@ for each pass size; best of 3 (CPU time / threads next to it, for shared machine
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from bench_analysis import best_of_both  # the same directory: run as a script
 
 from gallery import attribution
 from gallery.policy import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def timed(fn) -> tuple[float, float]:
-    walls, cpus = [], []
-    for _ in range(3):
-        start, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - start)
-        cpus.append(time.process_time() - cpu)
-    return min(walls), min(cpus) / torch.get_num_threads()
 
 
 def main() -> None:
@@ -52,11 +42,13 @@ def main() -> None:
         for name, readout in readouts.items():
             cells = []
             for e in range(16, 23):
-                def run(e: int = e) -> None:
+                def run(e: int = e, layer: str = layer, readout: torch.Tensor = readout
+                        ) -> None:
                     for _ in attribution._attribution_batches(policy, x, layer, readout, 10,
                                                               elements_per_pass=1 << e):
                         pass
-                wall, cpu = timed(run)
+                wall, cpu = best_of_both(3, run)
+                cpu /= torch.get_num_threads()
                 cells.append(f"{args.frames / wall:>7.0f} ({args.frames / cpu:>4.0f})")
             print(f"{layer:<7}{name:<8}" + "".join(f"{c:>14}" for c in cells), flush=True)
 

@@ -451,14 +451,7 @@ class _LayerSplit:
             upstream = upstream * at_acts
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
-            value = self.consumer(leaf)
-            batched = _BATCHED.get()
-            if len(upstream) > 1 and (BATCHED_BACKWARD if batched is None else batched):
-                (summed,) = torch.autograd.grad(value, leaf, upstream, is_grads_batched=True)
-                return summed
-            summed = [torch.autograd.grad(value, leaf, u, retain_graph=o < len(upstream) - 1)[0]
-                      for o, u in enumerate(upstream)]
-        return torch.stack(summed)
+            return _vjps(self.consumer(leaf), leaf, upstream)
 
 
 def _only_consumer(nodes: Sequence[Any], node: Any) -> Any:
@@ -486,23 +479,23 @@ _BATCHED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("batched"
 
 
 def _backward(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Tensor:
-    """(O,) + inputs.shape: gradients of sum_batch(outputs @ readout[o]) for every o.
+    """(O,) + inputs.shape: gradients of sum_batch(outputs @ readout[o]) for every o."""
+    cotangents = readout[:, None, :].to(outputs.dtype).expand(len(readout), *outputs.shape)
+    return _vjps(outputs, inputs, cotangents)
 
-    Every row shares the forward graph; with several rows the backward passes run as one
-    batched pass (`BATCHED_BACKWARD`) or one pass per row.
-    """
+
+def _vjps(outputs: Tensor, inputs: Tensor, cotangents: Tensor) -> Tensor:
+    """(O,) + inputs.shape: the vector-Jacobian products of `outputs` with respect to
+    `inputs` for O cotangents (O,) + outputs.shape, over one shared forward graph: one
+    batched backward pass (`BATCHED_BACKWARD`, for this layer's size) or one per row."""
     batched = _BATCHED.get()
-    if len(readout) > 1 and (BATCHED_BACKWARD if batched is None else batched):
-        cotangents = readout[:, None, :].to(outputs.dtype).expand(
-            len(readout), *outputs.shape).contiguous()
-        (grads,) = torch.autograd.grad(outputs, inputs, cotangents, is_grads_batched=True)
+    if len(cotangents) > 1 and (BATCHED_BACKWARD if batched is None else batched):
+        (grads,) = torch.autograd.grad(outputs, inputs, cotangents.contiguous(),
+                                       is_grads_batched=True)
         return grads
-    grads = []
-    for o, row in enumerate(readout):
-        (grad,) = torch.autograd.grad((outputs @ row).sum(), inputs,
-                                      retain_graph=o < len(readout) - 1)
-        grads.append(grad)
-    return torch.stack(grads)
+    return torch.stack([torch.autograd.grad(outputs, inputs, c,
+                                            retain_graph=o < len(cotangents) - 1)[0]
+                        for o, c in enumerate(cotangents)])
 
 
 def _needs_observations(policy: torch.nn.Module, layer: str, obs: Tensor) -> bool:

@@ -341,11 +341,7 @@ class BundleWriter:
     def add_attribution(self, layer: str, trajectory: int, output: str,
                         features: np.ndarray, residual: np.ndarray) -> dict[str, Any]:
         """Encode the reduced attribution (T, h, w, K) + residual (T, h, w) of one triple."""
-        li, entry = self._layer(layer)
-        if output not in {o.id for o in self.outputs}:
-            raise BundleError(f"output {output!r} is not one of the bundle's outputs")
-        if not 0 <= trajectory < len(self.trajectories):
-            raise BundleError(f"trajectory {trajectory} was not added")
+        _, entry = self._checked_triple(layer, trajectory, output)
         h, w, _ = entry["shape"]
         expected = (self.trajectories[trajectory]["length"], h, w, entry["features"])
         if tuple(np.shape(features)) != expected:
@@ -354,7 +350,18 @@ class BundleWriter:
         data = attribution_codec.encode(features, residual,
                                         single_features=self.single_features,
                                         target=self.fidelity)
+        return self.add_encoded_attribution(layer, trajectory, output, data)
+
+    def add_encoded_attribution(self, layer: str, trajectory: int, output: str,
+                                data: bytes) -> dict[str, Any]:
+        """Store one triple's attribution file, already encoded (`attribution_codec`)."""
+        li, entry = self._checked_triple(layer, trajectory, output)
         header = attribution_codec.decode(data).header
+        expected = (self.trajectories[trajectory]["length"], *entry["shape"][:2],
+                    entry["features"])
+        if (header.frames, header.height, header.width, header.features) != expected:
+            raise BundleError(f"layer {layer}, trajectory {trajectory}, {output}: "
+                              f"stored attribution does not match {expected}")
         name = self._write(f"attribution/L{li}/T{trajectory}-{output}.gatr", data)
         files = entry["attribution"].setdefault(output, [None] * len(self.trajectories))
         files[trajectory] = name
@@ -363,6 +370,15 @@ class BundleWriter:
                   "checked_mae": header.worst_mae, "checked_psnr": header.worst_psnr}
         self.fidelity_report.append(report)
         return report
+
+    def _checked_triple(self, layer: str, trajectory: int, output: str
+                        ) -> tuple[int, dict[str, Any]]:
+        li, entry = self._layer(layer)
+        if output not in {o.id for o in self.outputs}:
+            raise BundleError(f"output {output!r} is not one of the bundle's outputs")
+        if not 0 <= trajectory < len(self.trajectories):
+            raise BundleError(f"trajectory {trajectory} was not added")
+        return li, entry
 
     # feature visualisation
     def add_legend(self, layer: str, thumbnails: np.ndarray) -> None:

@@ -525,7 +525,7 @@ class InterfaceBuilder:
                  "observation_shape": list(self.policy.observation_shape),
                  "checkpoint": {"name": Path(self.checkpoint).name,
                                 "sha256": self.checkpoint_sha}}
-        writer = _UnitBundleWriter(
+        writer = bundles.BundleWriter(
             self.output_dir / BUNDLE_DIR, model=model, outputs=self.output_specs,
             action_names=names, action_groups=self.group_specs,
             presentation=bundles.Presentation(
@@ -634,30 +634,6 @@ class InterfaceBuilder:
             out["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             out["seconds"] = {k: round(v, 1) for k, v in self.timer.seconds.items()}
         return out
-
-
-class _UnitBundleWriter(bundles.BundleWriter):
-    """The bundle writer, taking attribution already encoded by a unit."""
-
-    def add_encoded_attribution(self, layer: str, trajectory: int, output: str,
-                                data: bytes) -> dict[str, Any]:
-        li, entry = self._layer(layer)
-        if output not in {o.id for o in self.outputs}:
-            raise bundles.BundleError(f"output {output!r} is not one of the bundle's outputs")
-        header = attribution_codec.decode(data).header
-        expected = (self.trajectories[trajectory]["length"], *entry["shape"][:2],
-                    entry["features"])
-        if (header.frames, header.height, header.width, header.features) != expected:
-            raise bundles.BundleError(f"layer {layer}, trajectory {trajectory}, {output}: "
-                                      f"stored attribution does not match {expected}")
-        name = self._write(f"attribution/L{li}/T{trajectory}-{output}.gatr", data)
-        files = entry["attribution"].setdefault(output, [None] * len(self.trajectories))
-        files[trajectory] = name
-        report = {"layer": layer, "trajectory": trajectory, "output": output,
-                  "bytes": len(data), "step": header.step,
-                  "checked_mae": header.worst_mae, "checked_psnr": header.worst_psnr}
-        self.fidelity_report.append(report)
-        return report
 
 
 def _count_kinds(units: Sequence[Unit]) -> list[str]:
