@@ -53,8 +53,9 @@ def reencode(interface: Path, arrays: Path) -> None:
     """Re-encode the saved arrays into the bundle's attribution files (same names)."""
     root = interface / BUNDLE_DIR
     index = json.loads((root / bundles.INDEX_FILE).read_text())
-    from gallery import attribution_codec
     import hashlib
+
+    from gallery import attribution_codec
     for layer in index["layers"]:
         folder = arrays / layer["name"].replace("/", "_")
         for output, files in layer["attribution"].items():
@@ -66,6 +67,7 @@ def reencode(interface: Path, arrays: Path) -> None:
                 index["files"][name] = {"bytes": len(data),
                                         "sha256": hashlib.sha256(data).hexdigest()}
                 print(f"  {name}: {len(data) / MB:.2f} MB", file=sys.stderr)
+    index["codec_version"] = attribution_codec.CODEC_VERSION
     (root / bundles.INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
 
 

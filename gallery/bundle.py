@@ -366,7 +366,7 @@ class BundleWriter:
         files = entry["attribution"].setdefault(output, [None] * len(self.trajectories))
         files[trajectory] = name
         report = {"layer": layer, "trajectory": trajectory, "output": output,
-                  "bytes": len(data), "step": header.step,
+                  "bytes": len(data), "steps": header.steps,
                   "checked_mae": header.worst_mae, "checked_psnr": header.worst_psnr}
         self.fidelity_report.append(report)
         return report

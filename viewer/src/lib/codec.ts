@@ -1,14 +1,16 @@
 // Decoder of the attribution files written by gallery/attribution_codec.py (docs/bundle.md).
 // A file holds, per frame, 2 (K + 1) planes of codes (P of each feature, P of the residual,
 // then N of each feature, N of the residual) coded with rANS against static frequency
-// tables, one per (plane, context). Codes map to values through the level table.
+// tables, one per (plane, context). Codes map to values through the level table of the
+// frame's step (every frame has its own step, one of the header's `steps`).
 
 export const PROB_BITS = 12;
 export const PROB_SCALE = 1 << PROB_BITS;
 export const RANS_LOW = 1 << 23;
 export const NUM_LEVELS = 1024;
 export const NUM_CONTEXTS = 18;
-export const CODEC_VERSION = 1;
+export const CODEC_VERSION = 2;
+export const MAX_STEPS = 256;
 
 export interface AttributionHeader {
   version: number;
@@ -17,8 +19,10 @@ export interface AttributionHeader {
   width: number;
   features: number;
   scale: number;
-  step: number;
-  linear: number;
+  /** the distinct steps of the frames; each frame's byte indexes this list */
+  steps: number[];
+  /** L of each step */
+  linears: number[];
   worst_mae: number;
   worst_psnr: number;
 }
@@ -37,7 +41,10 @@ export function levelValues(step: number, linear: number): Float64Array {
 export class AttributionFile {
   readonly header: AttributionHeader;
   readonly planes: number;
-  readonly levels: Float64Array;
+  /** one level table per step of the header */
+  readonly levelTables: Float64Array[];
+  /** (T) index of each frame's step */
+  readonly stepIndex: Uint8Array;
   /** (T, K + 1): unscaled features and residual summed over positions. */
   readonly totals: Float32Array;
   private readonly freq: Int32Array;
@@ -59,7 +66,18 @@ export class AttributionFile {
     }
     const h = this.header;
     this.planes = 2 * (h.features + 1);
-    this.levels = levelValues(h.step, h.linear);
+    const { steps, linears } = h;
+    if (!Array.isArray(steps) || !Array.isArray(linears) || steps.length < 1 ||
+        steps.length !== linears.length || steps.length > MAX_STEPS) {
+      throw new Error("bad attribution header: steps");
+    }
+    this.levelTables = steps.map((q, i) => {
+      const L = linears[i];
+      if (!(q > 0 && Number.isFinite(q)) || !Number.isInteger(L) || L < 1 || L >= NUM_LEVELS) {
+        throw new Error("bad attribution header: steps");
+      }
+      return levelValues(q, L);
+    });
     let pos = 8 + metaLen;
     const bodyLen = view.getUint32(pos, true);
     pos += 4;
@@ -86,11 +104,21 @@ export class AttributionFile {
     const count = h.frames * (h.features + 1);
     this.totals = new Float32Array(buffer.slice(pos, pos + 4 * count));
     pos += 4 * count;
+    this.stepIndex = new Uint8Array(buffer.slice(pos, pos + h.frames));
+    for (const i of this.stepIndex) {
+      if (i >= steps.length) throw new Error("bad attribution file: step index out of range");
+    }
+    pos += h.frames + ((4 - (h.frames % 4)) % 4);
     this.offsets = new Uint32Array(buffer.slice(pos, pos + 4 * (h.frames + 1)));
     pos += 4 * (h.frames + 1);
     this.streamStart = pos;
     this.data = bytes;
     if (pos + this.offsets[h.frames] !== bytes.length) throw new Error("truncated attribution file");
+  }
+
+  /** The level table (code -> plane value) of frame t. */
+  levelsOf(t: number): Float64Array {
+    return this.levelTables[this.stepIndex[t]];
   }
 
   get frameSize(): number {
