@@ -263,6 +263,8 @@ def outputs_for(policy: torch.nn.Module, config: AnalysisConfig) -> list[Output]
     return outputs
 
 
+#: Attribution elements per output reduced to features in one go (16 MB of float32).
+REDUCE_ELEMENTS = 1 << 22
 #: `analyze` keeps every attribution in memory only below this many bytes.
 MAX_IN_MEMORY_BYTES = 4 * 1024**3
 
@@ -427,12 +429,29 @@ def _reduced_attributions(policy: torch.nn.Module, observations: np.ndarray, lay
             for o in outputs]
     features = [np.zeros((t, h, w, k), np.float32) for _ in outputs]
     residuals = [np.zeros((t, h, w), np.float32) for _ in outputs]
-    for frames, batch in attribution_batches(policy, observations, layer, readout, steps,
-                                             progress=progress):
+    # The reduction runs on several batches at once (scikit-learn's transform has a fixed
+    # cost per call that, per batch of a few frames, was most of its time).
+    pending: list[np.ndarray] = []
+    first = 0
+
+    def reduce_pending() -> None:
+        batch = np.concatenate(pending, axis=1)
+        frames = slice(first, first + batch.shape[1])
         for o, output_rows in enumerate(rows):
             raw = batch[output_rows[0]] if len(output_rows) == 1 else \
                 batch[output_rows].sum(axis=0)
             features[o][frames], residuals[o][frames] = nmf.reduce_attribution(raw)
+        pending.clear()
+
+    for frames, batch in attribution_batches(policy, observations, layer, readout, steps,
+                                             progress=progress):
+        if not pending:
+            first = frames.start
+        pending.append(batch)
+        if sum(p[0].size for p in pending) >= REDUCE_ELEMENTS:
+            reduce_pending()
+    if pending:
+        reduce_pending()
     return list(zip(features, residuals))
 
 

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
@@ -43,6 +44,14 @@ from .attribution import AnalysisError
 
 #: Rows per call of scikit-learn's transform (bounds its working memory).
 TRANSFORM_BLOCK_ROWS = 1 << 21
+#: Rows per chunk of the fit's coordinate descent (X, W and X H^T of a chunk in L2 cache).
+FIT_CHUNK_ROWS = 1 << 13
+
+try:  # scikit-learn's compiled coordinate-descent sweep (private; the fit falls back to
+    # scikit-learn's own NMF.fit if a future version moves it)
+    from sklearn.decomposition._cdnmf_fast import _update_cdnmf_fast
+except ImportError:  # pragma: no cover
+    _update_cdnmf_fast = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +116,36 @@ class LayerNMF:
         with threadpool_limits(1, user_api="blas"):
             for start in range(0, len(rows), TRANSFORM_BLOCK_ROWS):
                 block = rows[start:start + TRANSFORM_BLOCK_ROWS]
-                out[block] = self._model.transform(flat[block])
+                if _update_cdnmf_fast is None:  # pragma: no cover
+                    out[block] = self._model.transform(flat[block])
+                else:
+                    out[block] = self._transform_block(flat[block])
         return out.reshape(x.shape[:-1] + (self.n_features,))
+
+    def _transform_block(self, x: np.ndarray) -> np.ndarray:
+        """scikit-learn's `NMF.transform` of (n, C) float32: coordinate descent on W from
+        zero with H fixed, stopping when the summed projected gradient falls below tol
+        times the first one. The same iterates, without what its general form repeats:
+        X H^T is computed once (scikit-learn recomputes the same product every
+        iteration), the input is not re-validated, and each sweep runs on chunks of rows
+        that stay in cache (rows are independent; only the float32 order of the stopping
+        sum differs)."""
+        ht = np.ascontiguousarray(self.components.T)
+        hht = ht.T @ ht
+        xht = x @ ht
+        w = np.zeros((len(x), self.n_features), dtype=np.float32)
+        order = np.arange(self.n_features, dtype=np.intp)
+        violation_init = None
+        for _ in range(self.settings.max_iter):
+            violation = 0.0
+            for start in range(0, len(x), FIT_CHUNK_ROWS):
+                end = start + FIT_CHUNK_ROWS
+                violation += _update_cdnmf_fast(w[start:end], hht, xht[start:end], order)
+            if violation_init is None:
+                violation_init = violation
+            if violation_init == 0 or violation / violation_init <= self.settings.tol:
+                break
+        return w
 
     def inverse_transform(self, y: np.ndarray) -> np.ndarray:
         """Channels (..., C) of feature amounts (..., K): y @ components."""
@@ -118,7 +155,8 @@ class LayerNMF:
         """Attribution (..., C) -> (features (..., K), residual (...)), method.md 5.4.
 
         attr_r = T(max(attr, 0)) - T(max(-attr, 0));
-        res = sum_C(attr - (T^-1(max(attr_r, 0)) - T^-1(max(-attr_r, 0))));
+        res = sum_C(attr - (T^-1(max(attr_r, 0)) - T^-1(max(-attr_r, 0))))
+            = sum_C(attr) - attr_r @ sum_C(components);
         then attr_r *= components.sum(axis=1).
         """
         attr = np.asarray(attr, dtype=np.float32)
@@ -129,10 +167,13 @@ class LayerNMF:
             positive, negative = pool.map(self.transform,
                                           (np.maximum(attr, 0), np.maximum(-attr, 0)))
         reduced = positive - negative
-        rebuilt = (self.inverse_transform(np.maximum(reduced, 0))
-                   - self.inverse_transform(np.maximum(-reduced, 0)))
-        residual = (attr - rebuilt).sum(axis=-1)
-        return reduced * self.feature_norms, residual
+        # T^-1(max(r, 0)) - T^-1(max(-r, 0)) = r @ components (T^-1 is linear), so the
+        # residual's channel sum is sum_C(attr) - r @ components.sum(axis=1): no (..., C)
+        # reconstruction is built (float64 sums: the difference of near-equal totals)
+        norms = self.feature_norms
+        residual = (attr.sum(axis=-1, dtype=np.float64)
+                    - reduced.astype(np.float64) @ norms.astype(np.float64))
+        return reduced * norms, residual.astype(np.float32)
 
 
 def signed_rows(attr: np.ndarray) -> np.ndarray:
@@ -169,18 +210,78 @@ def fit_nmf(attr: np.ndarray, settings: NMFSettings = NMFSettings()) -> LayerNMF
     if len(rows) < k:  # NNDSVD needs K <= rows; zero rows change nothing else
         rows = np.concatenate([rows, np.zeros((k - len(rows), channels), rows.dtype)])
     model = _model(settings)
-    with warnings.catch_warnings(record=True) as caught, \
-            threadpool_limits(1, user_api="blas"):
-        warnings.simplefilter("always", ConvergenceWarning)
-        if settings.init == "nndsvd":
+    with threadpool_limits(1, user_api="blas"):
+        if settings.init == "nndsvd" and _update_cdnmf_fast is not None:
             w, h = nndsvd(rows, k)
-            model.set_params(init="custom")
-            model.fit(rows, W=w, H=h)
-        else:
-            model.fit(rows)
+            h, n_iter = coordinate_descent(rows, w, h, tol=settings.tol,
+                                           max_iter=settings.max_iter)
+            return LayerNMF(h, settings=settings, n_iter=n_iter,
+                            converged=n_iter < settings.max_iter)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            if settings.init == "nndsvd":
+                w, h = nndsvd(rows, k)
+                model.set_params(init="custom")
+                model.fit(rows, W=w, H=h)
+            else:
+                model.fit(rows)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return LayerNMF(model.components_, settings=settings, n_iter=int(model.n_iter_),
                     converged=converged)
+
+
+def coordinate_descent(x: np.ndarray, w: np.ndarray, h: np.ndarray, *, tol: float = 1e-4,
+                       max_iter: int = 200, threads: int | None = None
+                       ) -> tuple[np.ndarray, int]:
+    """scikit-learn's NMF coordinate descent (`_fit_coordinate_descent`, Frobenius loss,
+    no regularisation, no shuffling), from W (n, K) and H (K, C); returns (H, iterations).
+
+    The same algorithm, organised for many rows: an iteration updates W with H fixed, one
+    sweep over the K coordinates of every row, then H with the new W fixed. A row's W
+    update depends only on that row, X H^T and H H^T, so rows are updated in chunks that
+    stay in cache, on `threads` threads, each chunk by scikit-learn's own compiled sweep
+    (`_update_cdnmf_fast`); the chunk's X and new W are used at once for the H update's
+    X^T W and W^T W, accumulated in float64. scikit-learn instead makes separate passes
+    over all rows for X H^T, the sweep (one pass per coordinate), X^T W and W^T W, in
+    float32. The iterates are the same up to that rounding (the float64 sums are closer to
+    the exact ones; tests/test_nmf.py compares both with a float64 fit); the stopping rule is
+    scikit-learn's: the summed projected gradient falls below `tol` times the first one.
+    `w` is updated in place. `threads` defaults to torch's thread count.
+    """
+    threads = threads or max(1, torch.get_num_threads())
+    w = np.ascontiguousarray(w)
+    ht = np.ascontiguousarray(h.T)
+    n, k = w.shape
+    order = np.arange(k, dtype=np.intp)
+    chunks = [(s, min(s + FIT_CHUNK_ROWS, n)) for s in range(0, n, FIT_CHUNK_ROWS)]
+    shares = [chunks[i::threads] for i in range(threads)]
+
+    def update_rows(share: list[tuple[int, int]], hht: np.ndarray
+                    ) -> tuple[float, np.ndarray, np.ndarray]:
+        violation = 0.0
+        xtw = np.zeros((x.shape[1], k))
+        wtw = np.zeros((k, k))
+        for start, end in share:
+            w_rows, x_rows = w[start:end], x[start:end]
+            violation += _update_cdnmf_fast(w_rows, hht, x_rows @ ht, order)
+            xtw += x_rows.T @ w_rows
+            wtw += w_rows.T @ w_rows
+        return violation, xtw, wtw
+
+    violation_init = None
+    n_iter = 0
+    with ThreadPoolExecutor(threads) as pool:
+        for n_iter in range(1, max_iter + 1):
+            parts = list(pool.map(update_rows, shares, [ht.T @ ht] * threads))
+            violation = sum(p[0] for p in parts)
+            xtw = sum(p[1] for p in parts).astype(x.dtype)
+            wtw = sum(p[2] for p in parts).astype(x.dtype)
+            violation += _update_cdnmf_fast(ht, wtw, xtw, order)
+            if violation_init is None:
+                violation_init = violation
+            if violation_init == 0 or violation / violation_init <= tol:
+                break
+    return ht.T.copy(), n_iter
 
 
 def _model(settings: NMFSettings) -> NMF:

@@ -37,6 +37,25 @@ def test_fit_matches_scikit_learn_with_the_reference_settings():
     assert ours.converged
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_coordinate_descent_is_scikit_learns_algorithm(threads, monkeypatch):
+    from sklearn.decomposition._nmf import _fit_coordinate_descent  # the reference loop
+
+    import gallery.nmf as nmf_module
+
+    monkeypatch.setattr(nmf_module, "FIT_CHUNK_ROWS", 64)  # many chunks on both threads
+    rows = signed_rows(_low_rank_attribution(seed=5, k=4, c=10)).astype(np.float64)
+    rows = rows[rows.max(axis=1) > 0]
+    rows += 0.05 * np.random.default_rng(0).random(rows.shape)  # not exactly low rank
+    w, h = nndsvd(rows, 4)
+    w_ref, h_ref, n_ref = _fit_coordinate_descent(rows, w.copy(), h.copy(), tol=1e-4,
+                                                  max_iter=200, shuffle=False)
+    h_ours, n_ours = nmf_module.coordinate_descent(rows, w.copy(), h.copy(), threads=threads)
+    # float64 on both sides: only the order of the sums differs
+    assert n_ours == n_ref > 5
+    assert_allclose(h_ours, h_ref, rtol=1e-9, atol=1e-12)
+
+
 def test_exact_nndsvd_equals_scikit_learns_randomized_one():
     from sklearn.decomposition._nmf import _initialize_nmf  # the reference construction
 
@@ -107,6 +126,18 @@ def test_reduce_attribution_by_hand():
     features, residual = one.reduce_attribution(np.array([[1.0, 0.0], [0.0, -3.0]]))
     assert_allclose(features, [[1.0], [-3.0]], atol=1e-4)
     assert_allclose(residual, [0.0, 0.0], atol=1e-4)
+
+
+def test_residual_is_method_5_4s_formula():
+    attr = _low_rank_attribution(seed=8, k=3, c=6)
+    attr += 0.1 * np.random.default_rng(2).normal(size=attr.shape).astype(np.float32)
+    nmf = fit_nmf(attr, NMFSettings(3))
+    features, residual = nmf.reduce_attribution(attr)
+    reduced = features / nmf.feature_norms
+    rebuilt = (np.maximum(reduced, 0) @ nmf.components - np.maximum(-reduced, 0) @ nmf.components)
+    assert_allclose(residual, (attr - rebuilt).sum(axis=-1), rtol=1e-5,
+                    atol=1e-5 * np.abs(attr).max())
+    assert np.abs(residual).max() > 0.01  # noise is not covered by the features
 
 
 def test_feature_norms_and_directions():
