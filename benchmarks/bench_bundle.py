@@ -13,7 +13,8 @@ numbers of images it wrote and their measured average size here: see `reference_
 The reduced attribution arrays are kept in WORK/arrays-*/ (float32 .npy, about 1 GB for
 the value build), so `--reencode` measures a changed encoding without recomputing the
 analysis (about an hour on two CPU cores). Budgets (the issue): whole bundle <= 30 MB
-(value), <= 200 MB (policy); no file over 20 MB; first load <= 3 MB.
+(value), <= 200 MB (policy); no file over 20 MB; first load <= 3 MB. `--reencode` also
+re-encodes the extra observation atlases from the recorded rollouts in WORK/cache.
 """
 
 from __future__ import annotations
@@ -68,7 +69,40 @@ def reencode(interface: Path, arrays: Path) -> None:
                                         "sha256": hashlib.sha256(data).hexdigest()}
                 print(f"  {name}: {len(data) / MB:.2f} MB", file=sys.stderr)
     index["codec_version"] = attribution_codec.CODEC_VERSION
+    reencode_extra(root, index, interface.parent / "cache" / "rollouts")
     (root / bundles.INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+
+
+def reencode_extra(root: Path, index: dict, rollouts: Path) -> None:
+    """Re-encode the extra observation atlases (bundle.EXTRA_QUALITY) from the recorded
+    rollouts the interface was built from (checked against the atlases there now)."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    extra = index.get("extra_observations")
+    saved = sorted(rollouts.glob("*.npz"))
+    if not extra or len(saved) != 1:
+        print(f"  extra observations not re-encoded ({len(saved)} rollouts in {rollouts})",
+              file=sys.stderr)
+        return
+    frames = bundles.display_frames(np.load(saved[0])["observations"][extra["indices"]])
+    for atlas in extra["atlases"]:
+        image = bundles.tile(frames[atlas["start"]:atlas["start"] + atlas["count"]],
+                             extra["columns"])
+        with Image.open(root / atlas["file"]) as old:
+            before = np.asarray(old.convert("RGB"), np.float64)
+        if before.shape != image.shape or np.abs(before - image).mean() > 10:
+            raise SystemExit(f"{atlas['file']} is not of these rollouts' observations")
+        data = bundles.encode_image(image, lossy_quality=bundles.EXTRA_QUALITY)
+        (root / atlas["file"]).write_bytes(data)
+        index["files"][atlas["file"]] = {"bytes": len(data),
+                                         "sha256": hashlib.sha256(data).hexdigest()}
+        error = np.abs(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), float)
+                       - image).mean()
+        print(f"  {atlas['file']}: {len(data) / MB:.2f} MB, mean error {error:.2f}/255",
+              file=sys.stderr)
 
 
 def reference_bytes(index: dict, arrays: Path, trajectories: int = 1) -> dict:

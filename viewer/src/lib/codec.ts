@@ -23,6 +23,9 @@ export interface AttributionHeader {
   steps: number[];
   /** L of each step */
   linears: number[];
+  /** the residual planes' step for each of `steps` (same index), and its L */
+  residual_steps: number[];
+  residual_linears: number[];
   worst_mae: number;
   worst_psnr: number;
 }
@@ -41,8 +44,10 @@ export function levelValues(step: number, linear: number): Float64Array {
 export class AttributionFile {
   readonly header: AttributionHeader;
   readonly planes: number;
-  /** one level table per step of the header */
+  /** one level table per step of the header, for the features' planes */
   readonly levelTables: Float64Array[];
+  /** the same for the residual's planes */
+  readonly residualTables: Float64Array[];
   /** (T) index of each frame's step */
   readonly stepIndex: Uint8Array;
   /** (T, K + 1): unscaled features and residual summed over positions. */
@@ -66,18 +71,21 @@ export class AttributionFile {
     }
     const h = this.header;
     this.planes = 2 * (h.features + 1);
-    const { steps, linears } = h;
-    if (!Array.isArray(steps) || !Array.isArray(linears) || steps.length < 1 ||
-        steps.length !== linears.length || steps.length > MAX_STEPS) {
+    const { steps, linears, residual_steps: rSteps, residual_linears: rLinears } = h;
+    const lists = [steps, linears, rSteps, rLinears];
+    if (!lists.every(Array.isArray) || steps.length < 1 || steps.length > MAX_STEPS ||
+        !lists.every((x) => x.length === steps.length)) {
       throw new Error("bad attribution header: steps");
     }
-    this.levelTables = steps.map((q, i) => {
-      const L = linears[i];
+    const makeTables = (qs: number[], Ls: number[]) => qs.map((q, i) => {
+      const L = Ls[i];
       if (!(q > 0 && Number.isFinite(q)) || !Number.isInteger(L) || L < 1 || L >= NUM_LEVELS) {
         throw new Error("bad attribution header: steps");
       }
       return levelValues(q, L);
     });
+    this.levelTables = makeTables(steps, linears);
+    this.residualTables = makeTables(rSteps, rLinears);
     let pos = 8 + metaLen;
     const bodyLen = view.getUint32(pos, true);
     pos += 4;
@@ -85,20 +93,35 @@ export class AttributionFile {
     this.freq = new Int32Array(tables * NUM_LEVELS);
     this.cum = new Int32Array(tables * NUM_LEVELS);
     this.lookup = new Uint16Array(tables * PROB_SCALE);
+    // per table: varint n, then n x (varint gap to the previous code minus one, varint
+    // frequency); varints are 1 or 2 bytes, 7 bits each, low first
     let p = pos;
+    const end = Math.min(pos + bodyLen, bytes.length);
+    const bad = () => new Error("bad attribution file: frequency tables");
+    const varint = (): number => {
+      if (p >= end) throw bad();
+      const first = bytes[p++];
+      if (first < 128) return first;
+      if (p >= end) throw bad();
+      const second = bytes[p++];
+      if (second >= 128) throw bad();
+      return (first & 0x7f) | (second << 7);
+    };
     for (let t = 0; t < tables; t++) {
-      const n = view.getUint16(p, true);
-      p += 2;
+      const n = varint();
+      if (n > NUM_LEVELS) throw bad();
       let c = 0;
+      let s = -1;
       for (let i = 0; i < n; i++) {
-        const s = view.getUint16(p, true);
-        const f = view.getUint16(p + 2, true);
-        p += 4;
+        s += varint() + 1;
+        const f = varint();
+        if (s >= NUM_LEVELS || c + f > PROB_SCALE) throw bad();
         this.freq[t * NUM_LEVELS + s] = f;
         this.cum[t * NUM_LEVELS + s] = c;
         this.lookup.fill(s, t * PROB_SCALE + c, t * PROB_SCALE + c + f);
         c += f;
       }
+      if (n && c !== PROB_SCALE) throw bad();
     }
     pos += bodyLen;
     const count = h.frames * (h.features + 1);
@@ -116,9 +139,14 @@ export class AttributionFile {
     if (pos + this.offsets[h.frames] !== bytes.length) throw new Error("truncated attribution file");
   }
 
-  /** The level table (code -> plane value) of frame t. */
+  /** The level table (code -> plane value) of the features' planes of frame t. */
   levelsOf(t: number): Float64Array {
     return this.levelTables[this.stepIndex[t]];
+  }
+
+  /** The level table of the residual's planes of frame t. */
+  residualLevelsOf(t: number): Float64Array {
+    return this.residualTables[this.stepIndex[t]];
   }
 
   get frameSize(): number {

@@ -33,7 +33,10 @@ export interface Frame {
   features: number;
   /** codes (2 (K + 1) planes of h * w) */
   codes: Uint16Array;
+  /** code -> value of the features' planes */
   levels: Float64Array;
+  /** code -> value of the residual's planes */
+  residualLevels: Float64Array;
   /** unit RGB per feature, (K, 3) */
   hues: number[][];
 }
@@ -41,7 +44,7 @@ export interface Frame {
 /** RGB (h * w * 3) before smoothing: the channel view of the directed planes. */
 export function channelView(frame: Frame, direction: Direction, view: View,
                             out = new Float64Array(frame.height * frame.width * 3)): Float64Array {
-  const { height: h, width: w, features: K, codes, levels, hues } = frame;
+  const { height: h, width: w, features: K, codes, hues } = frame;
   const size = h * w;
   const half = (K + 1) * size;
   const usePos = direction !== "neg", useNeg = direction !== "pos";
@@ -49,6 +52,7 @@ export function channelView(frame: Frame, direction: Direction, view: View,
   // plane p (a feature, or K for the residual) scaled by an RGB colour
   const add = (p: number, r: number, g: number, b: number) => {
     const base = p * size;
+    const levels = p === K ? frame.residualLevels : frame.levels;
     for (let c = 0; c < size; c++) {
       let v = 0;
       if (usePos) { const code = codes[base + c]; if (code) v += levels[code]; }

@@ -32,7 +32,8 @@ export class FrameRenderer {
     this.prepare(data);
     const { height, width, features } = data.header;
     const codes = data.decodeFrame(t, this.codes);
-    return channelView({ height, width, features, codes, levels: data.levelsOf(t), hues: spec.hues },
+    return channelView({ height, width, features, codes, levels: data.levelsOf(t),
+                         residualLevels: data.residualLevelsOf(t), hues: spec.hues },
                        spec.direction, spec.view, this.rgb);
   }
 
