@@ -1,7 +1,7 @@
 """Speed of the analysis engine on a real checkpoint (rollouts excluded).
 
     .venv/bin/python benchmarks/bench_analysis.py [--quick] [--checkpoint PATH]
-        [--rollouts PATH] [--threads 2] [--skip-full] [--skip-policy]
+        [--rollouts PATH] [--threads 2] [--skip-full] [--skip-micro] [--skip-policy]
 
 Prints, in order:
 
@@ -315,6 +315,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small frames counts")
     parser.add_argument("--skip-full", action="store_true", help="micro-benchmarks only")
+    parser.add_argument("--skip-micro", action="store_true",
+                        help="whole analysis only (no per-layer or Captum figures)")
     parser.add_argument("--skip-policy", action="store_true",
                         help="whole analysis without policy attribution only")
     args = parser.parse_args()
@@ -325,15 +327,16 @@ def main() -> None:
     policy = load_policy(args.checkpoint)
     arrays, observations = load_frames(args, policy)
     layers = list(policy.layer_names)
-    blas = matmul_peak(2048 if args.quick else 4096)
-    fma = fma_peak(args.threads)
-    print(f"fp32 roofs: AVX-512 FMA kernel {fma or float('nan'):.0f} GFLOP/s "
-          f"({args.threads} threads), large matmul {blas:.0f} GFLOP/s")
-    peak = fma or blas
-    frames = observations[:32 if args.quick else 256]
-    repeats = 2 if args.quick else 3
-    micro_benchmarks(policy, frames, layers, peak, repeats)
-    captum_comparison(policy, frames[:32 if args.quick else 128], layers, repeats)
+    if not args.skip_micro:
+        blas = matmul_peak(2048 if args.quick else 4096)
+        fma = fma_peak(args.threads)
+        print(f"fp32 roofs: AVX-512 FMA kernel {fma or float('nan'):.0f} GFLOP/s "
+              f"({args.threads} threads), large matmul {blas:.0f} GFLOP/s")
+        peak = fma or blas
+        frames = observations[:32 if args.quick else 256]
+        repeats = 2 if args.quick else 3
+        micro_benchmarks(policy, frames, layers, peak, repeats)
+        captum_comparison(policy, frames[:32 if args.quick else 128], layers, repeats)
     if not args.skip_full:
         full_analysis(policy, arrays, observations, AnalysisConfig(), "value attribution")
         if not args.skip_policy:

@@ -489,12 +489,12 @@ def _output_attribution(layer: str, trajectory: int, output: Output, features: n
                              features.sum(axis=(1, 2)), residual.sum(axis=(1, 2)), scale)
     if config.attribution_scrubs:
         views = rendering.views(features.shape[-1], config.single_feature_views and not is_input)
+        strips = rendering.render_attribution_scrubs(features, residual, scale=scale,
+                                                     views=views,
+                                                     scrub_range=config.scrub_range)
         for direction in rendering.DIRECTIONS:
             for view in views:
-                strip = rendering.render_attribution_scrub(
-                    features, residual, scale=scale, direction=direction, view=view,
-                    scrub_range=config.scrub_range)
-                item.scrubs[(direction, view)] = rendering.to_uint8(strip)
+                item.scrubs[(direction, view)] = rendering.to_uint8(strips[(direction, view)])
     return item
 
 

@@ -48,7 +48,7 @@ def test_coordinate_descent_is_scikit_learns_algorithm(threads, monkeypatch):
     rows = rows[rows.max(axis=1) > 0]
     rows += 0.05 * np.random.default_rng(0).random(rows.shape)  # not exactly low rank
     w, h = nndsvd(rows, 4)
-    w_ref, h_ref, n_ref = _fit_coordinate_descent(rows, w.copy(), h.copy(), tol=1e-4,
+    _, h_ref, n_ref = _fit_coordinate_descent(rows, w.copy(), h.copy(), tol=1e-4,
                                                   max_iter=200, shuffle=False)
     h_ours, n_ours = nmf_module.coordinate_descent(rows, w.copy(), h.copy(), threads=threads)
     # float64 on both sides: only the order of the sums differs

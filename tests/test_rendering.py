@@ -166,6 +166,29 @@ def test_scrub_of_the_crop_equals_scrub_of_the_whole(width, view):
         assert_allclose(part, r.scrub_strip(whole), atol=1e-12)
 
 
+@pytest.mark.parametrize("width", [1, 5, 16, 64])
+def test_all_scrubs_at_once_equal_one_render_per_view(width):
+    rng = np.random.default_rng(width + 1)
+    feats = rng.normal(size=(4, 9, width, 3)) * (rng.random((4, 9, width, 3)) < 0.4)
+    res = rng.normal(size=(4, 9, width)) * 0.3
+    views = r.views(3)
+    for scale in (0.8, -1.3):  # a negative scale flips the signs
+        strips = r.render_attribution_scrubs(feats, res, scale=scale, views=views)
+        assert set(strips) == {(d, v) for d in r.DIRECTIONS for v in views}
+        for direction in r.DIRECTIONS:
+            for view in views:
+                whole = r.render_attribution(feats, res, scale=scale, direction=direction,
+                                             view=view)
+                assert_allclose(strips[(direction, view)], r.scrub_strip(whole), atol=1e-12)
+
+
+def test_smooth_columns_is_smooth_at_those_columns():
+    images = np.random.default_rng(3).random((2, 20, 30, 2))
+    for cols in (slice(0, 3), slice(13, 15), slice(27, 30)):
+        assert_allclose(r.smooth_columns(images, cols), r.smooth(images)[:, :, cols],
+                        atol=1e-12)
+
+
 def test_side_by_side_and_uint8():
     frames = np.arange(2 * 3 * 2 * 1).reshape(2, 3, 2, 1)
     laid = r.side_by_side(frames)
