@@ -442,13 +442,26 @@ class _LayerSplit:
                     z = z.reshape((len(alphas),) + tuple(at_acts.shape))
             flat = z.reshape((-1,) + tuple(at_acts.shape[1:])).requires_grad_(True)
             xs = None if x is None else x.repeat(len(alphas), *([1] * (x.dim() - 1)))
-            with torch.enable_grad():
-                grads = _backward(self.tail(flat, xs), flat, readout)
+            # the tail starts at the consumer's value: batch its backward passes by that
+            # size (after 1a's L2 pool, a quarter of the layer's)
+            token = _BATCHED.set(None if _BATCHED.get() is None else
+                                 BATCHED_BACKWARD and at_acts[0].numel() <= BATCHED_MAX_ELEMENTS)
+            try:
+                with torch.enable_grad():
+                    grads = _backward(self.tail(flat, xs), flat, readout)
+            finally:
+                _BATCHED.reset(token)
             grads = grads.reshape((len(readout),) + tuple(z.shape))
             weights = 1.0 if affine else a / z
             upstream += (grads * weights).sum(dim=1)
         if not affine:
             upstream = upstream * at_acts
+            if acts.shape[2] % 2 == 0 and acts.shape[3] % 2 == 0:
+                # the even 2x2 L2 pool's Jacobian^T (networks._EvenL2Pool.backward) for
+                # every row at once: x * upsample(u / (4 p)), the same arithmetic
+                o, n, c, h, w = upstream.shape
+                scaled = (upstream / (4 * at_acts)).view(o, n, c, h, 1, w, 1)
+                return acts * scaled.expand(o, n, c, h, 2, w, 2).reshape(o, n, c, 2 * h, 2 * w)
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
             return _vjps(self.consumer(leaf), leaf, upstream)
