@@ -217,14 +217,31 @@ def assign_with_max_repetition(scores: np.ndarray, *, max_rep: float, strict: bo
     return choice
 
 
+#: Length of the ranking prefix `_ranked_choices` computes per item (more on demand).
+RANKED_PREFIX = 16
+
+
 def _ranked_choices(scores: np.ndarray, items: np.ndarray, rank: int,
                     cache: dict[int, np.ndarray]) -> np.ndarray:
     """The `rank`-th best choice of each item (stable: ties rank the lower index first)."""
     missing = [i for i in items.tolist() if i not in cache]
     if missing:
-        order = np.argsort(-scores[:, missing], axis=0, kind="stable")
-        cache.update(zip(missing, order.T))
-    return np.array([cache[i][rank] for i in items.tolist()], dtype=np.intp)
+        # Only a prefix of each ranking is needed (moves stop after a few rounds): the
+        # choices scoring at least the RANKED_PREFIX-th best, ties included, stably sorted
+        # by score are exactly the first entries of the full stable ranking.
+        negated = -scores[:, missing]
+        prefix = min(RANKED_PREFIX, len(scores))
+        kth = np.partition(negated, prefix - 1, axis=0)[prefix - 1]
+        for column, item in enumerate(missing):
+            candidates = np.flatnonzero(negated[:, column] <= kth[column])
+            cache[item] = candidates[np.argsort(negated[candidates, column], kind="stable")]
+    out = np.empty(len(items), dtype=np.intp)
+    for n, item in enumerate(items.tolist()):
+        ranking = cache[item]
+        if rank >= len(ranking):  # beyond the prefix: the full ranking, once
+            ranking = cache[item] = np.argsort(-scores[:, item], kind="stable")
+        out[n] = ranking[rank]
+    return out
 
 
 def rescale_opacity(images: np.ndarray, *, min_opacity: float = MIN_OPACITY,

@@ -270,3 +270,19 @@ def test_bad_inputs():
         feature_view(np.ones((3, 2, 2)), _constant_frames(3), expand_mult=0)
     with pytest.raises(FeatureVisualisationError, match="no observations"):
         feature_view(np.ones((0, 2, 2)), _constant_frames(0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ranking_prefix_changes_nothing(seed, monkeypatch):
+    import gallery.dataset_examples as de
+
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 4, size=(30, 200)).astype(np.float32)  # many ties
+    results = []
+    for prefix in (1, 2, 1000):  # 1000: every ranking complete from the start
+        monkeypatch.setattr(de, "RANKED_PREFIX", prefix)
+        results.append([assign_with_max_repetition(scores, max_rep=m, strict=strict)
+                        for m in (2, 7) for strict in (True, False)])
+    for other in results[:2]:
+        for a, b in zip(other, results[2], strict=True):
+            assert_array_equal(a, b)
