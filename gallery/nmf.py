@@ -184,6 +184,20 @@ def signed_rows(attr: np.ndarray) -> np.ndarray:
                            np.maximum(-attr, 0).reshape(-1, c)])
 
 
+def _nonzero_signed_rows(attr: np.ndarray) -> np.ndarray:
+    """`signed_rows(attr)` without its all-zero rows, one part at a time (at 1a the full
+    signed rows are 2 GB; this never holds them)."""
+    attr = np.asarray(attr, dtype=np.float32)
+    parts = []
+    for sign in (1, -1):
+        part = np.negative(attr) if sign < 0 else attr.copy()
+        np.maximum(part, 0, out=part)
+        flat = part.reshape(-1, attr.shape[-1])
+        parts.append(flat[flat.max(axis=1) > 0])
+        del part, flat
+    return np.concatenate(parts)
+
+
 def fit_nmf(attr: np.ndarray, settings: NMFSettings = NMFSettings()) -> LayerNMF:
     """Fit K features to attribution (N, h, w, C) (or any (..., C)).
 
@@ -203,8 +217,7 @@ def fit_nmf(attr: np.ndarray, settings: NMFSettings = NMFSettings()) -> LayerNMF
                             f"channels: choose at most {channels} features")
     if not np.all(np.isfinite(attr)):
         raise AnalysisError("attribution contains NaN or infinite values; NMF cannot be fitted")
-    rows = signed_rows(attr)
-    rows = rows[rows.max(axis=1) > 0]
+    rows = _nonzero_signed_rows(attr)
     if len(rows) == 0:
         return LayerNMF(np.zeros((k, channels)), settings=settings)
     if len(rows) < k:  # NNDSVD needs K <= rows; zero rows change nothing else
