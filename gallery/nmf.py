@@ -19,13 +19,17 @@ fitted:
   C <= 64 columns the exact SVD comes from the C x C Gram matrix (float64) in one pass;
   NNDSVD is then built from it as scikit-learn does and handed over as init='custom'.
   Nothing is random any more (`random_state` matters only for other inits).
-- BLAS runs single-threaded inside scikit-learn: OpenBLAS splits the tall-and-thin
-  product X @ H.T across threads so badly that it was 25 times slower with 2 threads.
+- The coordinate descent itself is scikit-learn's algorithm and compiled sweep, organised
+  for many rows (`coordinate_descent`): cache-sized chunks of rows on torch's threads, the
+  products X H^T, X^T W and W^T W fused into the same pass. BLAS runs single-threaded:
+  OpenBLAS splits the tall-and-thin product X @ H.T across threads so badly that it was
+  25 times slower with 2 threads.
 
 `transform` is scikit-learn's `NMF.transform` (non-negative least squares against the
-fixed components, by coordinate descent from zero) applied to the non-zero rows only: a
-zero row's coefficients start at zero, have zero gradient and add nothing to the
-stopping criterion, so they stay zero -- skipping them changes nothing but the time.
+fixed components, by coordinate descent from zero; the same iterates, X H^T computed once)
+applied to the non-zero rows only: a zero row's coefficients start at zero, have zero
+gradient and add nothing to the stopping criterion, so they stay zero -- skipping them
+changes nothing but the time.
 """
 
 from __future__ import annotations
