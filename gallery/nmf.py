@@ -26,10 +26,10 @@ fitted:
   25 times slower with 2 threads.
 
 `transform` is scikit-learn's `NMF.transform` (non-negative least squares against the
-fixed components, by coordinate descent from zero; the same iterates, X H^T computed once)
-applied to the non-zero rows only: a zero row's coefficients start at zero, have zero
-gradient and add nothing to the stopping criterion, so they stay zero -- skipping them
-changes nothing but the time.
+fixed components, by coordinate descent from zero; the same iterates, X H^T computed once).
+A zero row's coefficients start at zero, have zero gradient and add nothing to the
+stopping criterion, so they stay zero: whether zero rows are in a block changes nothing
+(gathering the non-zero rows cost more than sweeping the zero ones).
 """
 
 from __future__ import annotations
@@ -116,14 +116,16 @@ class LayerNMF:
         out = np.zeros((len(flat), self.n_features), dtype=np.float32)
         if not self.components.any():
             return out.reshape(x.shape[:-1] + (self.n_features,))
-        rows = np.flatnonzero(flat.max(axis=1, initial=0) > 0)
         with threadpool_limits(1, user_api="blas"):
-            for start in range(0, len(rows), TRANSFORM_BLOCK_ROWS):
-                block = rows[start:start + TRANSFORM_BLOCK_ROWS]
-                if _update_cdnmf_fast is None:  # pragma: no cover
+            if _update_cdnmf_fast is None:  # pragma: no cover
+                rows = np.flatnonzero(flat.max(axis=1, initial=0) > 0)
+                for start in range(0, len(rows), TRANSFORM_BLOCK_ROWS):
+                    block = rows[start:start + TRANSFORM_BLOCK_ROWS]
                     out[block] = self._model.transform(flat[block])
-                else:
-                    out[block] = self._transform_block(flat[block])
+            else:  # zero rows stay zero and add nothing to the stopping sum: no gathering
+                for start in range(0, len(flat), TRANSFORM_BLOCK_ROWS):
+                    out[start:start + TRANSFORM_BLOCK_ROWS] = self._transform_block(
+                        flat[start:start + TRANSFORM_BLOCK_ROWS])
         return out.reshape(x.shape[:-1] + (self.n_features,))
 
     def _transform_block(self, x: np.ndarray) -> np.ndarray:
