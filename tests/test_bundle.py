@@ -13,6 +13,7 @@ import pytest
 from gallery import attribution_codec as codec
 from gallery import bundle as bundles
 from gallery import rendering
+from tests.bundle_helpers import synthetic_attribution, write_small_bundle
 
 # --- levels and error diffusion --------------------------------------------------------------
 
@@ -203,15 +204,6 @@ def test_normalise_counts_keeps_every_seen_symbol():
 # --- the attribution file ------------------------------------------------------------------
 
 
-def synthetic_attribution(frames=5, h=10, w=12, k=3, seed=3):
-    rng = np.random.default_rng(seed)
-    mask = rng.random((frames, h, w, k)) < 0.25
-    features = (rng.normal(0, 1, (frames, h, w, k)) * mask).astype(np.float32)
-    residual = (rng.normal(0, 0.2, (frames, h, w)) * (rng.random((frames, h, w)) < 0.5)
-                ).astype(np.float32)
-    return features, residual
-
-
 def test_attribution_file_round_trip_and_fidelity():
     features, residual = synthetic_attribution()
     data = codec.encode(features, residual)
@@ -310,34 +302,6 @@ def test_decode_rejects_damaged_files():
 
 
 # --- writer, reader, validator ------------------------------------------------------------
-
-
-def write_small_bundle(root, *, frames=6, grid=True):
-    rng = np.random.default_rng(5)
-    names = ["LEFT", "RIGHT", "RIGHT+UP", "()"]
-    outputs = [bundles.value_output()]
-    writer = bundles.BundleWriter(root, model={"id": "m", "title": "M"}, outputs=outputs,
-                                  action_names=names)
-    for _ in range(2):
-        writer.add_trajectory(bundles.TrajectoryData(
-            observations=rng.integers(0, 255, (frames, 16, 16, 3), dtype=np.uint8),
-            actions=rng.integers(0, 4, frames), rewards=np.zeros(frames),
-            firsts=np.eye(1, frames, 0)[0], dones=np.zeros(frames),
-            logits=rng.normal(size=(frames, 4)), values=rng.normal(size=frames),
-            advantages=rng.normal(size=frames)))
-    writer.set_bookmarks([bundles.BookmarkEntry(1, 2, 0.5)], [bundles.BookmarkEntry(0, 3, 0.25)])
-    writer.add_layer(bundles.LayerSpec("conv", (4, 4, 6), "attribution", 3))
-    for e in range(2):
-        f, r = synthetic_attribution(frames=frames, h=4, w=4, k=3, seed=e)
-        writer.add_attribution("conv", e, "value", f, r)
-    writer.add_legend("conv", rng.random((3, 8, 8, 4)))
-    if grid:
-        writer.add_extra_observations(rng.integers(0, 255, (20, 16, 16, 3), dtype=np.uint8))
-        for k in range(3):
-            writer.add_feature_views("conv", k, [bundles.FeatureGrid(
-                1.0, rng.integers(0, 20, (4, 4)), rng.random((4, 4)), np.arange(4) + 0.5,
-                np.arange(4) + 0.5, (4, 4))], expand_mults=(1, 2), observation_shape=(16, 16))
-    return writer.finish({"created": "now"})
 
 
 def test_written_bundle_validates(tmp_path):

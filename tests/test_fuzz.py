@@ -52,6 +52,7 @@ from gallery import bundle as bundles
 from gallery.checkpoint import read_checkpoint
 from gallery.errors import CheckpointError, GalleryError
 from gallery.manifest import ManifestError, load_manifest, parse_manifest
+from tests.bundle_helpers import synthetic_attribution, write_small_bundle
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 
 EXAMPLES = int(os.environ.get("GALLERY_FUZZ_EXAMPLES", "30"))
@@ -571,18 +572,9 @@ def test_audit_hook_sees_a_payload_that_runs():
 # --- target 3: bundles and attribution files --------------------------------------------------
 
 
-def _attribution(frames: int = 4, h: int = 4, w: int = 4, k: int = 3, seed: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    features = (rng.normal(0, 1, (frames, h, w, k)) * (rng.random((frames, h, w, k)) < 0.4)
-                ).astype(np.float32)
-    residual = rng.normal(0, 0.2, (frames, h, w)).astype(np.float32)
-    return features, residual
-
-
 @functools.lru_cache(maxsize=1)
 def gatr_base() -> bytes:
-    features, residual = _attribution(frames=3, h=5, w=4, k=2, seed=7)
+    features, residual = synthetic_attribution(frames=3, h=5, w=4, k=2, seed=7)
     return codec.encode(features, residual, table=codec.LevelTable(0.01))
 
 
@@ -636,30 +628,9 @@ def test_attribution_mutated_headers(changes, removed, keep_body):
 @functools.lru_cache(maxsize=1)
 def bundle_base() -> Path:
     """A small valid bundle (two trajectories, one layer with attribution and features)."""
-    rng = np.random.default_rng(5)
-    frames, root = 4, WORK / "bundle-base"
-    writer = bundles.BundleWriter(root, model={"id": "m", "title": "M"},
-                                  outputs=[bundles.value_output()],
-                                  action_names=["LEFT", "RIGHT"], image_effort="fast")
-    for _ in range(2):
-        writer.add_trajectory(bundles.TrajectoryData(
-            observations=rng.integers(0, 255, (frames, 8, 8, 3), dtype=np.uint8),
-            actions=rng.integers(0, 2, frames), rewards=np.zeros(frames),
-            firsts=np.eye(1, frames, 0)[0], dones=np.zeros(frames),
-            logits=rng.normal(size=(frames, 2)), values=rng.normal(size=frames),
-            advantages=rng.normal(size=frames)))
-    writer.set_bookmarks([bundles.BookmarkEntry(1, 2, 0.5)], [bundles.BookmarkEntry(0, 3, 0.25)])
-    writer.add_layer(bundles.LayerSpec("conv", (2, 2, 4), "attribution", 2))
-    for e in range(2):
-        f, r = _attribution(frames=frames, h=2, w=2, k=2, seed=e)
-        writer.add_attribution("conv", e, "value", f, r)
-    writer.add_legend("conv", rng.random((2, 4, 4, 4)))
-    writer.add_extra_observations(rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8))
-    for k in range(2):
-        writer.add_feature_views("conv", k, [bundles.FeatureGrid(
-            1.0, rng.integers(0, 6, (2, 2)), rng.random((2, 2)), np.arange(2) + 0.5,
-            np.arange(2) + 0.5, (2, 2))], expand_mults=(1, 2), observation_shape=(8, 8))
-    writer.finish({"created": "fuzz"})
+    root = WORK / "bundle-base"
+    write_small_bundle(root, frames=4, side=8, grid_side=2, features=2, extra=6,
+                       action_names=("LEFT", "RIGHT"), image_effort="fast", created="fuzz")
     return root
 
 
