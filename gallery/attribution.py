@@ -457,11 +457,10 @@ class _LayerSplit:
         if not affine:
             upstream = upstream * at_acts
             if acts.shape[2] % 2 == 0 and acts.shape[3] % 2 == 0:
-                # the even 2x2 L2 pool's Jacobian^T (networks._EvenL2Pool.backward) for
-                # every row at once: x * upsample(u / (4 p)), the same arithmetic
-                o, n, c, h, w = upstream.shape
-                scaled = (upstream / (4 * at_acts)).view(o, n, c, h, 1, w, 1)
-                return acts * scaled.expand(o, n, c, h, 2, w, 2).reshape(o, n, c, 2 * h, 2 * w)
+                from .networks import even_l2_pool_vjp
+
+                # the even pool's Jacobian^T for every row at once (its backward's arithmetic)
+                return even_l2_pool_vjp(acts, at_acts, upstream)
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
             return _vjps(self.consumer(leaf), leaf, upstream)

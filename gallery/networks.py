@@ -123,9 +123,18 @@ class _EvenL2Pool(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:  # type: ignore[override]
         x, pooled = ctx.saved_tensors  # type: ignore[attr-defined]
-        n, c, h, w = grad.shape
-        scaled = (grad / (4 * pooled)).view(n, c, h, 1, w, 1).expand(n, c, h, 2, w, 2)
-        return x * scaled.reshape(n, c, 2 * h, 2 * w)
+        return even_l2_pool_vjp(x, pooled, grad)
+
+
+def even_l2_pool_vjp(x: Tensor, pooled: Tensor, grad: Tensor) -> Tensor:
+    """J^T grad of the even 2x2 L2 pool at x (pooled = its value): x * upsample(grad / 4p).
+
+    `grad` (..., C, h, w) may have leading dimensions over `pooled` (N, C, h, w), such as
+    one per output: each is the same arithmetic as a separate backward pass.
+    """
+    *lead, h, w = grad.shape
+    scaled = (grad / (4 * pooled)).reshape(*lead, h, 1, w, 1).expand(*lead, h, 2, w, 2)
+    return x * scaled.reshape(*lead, 2 * h, 2 * w)
 
 
 def max_pool_same(x: Tensor, size: int = 3, stride: int = 2) -> Tensor:

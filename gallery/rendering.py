@@ -160,18 +160,26 @@ def views(num_features: int, single_features: bool = True) -> list[View]:
 
 def channel_view(features: np.ndarray, residual: np.ndarray, view: View) -> np.ndarray:
     """RGB (..., 3) of one channel view of directed features (..., K) and residual (...)."""
+    check_view(view, features.shape[-1])
     grey = np.repeat(np.asarray(residual)[..., None], 3, axis=-1)
     if view == "res":
         return grey
     if view in ("prin", "all"):
         rgb = colour(features)
         return rgb + grey if view == "all" else rgb
+    single = np.zeros_like(features)
+    single[..., view] = features[..., view]
+    return colour(single)
+
+
+def check_view(view: View, num_features: int) -> None:
+    """ValueError unless `view` is 'prin', 'all', 'res' or a feature index < K."""
+    if isinstance(view, str) and view in ("prin", "all", "res"):
+        return
     if isinstance(view, (int, np.integer)) and not isinstance(view, bool):
-        if not 0 <= view < features.shape[-1]:
-            raise ValueError(f"feature {view} out of range 0..{features.shape[-1] - 1}")
-        single = np.zeros_like(features)
-        single[..., view] = features[..., view]
-        return colour(single)
+        if not 0 <= view < num_features:
+            raise ValueError(f"feature {view} out of range 0..{num_features - 1}")
+        return
     raise ValueError(f"view must be 'prin', 'all', 'res' or a feature index, not {view!r}")
 
 
@@ -215,16 +223,11 @@ def render_attribution_scrub(features: np.ndarray, residual: np.ndarray, *, scal
                              direction: Direction, view: View,
                              scrub_range: tuple[float, float] = SCRUB_RANGE) -> np.ndarray:
     """`scrub_strip(render_attribution(...))`, computing only the columns it needs."""
-    width = features.shape[2]
-    cols = scrub_columns(width, scrub_range)
-    reach = KERNEL_SIZE // 2
-    lo, hi = max(0, cols.start - reach), min(width, cols.stop + reach)
-    # Columns outside [lo, hi) are farther than the kernel's reach: they contribute nothing.
-    # Output columns in `cols` read inputs at most `reach` columns away, all inside
-    # [lo, hi) or outside the frame (zeros either way), so the crop changes nothing.
-    rgba = render_attribution(features[:, :, lo:hi], residual[:, :, lo:hi], scale=scale,
-                              direction=direction, view=view)
-    return rgba[:, :, cols.start - lo:cols.stop - lo]
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
+    strips = render_attribution_scrubs(features, residual, scale=scale, views=[view],
+                                       scrub_range=scrub_range)
+    return strips[(direction, view)]
 
 
 def smooth_columns(planes: np.ndarray, columns: slice,
@@ -264,8 +267,11 @@ def render_attribution_scrubs(features: np.ndarray, residual: np.ndarray, *, sca
     times less smoothing than smoothing each view's RGB.
     """
     k, width = features.shape[-1], features.shape[2]
+    for view in views:
+        check_view(view, k)
     cols = scrub_columns(width, scrub_range)
-    # only the columns the kernel reaches from the scrubber's (see render_attribution_scrub)
+    # Columns farther than the kernel's reach from the scrubber's contribute nothing; the
+    # output columns read inputs inside [lo, hi) or outside the frame (zeros either way).
     lo, hi = max(0, cols.start - KERNEL_SIZE // 2), min(width, cols.stop + KERNEL_SIZE // 2)
     x = np.concatenate([np.asarray(features[:, :, lo:hi], dtype=np.float64),
                         np.asarray(residual[:, :, lo:hi], dtype=np.float64)[..., None]],
