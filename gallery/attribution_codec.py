@@ -318,6 +318,10 @@ class FidelityTarget:
     one (about 7% smaller files than 1.0)."""
     chunk: int = 64
     """Frames checked at once (bounds the memory of the check)."""
+    diffuse_chunk: int = 512
+    """Frames rounded at once. The error diffusion loops over positions in Python with
+    NumPy over frames, so its cost is mostly per position, not per frame: rounding a
+    whole file's frames in one pass is several times faster than in chunks of `chunk`."""
 
 
 def worst_errors(features: np.ndarray, residual: np.ndarray, scale: float, codes: np.ndarray,
@@ -404,17 +408,29 @@ def _premultiplied_views(smoothed: np.ndarray, single_features: bool, as_drawn: 
                     np.concatenate([np.clip(rgb, 0, 1), alpha], axis=-1))
 
 
-def frame_errors(reference: np.ndarray, planes: np.ndarray, single_features: bool = True,
-                 as_drawn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def reference_views(reference: np.ndarray, single_features: bool = True) -> np.ndarray:
+    """(T, V, h, w, 4) uint8: every direction and view of exact planes (T, P, h, w) as the
+    reference renderer rounds them (`premultiplied_uint8`), in `_premultiplied_views`'
+    order. The search for a frame's step compares many trials with the same reference,
+    so it draws the reference once."""
+    return np.stack([v for _, _, v in _premultiplied_views(smooth_planes(reference),
+                                                           single_features)], axis=1)
+
+
+def frame_errors(reference: np.ndarray | None, planes: np.ndarray, single_features: bool = True,
+                 as_drawn: bool = True, views: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per frame, the worst MAE (in [0, 1] units) and PSNR over every direction and view
-    of dequantised `planes` against exact `reference` planes (both (T, P, h, w)); the
-    former drawn as the viewer draws them (`as_drawn`, see `_premultiplied_views`)."""
+    of dequantised `planes` against exact `reference` planes (both (T, P, h, w)), or
+    against their drawing `views` (`reference_views`) when given; the former drawn as the
+    viewer draws them (`as_drawn`, see `_premultiplied_views`)."""
     t = len(planes)
     mae, psnr = np.zeros(t), np.full(t, np.inf)
-    pairs = zip(_premultiplied_views(smooth_planes(reference), single_features),
-                _premultiplied_views(smooth_planes(planes), single_features, as_drawn))
-    for (_, _, ref), (_, _, got) in pairs:
-        diff = ref.astype(np.int16) - got.astype(np.int16)
+    if views is None:
+        views = reference_views(reference, single_features)
+    drawn = _premultiplied_views(smooth_planes(planes), single_features, as_drawn)
+    for v, (_, _, got) in enumerate(drawn):
+        diff = views[:, v].astype(np.int16) - got.astype(np.int16)
         mae = np.maximum(mae, np.abs(diff).mean(axis=(1, 2, 3)) / 255)
         mse = (diff.astype(np.float64) ** 2).mean(axis=(1, 2, 3))
         with np.errstate(divide="ignore"):
@@ -437,19 +453,23 @@ def residual_step(step: float, ratio: float) -> float:
 
 
 def _check(planes: np.ndarray, steps: np.ndarray, single_features: bool,
-           target: FidelityTarget) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           target: FidelityTarget, views: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantise the frames at their steps (the features'; the residual's follow) and
-    check them: (codes, MAE, PSNR) per frame."""
+    check them: (codes, MAE, PSNR) per frame (against `views`, the frames'
+    `reference_views`, when given)."""
     codes = np.zeros(planes.shape, np.uint16)
     mae, psnr = np.zeros(len(planes)), np.zeros(len(planes))
     residual = np.array([residual_step(q, target.residual_ratio) for q in steps])
     per_plane = plane_steps(steps, residual, planes.shape[1])
+    for start in range(0, len(planes), target.diffuse_chunk):
+        part = slice(start, start + target.diffuse_chunk)
+        codes[part] = joint_diffuse(planes[part], per_plane[part])
     for start in range(0, len(planes), target.chunk):
         part = slice(start, start + target.chunk)
-        codes[part] = joint_diffuse(planes[part], per_plane[part])
-        mae[part], psnr[part] = frame_errors(planes[part],
-                                             dequantise(codes[part], per_plane[part]),
-                                             single_features)
+        mae[part], psnr[part] = frame_errors(
+            planes[part], dequantise(codes[part], per_plane[part]), single_features,
+            views=None if views is None else views[part])
     return codes, mae, psnr
 
 
@@ -470,9 +490,11 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     def ok(mae, psnr):
         return (mae <= target.max_mae) & (psnr >= target.min_psnr)
 
+    views = np.concatenate([reference_views(planes[s:s + target.chunk], single_features)
+                            for s in range(0, t, target.chunk)]) if t else None
     trial = int(np.argmin(np.abs(ladder - 0.012)))
     index = np.full(t, trial)
-    codes, mae, psnr = _check(planes, ladder[index], single_features, target)
+    codes, mae, psnr = _check(planes, ladder[index], single_features, target, views)
     # predicted index: the coarsest step at most (target / error) times the trial step
     allowed = ladder[trial] * target.max_mae / np.maximum(mae, 1e-12) * 0.98
     predicted = np.searchsorted(-ladder, -allowed, side="left")
@@ -487,7 +509,8 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     while move.any():  # to the predicted step, then finer until the frame passes
         frames = np.flatnonzero(move)
         index[frames] = predicted[frames]
-        c, m, p = _check(planes[frames], ladder[index[frames]], single_features, target)
+        c, m, p = _check(planes[frames], ladder[index[frames]], single_features, target,
+                         views[frames])
         codes[frames], mae[frames], psnr[frames] = c, m, p
         good = ok(m, p)
         capped[frames[~good]] = True
@@ -497,7 +520,8 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     probe = ~capped & (index > 0) & ok(mae, psnr)
     while probe.any():  # then coarser while the frame still passes
         frames = np.flatnonzero(probe)
-        c, m, p = _check(planes[frames], ladder[index[frames] - 1], single_features, target)
+        c, m, p = _check(planes[frames], ladder[index[frames] - 1], single_features, target,
+                         views[frames])
         good = ok(m, p)
         up = frames[good]
         index[up] -= 1
