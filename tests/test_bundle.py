@@ -175,22 +175,100 @@ def test_rans_round_trip_many_streams():
 
 def test_frequency_tables_round_trip_in_varints():
     rng = np.random.default_rng(12)
-    counts = rng.integers(0, 3000, (2 * codec.NUM_CONTEXTS, codec.NUM_LEVELS))
+    counts = rng.integers(0, 3000, (36, codec.NUM_LEVELS))
     counts *= rng.random(counts.shape) < 0.05
     counts[0] = 0  # an unused context
     counts[1, [0, codec.NUM_LEVELS - 1]] = [5, 5]  # the first and the last code
     freq = np.stack([codec.normalise_counts(c) for c in counts])
     packed = codec.pack_tables(freq)
-    got, used = codec.unpack_tables(memoryview(packed), 2)
-    assert used == len(packed) and np.array_equal(got.reshape(freq.shape), freq)
+    got, used = codec.unpack_tables(memoryview(packed), 36)
+    assert used == len(packed) and np.array_equal(got, freq)
     # about two bytes per entry (u16 code + u16 frequency before)
     assert len(packed) < 2.6 * (freq > 0).sum() + 2 * len(freq)
     with pytest.raises(codec.CodecError, match="truncated"):
-        codec.unpack_tables(memoryview(packed[:-3]), 2)
+        codec.unpack_tables(memoryview(packed[:-3]), 36)
     with pytest.raises(codec.CodecError, match="longer than two bytes"):
         codec.unpack_tables(memoryview(bytes([0x80, 0x80, 0x01])), 1)
     with pytest.raises(codec.CodecError, match="out of range"):
         codec.unpack_tables(memoryview(bytes([2, 0x80 | 0x7F, 0x08, 1, 1, 1])), 1)
+
+
+def test_contexts_count_causal_neighbours_and_earlier_planes():
+    codes = np.zeros((1, 4, 5, 6), np.uint16)  # K = 1: planes P0, Pres, N0, Nres
+    codes[0, 0, 1, 1] = 7  # an escaped code
+    codes[0, 0, 2, 3] = 1
+    codes[0, 2, 2, 2] = 2
+    local, count, earlier = codec.context_parts(codes)
+    # (2, 2) of plane 0: left 0, up 0; neighbours within two rows above and two
+    # columns either side: (1, 1) and (2, 3)? (2, 3) is to the right: not causal
+    assert count[0, 0, 2, 2] == 1 and count[0, 0, 3, 3] == 2 and count[0, 0, 0, 0] == 0
+    assert local[0, 0, 2, 2] == 0 and local[0, 0, 2, 4] == 3 and local[0, 0, 3, 3] == 1
+    assert local[0, 0, 1, 2] == 3 * 2  # left neighbour 7, capped at 2
+    # plane 2 (N0) at (2, 3): the matching P code is non-zero, left is 2
+    assert local[0, 2, 2, 3] == 9 + 3 * 2
+    # earlier planes with a non-zero code at the same position
+    assert earlier[0, 0, 2, 3] == 0 and earlier[0, 1, 2, 3] == 1 and earlier[0, 3, 2, 3] == 1
+    assert earlier[0, 3, 2, 2] == 1 and earlier[0, 2, 2, 2] == 0
+    assert codec.plane_classes(4).tolist() == [0, 1, 2, 3]
+    assert codec.plane_classes(8).tolist() == [0, 0, 0, 1, 2, 2, 2, 3]
+    model = codec.ContextModel(False, 3, 2)
+    ctx = codec.contexts(codes, model)
+    # ((class * 18 + local) * density buckets + count) * activity buckets + earlier:
+    # N0 at (2, 3): class 2, local 15, one neighbour ((2, 2)), one earlier plane (P0)
+    assert ctx[0, 2, 2, 3] == ((2 * 18 + 15) * 3 + 1) * 2 + 1
+    # P0 at (3, 3): class 0, up 1, two neighbours ((2, 3), (1, 1)? no: (1, 1) is two
+    # columns left and two rows up, within the window), none earlier
+    assert ctx[0, 0, 3, 3] == ((0 * 18 + 1) * 3 + 2) * 2 + 0
+    # counts beyond the last bucket share it
+    assert codec.contexts(codes, codec.ContextModel(True, 2, 1))[0, 0, 3, 3] == 1 * 2 + 1
+    assert ctx.max() < model.tables(4)
+
+
+@pytest.mark.parametrize("model", codec.CONTEXT_MODELS)
+def test_every_context_model_round_trips_escaped_codes(model):
+    rng = np.random.default_rng(3)
+    codes = (rng.random((4, 6, 7, 9)) < 0.3) * rng.integers(0, 40, (4, 6, 7, 9))
+    codes[1, 2, 3, 4] = codec.NUM_LEVELS - 1  # the largest code
+    codes[2] = 0  # a frame without escapes
+    codes = codes.astype(np.uint16)
+    freq = codec.frequency_tables(codes, model)
+    first, ctx, excess, tables = codec._symbols(codes, model)
+    assert np.array_equal(first.reshape(codes.shape), np.minimum(codes, codec.ESCAPE))
+    assert (excess.shape[1] == (codes >= codec.ESCAPE).reshape(4, -1).sum(axis=1).max())
+    streams = codec.rans_encode(np.concatenate([first, excess], axis=1),
+                                np.concatenate([ctx, tables], axis=1),
+                                np.concatenate([freq, codec.certain_table()]))
+    header = codec.AttributionHeader(codec.CODEC_VERSION, 4, 7, 9, 2, 1.0, [0.01], [50],
+                                     [0.006], [64], 0.0, 99.0, model.as_list(), 1.0)
+    data = codec._assemble(header, codec.pack_tables(freq), np.zeros((4, 3), "<f2"),
+                           np.zeros(4, np.uint8), streams)
+    parsed = codec.decode(data)
+    assert parsed.model == model
+    assert np.array_equal(parsed.codes(), codes)
+    assert np.array_equal(parsed.codes(np.array([1, 3])), codes[[1, 3]])
+
+
+def test_the_encoder_picks_the_smallest_context_model():
+    features, residual = synthetic_attribution(frames=6, h=16, w=16, k=3, seed=5)
+    sizes = {m: len(codec.encode(features, residual, model=m, table=codec.LevelTable(0.01)))
+             for m in codec.CONTEXT_MODELS}
+    chosen = codec.decode(codec.encode(features, residual, table=codec.LevelTable(0.01)))
+    assert chosen.model in sizes
+    # the choice is made from estimated sizes: within 2% of the smallest real file
+    assert sizes[chosen.model] <= min(sizes.values()) * 1.02
+    assert len(set(sizes.values())) > 1
+
+
+def test_stream_lengths_are_leb128():
+    for value in (0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1):
+        raw = codec._leb128(value)
+        assert len(raw) == max(1, -(-value.bit_length() // 7))
+        got, pos = codec._read_leb128(memoryview(raw + b"\0"), 0, 1)
+        assert got.tolist() == [value] and pos == len(raw)
+    with pytest.raises(codec.CodecError, match="stream lengths"):
+        codec._read_leb128(memoryview(bytes([0x80, 0x80])), 0, 1)
+    with pytest.raises(codec.CodecError, match="stream lengths"):
+        codec._read_leb128(memoryview(bytes([0xFF] * 5)), 0, 1)
 
 
 def test_normalise_counts_keeps_every_seen_symbol():
@@ -212,8 +290,10 @@ def test_attribution_file_round_trip_and_fidelity():
     assert (head.version, head.frames, head.height, head.width, head.features) == \
         (codec.CODEC_VERSION, 5, 10, 12, 3)
     assert head.scale == pytest.approx(rendering.attribution_scale(features))
-    np.testing.assert_allclose(parsed.totals[:, :3], features.sum(axis=(1, 2)), rtol=1e-6)
-    np.testing.assert_allclose(parsed.totals[:, 3], residual.sum(axis=(1, 2)), rtol=1e-5)
+    # totals in float16 multiples of the file's unit: 3 significant digits
+    exact = np.concatenate([features.sum(axis=(1, 2)), residual.sum(axis=(1, 2))[:, None]], 1)
+    np.testing.assert_allclose(parsed.totals, exact, rtol=1e-3, atol=np.abs(exact).max() * 1e-6)
+    assert np.abs(parsed.totals).max() == pytest.approx(np.abs(exact).max(), rel=1e-3)
     assert set(parsed.frame_steps()) <= set(codec.FidelityTarget().steps)
     steps = parsed.plane_steps()
     ratio = codec.FidelityTarget().residual_ratio
@@ -273,17 +353,28 @@ def test_attribution_file_golden_bytes():
     header = json.loads(data[8:8 + meta_len])
     assert list(header) == ["version", "frames", "height", "width", "features", "scale",
                             "steps", "linears", "residual_steps", "residual_linears",
-                            "worst_mae", "worst_psnr"]
-    assert header["version"] == 2 and header["steps"] == [0.01] and header["linears"] == [50]
-    assert header["residual_steps"] == [0.0065] and header["residual_linears"] == [64]
+                            "worst_mae", "worst_psnr", "context_model", "totals_unit"]
+    assert header["version"] == 3 and header["steps"] == [0.01] and header["linears"] == [50]
+    assert header["residual_steps"] == [0.006] and header["residual_linears"] == [64]
+    assert header["context_model"] in [m.as_list() for m in codec.CONTEXT_MODELS]
     pos = 8 + meta_len
     body_len = int.from_bytes(data[pos:pos + 4], "little")
-    pos += 4 + body_len + 4 * 3 * 3  # tables, totals (T, K + 1)
+    pos += 4 + body_len
+    totals = np.frombuffer(data[pos:pos + 2 * 3 * 3], "<f2").reshape(3, 3)  # (T, K + 1)
+    np.testing.assert_allclose(totals * header["totals_unit"],
+                               np.concatenate([features.sum(axis=(1, 2)),
+                                               residual.sum(axis=(1, 2))[:, None]], 1),
+                               rtol=1e-3)
+    pos += 2 * 3 * 3 + 2  # padded to 4 bytes
     assert data[pos:pos + 4] == bytes([0, 0, 0, 0])  # step indices, padded to 4 bytes
+    pos += 4
     parsed = codec.decode(data)
+    lengths = [len(s) for s in parsed.streams]
+    assert data[pos:pos + 3] == b"".join(codec._leb128(n) for n in lengths)  # < 128 each
+    assert data[pos + 4:pos + 4 + lengths[0]] == parsed.streams[0]
     assert parsed.header.steps == [0.01] and parsed.step_index.tolist() == [0, 0, 0]
-    # the residual planes (2 and 5 with K = 2) at 0.65 times the features' step
-    steps = np.array([[0.01, 0.01, 0.0065, 0.01, 0.01, 0.0065]] * 3)
+    # the residual planes (2 and 5 with K = 2) at 0.6 times the features' step
+    steps = np.array([[0.01, 0.01, 0.006, 0.01, 0.01, 0.006]] * 3)
     np.testing.assert_array_equal(parsed.plane_steps(), steps)
     assert np.array_equal(parsed.codes(),
                           codec.quantise(features, residual, parsed.header.scale, steps))
@@ -296,7 +387,7 @@ def test_decode_rejects_damaged_files():
         codec.decode(b"XXXX" + data[4:])
     with pytest.raises(codec.CodecError, match="truncated"):
         codec.decode(data[:-3])
-    newer = data.replace(b'"version":2', b'"version":9')
+    newer = data.replace(b'"version":3', b'"version":9')
     with pytest.raises(codec.CodecError, match="version 9"):
         codec.decode(newer)
 

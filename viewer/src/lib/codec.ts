@@ -1,16 +1,24 @@
 // Decoder of the attribution files written by gallery/attribution_codec.py (docs/bundle.md).
 // A file holds, per frame, 2 (K + 1) planes of codes (P of each feature, P of the residual,
 // then N of each feature, N of the residual) coded with rANS against static frequency
-// tables, one per (plane, context). Codes map to values through the level table of the
+// tables. Each code is first coded as min(code, ESCAPE) with a table chosen by its context
+// (the file's context model); the excess of the escaped codes follows, after all planes,
+// with a table per plane class. Codes map to values through the level table of the
 // frame's step (every frame has its own step, one of the header's `steps`).
 
 export const PROB_BITS = 12;
 export const PROB_SCALE = 1 << PROB_BITS;
 export const RANS_LOW = 1 << 23;
 export const NUM_LEVELS = 1024;
-export const NUM_CONTEXTS = 18;
-export const CODEC_VERSION = 2;
+export const CODEC_VERSION = 3;
 export const MAX_STEPS = 256;
+export const ESCAPE = 3;
+export const LOCAL_CONTEXTS = 18;
+export const PLANE_CLASSES = 4;
+export const MAX_ACTIVITY = 8;
+/** The causal neighbours (dy, dx) of the density count: the cell (i - dy, j - dx). */
+export const NEIGHBOURS: [number, number][] = [[0, 1], [0, 2], [1, -2], [1, -1], [1, 0], [1, 1],
+  [1, 2], [2, -2], [2, -1], [2, 0], [2, 1], [2, 2]];
 
 export interface AttributionHeader {
   version: number;
@@ -28,6 +36,20 @@ export interface AttributionHeader {
   residual_linears: number[];
   worst_mae: number;
   worst_psnr: number;
+  /** [per plane (1) or per plane class (0), density buckets, activity buckets] */
+  context_model: number[];
+  /** totals are float16 multiples of this */
+  totals_unit: number;
+}
+
+/** A float16 (IEEE 754 binary16) from its 16 bits. */
+export function halfToFloat(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
 }
 
 /** Levels: c * step up to c = linear, then geometric steps of ratio 1 + 1 / linear. */
@@ -52,12 +74,21 @@ export class AttributionFile {
   readonly stepIndex: Uint8Array;
   /** (T, K + 1): unscaled features and residual summed over positions. */
   readonly totals: Float32Array;
+  private readonly perPlane: boolean;
+  private readonly density: number;
+  private readonly activity: number;
+  /** tables of the first symbols; the excess tables of the plane classes follow */
+  private readonly smallTables: number;
   private readonly freq: Int32Array;
   private readonly cum: Int32Array;
   private readonly lookup: Uint16Array;
-  private readonly offsets: Uint32Array;
+  private readonly offsets: Float64Array;
   private readonly data: Uint8Array;
   private readonly streamStart: number;
+  /** scratch: codes with a border of 2 rows above and 2 columns on each side, per plane */
+  private padded = new Uint16Array(0);
+  private activityCount = new Uint8Array(0);
+  private escaped = new Int32Array(0);
 
   constructor(buffer: ArrayBuffer) {
     const bytes = new Uint8Array(buffer);
@@ -77,6 +108,15 @@ export class AttributionFile {
         !lists.every((x) => x.length === steps.length)) {
       throw new Error("bad attribution header: steps");
     }
+    const model = h.context_model;
+    if (!Array.isArray(model) || model.length !== 3 || !model.every(Number.isInteger) ||
+        (model[0] !== 0 && model[0] !== 1) || model[1] < 1 || model[1] > NEIGHBOURS.length + 1 ||
+        model[2] < 1 || model[2] > MAX_ACTIVITY) {
+      throw new Error("bad attribution header: context_model");
+    }
+    this.perPlane = model[0] === 1;
+    this.density = model[1];
+    this.activity = model[2];
     const makeTables = (qs: number[], Ls: number[]) => qs.map((q, i) => {
       const L = Ls[i];
       if (!(q > 0 && Number.isFinite(q)) || !Number.isInteger(L) || L < 1 || L >= NUM_LEVELS) {
@@ -89,7 +129,9 @@ export class AttributionFile {
     let pos = 8 + metaLen;
     const bodyLen = view.getUint32(pos, true);
     pos += 4;
-    const tables = this.planes * NUM_CONTEXTS;
+    const groups = this.perPlane ? this.planes : PLANE_CLASSES;
+    this.smallTables = groups * LOCAL_CONTEXTS * this.density * this.activity;
+    const tables = this.smallTables + PLANE_CLASSES;
     this.freq = new Int32Array(tables * NUM_LEVELS);
     this.cum = new Int32Array(tables * NUM_LEVELS);
     this.lookup = new Uint16Array(tables * PROB_SCALE);
@@ -125,15 +167,32 @@ export class AttributionFile {
     }
     pos += bodyLen;
     const count = h.frames * (h.features + 1);
-    this.totals = new Float32Array(buffer.slice(pos, pos + 4 * count));
-    pos += 4 * count;
+    if (pos + 2 * count > bytes.length) throw new Error("truncated attribution file");
+    this.totals = new Float32Array(count);
+    for (let i = 0; i < count; i++) {
+      this.totals[i] = halfToFloat(view.getUint16(pos + 2 * i, true)) * h.totals_unit;
+    }
+    pos += 2 * count + ((4 - ((2 * count) % 4)) % 4);
     this.stepIndex = new Uint8Array(buffer.slice(pos, pos + h.frames));
+    if (this.stepIndex.length !== h.frames) throw new Error("truncated attribution file");
     for (const i of this.stepIndex) {
       if (i >= steps.length) throw new Error("bad attribution file: step index out of range");
     }
     pos += h.frames + ((4 - (h.frames % 4)) % 4);
-    this.offsets = new Uint32Array(buffer.slice(pos, pos + 4 * (h.frames + 1)));
-    pos += 4 * (h.frames + 1);
+    // stream lengths: unsigned LEB128 (7 bits per byte, low first), then padding to 4
+    this.offsets = new Float64Array(h.frames + 1);
+    const start = pos;
+    for (let t = 0; t < h.frames; t++) {
+      let value = 0;
+      for (let shift = 0; ; shift += 7) {
+        if (pos >= bytes.length || shift > 21) throw new Error("bad attribution file: stream lengths");
+        const byte = bytes[pos++];
+        value += (byte & 0x7f) * 2 ** shift;
+        if (byte < 0x80) break;
+      }
+      this.offsets[t + 1] = this.offsets[t] + value;
+    }
+    pos += (4 - ((pos - start) % 4)) % 4;
     this.streamStart = pos;
     this.data = bytes;
     if (pos + this.offsets[h.frames] !== bytes.length) throw new Error("truncated attribution file");
@@ -157,29 +216,83 @@ export class AttributionFile {
   decodeFrame(t: number, out: Uint16Array = new Uint16Array(this.frameSize)): Uint16Array {
     const { height: h, width: w } = this.header;
     const size = h * w;
-    const half = this.planes >> 1;
+    const planes = this.planes;
+    const half = planes >> 1;
+    const pw = w + 4;
+    const psize = (h + 2) * pw;
+    if (this.padded.length !== planes * psize) {
+      this.padded = new Uint16Array(planes * psize);
+      this.activityCount = new Uint8Array(size);
+      this.escaped = new Int32Array(planes * size);
+    }
+    const padded = this.padded, act = this.activityCount, escaped = this.escaped;
+    padded.fill(0);
+    act.fill(0);
     const d = this.data;
     const freq = this.freq, cum = this.cum, lookup = this.lookup;
+    const density = this.density, activity = this.activity;
+    const dMax = density - 1, aMax = activity - 1;
+    // the density neighbours as offsets in the padded plane
+    const neighbours = NEIGHBOURS.map(([dy, dx]) => -dy * pw - dx);
+    const nn = neighbours.length;
     let pos = this.streamStart + this.offsets[t];
+    const end = this.streamStart + this.offsets[t + 1];
     let x = ((d[pos] << 24) | (d[pos + 1] << 16) | (d[pos + 2] << 8) | d[pos + 3]) >>> 0;
     pos += 4;
+    let nEscaped = 0;
     let idx = 0;
-    for (let p = 0; p < this.planes; p++) {
-      const base = p * NUM_CONTEXTS;
-      const pairOffset = p >= half ? half * size : 0;
+    for (let p = 0; p < planes; p++) {
+      const group = this.perPlane ? p : (p < half ? (p === half - 1 ? 1 : 0) : (p === planes - 1 ? 3 : 2));
+      const base = group * LOCAL_CONTEXTS;
+      const plane = p * psize;
+      const pairPlane = p >= half ? (p - half) * psize : -1;
       for (let i = 0; i < h; i++) {
-        for (let j = 0; j < w; j++, idx++) {
-          let ctx = base;
-          if (j > 0) ctx += 3 * Math.min(out[idx - 1], 2);
-          if (i > 0) ctx += Math.min(out[idx - w], 2);
-          if (pairOffset && out[idx - pairOffset] !== 0) ctx += 9;
+        let q = plane + (i + 2) * pw + 2;
+        for (let j = 0; j < w; j++, idx++, q++) {
+          const left = padded[q - 1], up = padded[q - pw];
+          let ctx = base + 3 * (left < 2 ? left : 2) + (up < 2 ? up : 2);
+          if (pairPlane >= 0 && padded[q - plane + pairPlane] !== 0) ctx += 9;
+          if (density > 1) {
+            let c = 0;
+            for (let k = 0; k < nn; k++) if (padded[q + neighbours[k]] !== 0) c++;
+            ctx = ctx * density + (c < dMax ? c : dMax);
+          }
+          const cell = i * w + j;
+          if (activity > 1) {
+            const a = act[cell];
+            ctx = ctx * activity + (a < aMax ? a : aMax);
+          }
           const slot = x & (PROB_SCALE - 1);
           const s = lookup[ctx * PROB_SCALE + slot];
+          padded[q] = s;
           out[idx] = s;
+          if (s !== 0) {
+            act[cell]++;
+            if (s === ESCAPE) escaped[nEscaped++] = idx;
+          }
           const k = ctx * NUM_LEVELS + s;
           x = freq[k] * (x >>> PROB_BITS) + slot - cum[k];
-          while (x < RANS_LOW) x = (x << 8) | d[pos++];
+          while (x < RANS_LOW) {
+            if (pos >= end) throw new Error("corrupt attribution file: a stream ends early");
+            x = ((x << 8) | d[pos++]) >>> 0;
+          }
         }
+      }
+    }
+    // the excess of the escaped codes, in order, one table per plane class
+    for (let e = 0; e < nEscaped; e++) {
+      const at = escaped[e];
+      const p = (at / size) | 0;
+      const group = p < half ? (p === half - 1 ? 1 : 0) : (p === planes - 1 ? 3 : 2);
+      const table = this.smallTables + group;
+      const slot = x & (PROB_SCALE - 1);
+      const s = lookup[table * PROB_SCALE + slot];
+      out[at] = ESCAPE + s;
+      const k = table * NUM_LEVELS + s;
+      x = freq[k] * (x >>> PROB_BITS) + slot - cum[k];
+      while (x < RANS_LOW) {
+        if (pos >= end) throw new Error("corrupt attribution file: a stream ends early");
+        x = ((x << 8) | d[pos++]) >>> 0;
       }
     }
     return out;
