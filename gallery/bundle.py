@@ -6,9 +6,10 @@ A bundle is a folder with an index, `bundle.json`, and data files it names:
 - `frames/T<e>-<chunk>.webp`: the observations of a trajectory, tiled (lossless WebP);
 - `attribution/L<l>/T<e>-<output>.gatr`: reduced attribution of one (layer, trajectory,
   output) in the compact format of `gallery.attribution_codec`;
-- `features/L<l>/legend.webp` and `features/L<l>/f<k>.json.gz`: the legend thumbnails and
-  the full feature views as observation-index grids (with each cell's activation and
-  centre), which the viewer lays out from the extra observations;
+- `features/L<l>/legend.webp` and `features/L<l>/f<k>.gfv`: the legend thumbnails and
+  the full feature views as observation-index grids (with each cell's activation, to
+  1/4095 of the largest, and centre; `encode_feature_views`), which the viewer lays out
+  from the extra observations;
 - `observations/extra-<chunk>.webp`: the extra observations the feature views refer to.
 
 `BundleWriter` writes one file at a time as the analysis produces it (attribution for
@@ -28,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,11 +40,12 @@ import numpy as np
 from PIL import Image
 
 from . import attribution_codec, rendering
+from .dataset_examples import patch_bounds
 from .errors import GalleryError
 
 FORMAT_NAME = "gallery-interface-bundle"
 #: Version of the bundle layout (bundle.json and the files it names).
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEX_FILE = "bundle.json"
 #: No file of a bundle may be larger (GitHub Pages allows 100 MB; we keep far below).
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -148,13 +151,230 @@ class FeatureGrid:
     indices: np.ndarray
     """(gh, gw) int: the extra observation each cell's patch comes from."""
     acts: np.ndarray
-    """(gh, gw) float: the feature's amount at each cell in that observation."""
+    """(gh, gw) float >= 0: the feature's amount at each cell in that observation (stored
+    as act / max to well under an 8-bit level of drawn alpha: `act_levels`)."""
     centre_rows: np.ndarray
     """(gh,) float: cell centres in layer cells (a row's centre is the same for all j)."""
     centre_cols: np.ndarray
     """(gw,) float: cell centres in layer cells."""
     layer_hw: tuple[int, int]
     """(h, w) of the layer."""
+
+
+# --- feature-view files -----------------------------------------------------------------
+
+#: First bytes of a feature-view file (features/L<l>/f<k>.gfv) and its layout's version.
+FEATURE_MAGIC = b"GFVW"
+FEATURE_FILE_VERSION = 1
+#: A cell's amount is stored as round(act / max * levels) (max: the grid's largest), with
+#: levels = ceil(ACT_LEVELS_NUMERATOR / T) for the smallest opacity threshold T of
+#: `rescale_opacity` over the views drawn (`act_levels`; T >= 0.1, so at most 3000 levels).
+#: The drawn opacity min(1, MIN_OPACITY + a (1 - MIN_OPACITY) / T) moves by at most
+#: (1 - MIN_OPACITY) / T' (|da| + |dT|) when a = act / max and T (its weighted 90th
+#: percentile, or 1/10) move by da and dT (T': the smaller of old and new threshold); both
+#: move by at most half a level, so a drawn alpha moves by at most
+#: 255 (1 - MIN_OPACITY) / (levels T - 1/2) < 0.81 of an 8-bit level: one level at most
+#: once rounded.
+ACT_LEVELS_NUMERATOR = 300
+#: Symbols of a cell's observation index: the same as the cell to the left, above, the
+#: previous grid's cell nearest in position (its parent), or a literal index that follows.
+SAME_LEFT, SAME_UP, SAME_PARENT, LITERAL = 0, 1, 2, 3
+#: Cells of one grid at most (a damaged or hostile header is refused before allocating).
+MAX_GRID_CELLS = 1 << 22
+
+
+def resampled_centres(size: int, cells: int) -> np.ndarray:
+    """Centres (in layer cells) of the `cells` grid cells that
+    `gallery.dataset_examples.resample_grid` makes along an axis of `size` layer cells:
+    (i + 1) * ((size + 1) / (cells + 1)) - 0.5, bit for bit (the viewer computes the same
+    double-precision expression)."""
+    return np.arange(1, cells + 1) * ((size + 1) / (cells + 1)) - 0.5
+
+
+def opacity_threshold(alphas: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                      layer_hw: tuple[int, int], observation_hw: tuple[int, int],
+                      expand_mult: float) -> float:
+    """The threshold `rescale_opacity(max_scale=10)` uses on the full view of a grid with
+    cell alphas `alphas` (act / max) at `expand_mult`: the 90th percentile of the pixels'
+    alphas (a cell counts its patch's pixels), at least max / 10, 1 if 0."""
+    heights = [b - a for a, b in (patch_bounds(c, observation_hw[0] / layer_hw[0], expand_mult)
+                                  for c in rows)]
+    widths = [b - a for a, b in (patch_bounds(c, observation_hw[1] / layer_hw[1], expand_mult)
+                                 for c in cols)]
+    counts = np.outer(heights, widths).ravel()
+    values = np.asarray(alphas, np.float64).ravel()
+    if counts.sum() == 0:
+        return 1.0
+    threshold = max(float(np.percentile(np.repeat(values, counts), 90)), values.max() / 10)
+    return threshold if threshold != 0 else 1.0
+
+
+def act_levels(alphas: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+               layer_hw: tuple[int, int], observation_hw: tuple[int, int],
+               expand_mults: Sequence[float]) -> int:
+    """Levels to store a grid's act / max with (see ACT_LEVELS_NUMERATOR)."""
+    smallest = min((opacity_threshold(alphas, rows, cols, layer_hw, observation_hw, e)
+                    for e in expand_mults), default=0.1)
+    return math.ceil(ACT_LEVELS_NUMERATOR / min(1.0, max(0.1, smallest)))
+
+
+def _nearest(centres: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """For each centre, the index of the nearest parent centre (the first of equals)."""
+    return np.abs(centres[:, None] - parent[None, :]).argmin(axis=1)
+
+
+def _byte_planes(values: np.ndarray, width: int) -> bytes:
+    """Unsigned values as `width` byte planes, the most significant first."""
+    v = np.asarray(values, dtype=np.uint64).ravel()
+    return b"".join(((v >> np.uint64(8 * b)) & np.uint64(255)).astype(np.uint8).tobytes()
+                    for b in reversed(range(width)))
+
+
+def _from_planes(data: bytes, count: int, width: int) -> np.ndarray:
+    planes = np.frombuffer(data, np.uint8, count * width).reshape(width, count)
+    out = np.zeros(count, np.int64)
+    for plane in planes:
+        out = (out << 8) | plane
+    return out
+
+
+def encode_feature_views(feature: int, layer_hw: tuple[int, int],
+                         observation_hw: tuple[int, int], expand_mults: Sequence[float],
+                         grids: Sequence[FeatureGrid]) -> bytes:
+    """The full views of one feature as a `.gfv` file (docs/bundle.md, "features").
+
+    Layout: FEATURE_MAGIC, u32 n (little-endian), n bytes of JSON header, then one zlib
+    stream holding per grid, in header order: the index symbols (a byte per cell, row by
+    row; see SAME_LEFT ...), the literal indices (`index_bytes` byte planes, most
+    significant first), the amounts (u16 as two byte planes, high first).
+    """
+    header_grids: list[dict[str, Any]] = []
+    body: list[bytes] = []
+    largest_index = max((int(np.max(g.indices)) for g in grids if np.size(g.indices)),
+                        default=0)
+    if largest_index >= 1 << 32:
+        raise BundleError(f"extra observation index {largest_index} does not fit in 4 bytes")
+    index_bytes = 2 if largest_index < 1 << 16 else 4
+    parent: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    for g in grids:
+        indices = np.asarray(g.indices, dtype=np.int64)
+        acts = np.asarray(g.acts, dtype=np.float64)
+        rows = np.asarray(g.centre_rows, dtype=np.float64)
+        cols = np.asarray(g.centre_cols, dtype=np.float64)
+        gh, gw = indices.shape
+        largest = float(acts.max())
+        alphas = acts / (largest if largest != 0 else 1.0)
+        levels = act_levels(alphas, rows, cols, layer_hw, observation_hw, expand_mults)
+        entry: dict[str, Any] = {"subdiv_mult": float(g.subdiv_mult), "shape": [gh, gw],
+                                 "act_max": largest, "act_levels": levels}
+        if not (np.array_equal(rows, resampled_centres(layer_hw[0], gh)) and
+                np.array_equal(cols, resampled_centres(layer_hw[1], gw))):
+            entry["centre_rows"] = rows.tolist()  # shortest round-trip decimals: exact
+            entry["centre_cols"] = cols.tolist()
+        symbols = np.full((gh, gw), LITERAL, np.uint8)
+        if parent is not None:
+            p_indices, p_rows, p_cols = parent
+            nearest = p_indices[_nearest(rows, p_rows)[:, None], _nearest(cols, p_cols)[None]]
+            symbols[nearest == indices] = SAME_PARENT
+        symbols[1:][indices[1:] == indices[:-1]] = SAME_UP
+        symbols[:, 1:][indices[:, 1:] == indices[:, :-1]] = SAME_LEFT
+        body += [symbols.tobytes(), _byte_planes(indices[symbols == LITERAL], index_bytes),
+                 _byte_planes(np.round(alphas * levels).astype(np.int64), 2)]
+        header_grids.append(entry)
+        parent = (indices, rows, cols)
+    raw = b"".join(body)
+    header = {"version": FEATURE_FILE_VERSION, "feature": int(feature),
+              "layer_shape": [int(layer_hw[0]), int(layer_hw[1])],
+              "observation_shape": [int(observation_hw[0]), int(observation_hw[1])],
+              "expand_mults": [float(e) for e in expand_mults], "index_bytes": index_bytes, "body_bytes": len(raw), "grids": header_grids}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return FEATURE_MAGIC + struct.pack("<I", len(text)) + text + zlib.compress(raw, 9)
+
+
+def decode_feature_views(data: bytes) -> dict[str, Any]:
+    """A `.gfv` file's header with its grids decoded: each grid gets `centre_rows`,
+    `centre_cols` (float64), `indices` (gh, gw) int64 and `alphas` (gh, gw), the stored
+    act / max. Raises BundleError on a damaged file."""
+    try:
+        return _decode_feature_views(data)
+    except BundleError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, struct.error, zlib.error,
+            RecursionError, OverflowError) as err:
+        raise BundleError(f"damaged feature-view file ({type(err).__name__}: {err!s:.200})"
+                          ) from None
+
+
+def _decode_feature_views(data: bytes) -> dict[str, Any]:
+    if data[:4] != FEATURE_MAGIC:
+        raise BundleError("not a feature-view file (no GFVW magic)")
+    (n,) = struct.unpack_from("<I", data, 4)
+    if 8 + n > len(data):
+        raise BundleError("feature-view header is cut short")
+    header = json.loads(data[8:8 + n])
+    if not isinstance(header, dict) or header.get("version") != FEATURE_FILE_VERSION:
+        raise BundleError(f"feature-view file version {header.get('version')!r:.20}; this "
+                          f"gallery reads version {FEATURE_FILE_VERSION}")
+    h, w = (int(x) for x in header["layer_shape"])
+    width = int(header["index_bytes"])
+    if width not in (2, 4):
+        raise BundleError("feature-view header: index_bytes must be 2 or 4")
+    expected = int(header["body_bytes"])
+    cells = [int(g["shape"][0]) * int(g["shape"][1]) for g in header["grids"]]
+    if any(c <= 0 or c > MAX_GRID_CELLS for c in cells) or \
+            not 3 * sum(cells) <= expected <= (3 + width) * sum(cells):
+        raise BundleError("feature-view header: grid shapes and body size disagree")
+    stream = zlib.decompressobj()
+    body = stream.decompress(data[8 + n:], expected + 1)
+    if len(body) != expected or not stream.eof:
+        raise BundleError(f"feature-view body: {len(body)} bytes, the header says {expected}")
+    at = 0
+    parent: dict[str, Any] | None = None
+    for grid in header["grids"]:
+        gh, gw = int(grid["shape"][0]), int(grid["shape"][1])
+        if "centre_rows" in grid:
+            grid["centre_rows"] = np.array(grid["centre_rows"], np.float64)
+            grid["centre_cols"] = np.array(grid["centre_cols"], np.float64)
+            if grid["centre_rows"].shape != (gh,) or grid["centre_cols"].shape != (gw,):
+                raise BundleError("feature-view grid: centres do not match its shape")
+        else:
+            grid["centre_rows"] = resampled_centres(h, gh)
+            grid["centre_cols"] = resampled_centres(w, gw)
+        symbols = np.frombuffer(body, np.uint8, gh * gw, at).reshape(gh, gw)
+        at += gh * gw
+        literal = symbols == LITERAL
+        count = int(literal.sum())
+        if at + count * width + 2 * gh * gw > len(body) or symbols.max() > LITERAL:
+            raise BundleError("feature-view body is cut short or damaged")
+        indices = np.full((gh, gw), -1, np.int64)
+        indices[literal] = _from_planes(body[at:], count, width)
+        at += count * width
+        if parent is not None:
+            nearest = parent["indices"][_nearest(grid["centre_rows"], parent["centre_rows"])[:, None],
+                                        _nearest(grid["centre_cols"], parent["centre_cols"])[None]]
+        elif (symbols == SAME_PARENT).any():
+            raise BundleError("feature-view grid: the first grid has no parent")
+        if (symbols[0] == SAME_UP).any() or (symbols[:, 0] == SAME_LEFT).any():
+            raise BundleError("feature-view grid: a cell refers to one outside the grid")
+        columns = np.arange(gw)
+        for i in range(gh):
+            row, sym = indices[i], symbols[i]
+            if i:
+                row[sym == SAME_UP] = indices[i - 1][sym == SAME_UP]
+            if parent is not None:
+                row[sym == SAME_PARENT] = nearest[i][sym == SAME_PARENT]
+            source = np.maximum.accumulate(np.where(sym != SAME_LEFT, columns, 0))
+            indices[i] = row[source]
+        grid["indices"] = indices
+        levels = int(grid["act_levels"])
+        if not 0 < levels < 1 << 16:
+            raise BundleError("feature-view grid: act_levels out of range")
+        grid["alphas"] = _from_planes(body[at:], gh * gw, 2).reshape(gh, gw) / levels
+        at += 2 * gh * gw
+        parent = grid
+    if at != len(body):
+        raise BundleError("feature-view body is longer than its grids")
+    return header
 
 
 @dataclass(frozen=True)
@@ -397,32 +617,34 @@ class BundleWriter:
                           expand_mults: Sequence[float], observation_shape: tuple[int, int]
                           ) -> None:
         """The full views of one feature: a grid per subdiv_mult, shown at every expand_mult
-        (features/L<l>/f<k>.json.gz, gzip-compressed JSON)."""
+        (features/L<l>/f<k>.gfv, `encode_feature_views`)."""
         li, entry = self._layer(layer)
         if not 0 <= feature < entry["features"]:
             raise BundleError(f"layer {layer}: feature {feature} out of range")
-        items = []
+        if not grids:
+            raise BundleError(f"layer {layer}, feature {feature}: no grids")
         for g in grids:
-            indices = np.asarray(g.indices, dtype=np.int64)
+            indices = np.asarray(g.indices)
             acts = np.asarray(g.acts, dtype=np.float64)
-            if indices.ndim != 2 or acts.shape != indices.shape:
+            if indices.ndim != 2 or acts.shape != indices.shape or indices.size == 0:
                 raise BundleError(f"layer {layer}, feature {feature}: grid indices and acts "
-                                  f"must be 2-D and alike, got {indices.shape}, {acts.shape}")
+                                  f"must be 2-D, alike and not empty, got {indices.shape}, "
+                                  f"{acts.shape}")
+            if not np.issubdtype(indices.dtype, np.integer) or indices.min() < 0:
+                raise BundleError(f"layer {layer}, feature {feature}: grid indices must be "
+                                  "non-negative integers")
+            if not np.all(np.isfinite(acts)) or acts.min() < 0:
+                raise BundleError(f"layer {layer}, feature {feature}: grid activations must "
+                                  "be finite and non-negative (NMF amounts)")
             if np.shape(g.centre_rows) != indices.shape[:1] or \
                     np.shape(g.centre_cols) != indices.shape[1:]:
                 raise BundleError(f"layer {layer}, feature {feature}: centres do not match "
                                   "the grid")
             self.referenced.update(int(i) for i in np.unique(indices))
-            items.append({"subdiv_mult": float(g.subdiv_mult), "shape": list(indices.shape),
-                          "centre_rows": _round(g.centre_rows, 8),
-                          "centre_cols": _round(g.centre_cols, 8),
-                          "indices": indices.ravel().tolist(), "acts": _round(acts.ravel(), 5)})
-        detail = {"feature": feature, "layer_shape": list(entry["shape"][:2]),
-                  "observation_shape": [int(observation_shape[0]), int(observation_shape[1])],
-                  "expand_mults": [float(e) for e in expand_mults], "grids": items}
-        raw = json.dumps(detail, separators=(",", ":")).encode()
-        name = self._write(f"features/L{li}/f{feature}.json.gz",
-                           gzip.compress(raw, compresslevel=9, mtime=0))
+        data = encode_feature_views(feature, tuple(entry["shape"][:2]),
+                                    (int(observation_shape[0]), int(observation_shape[1])),
+                                    expand_mults, grids)
+        name = self._write(f"features/L{li}/f{feature}.gfv", data)
         if entry["feature_views"] is None:
             entry["feature_views"] = [None] * entry["features"]
         entry["feature_views"][feature] = name
@@ -632,6 +854,36 @@ def _check_contents(root: Path, index: dict[str, Any], decode_frames: int) -> li
                         parsed.codes(np.linspace(0, head.frames - 1, decode_frames).astype(int))
                 except (attribution_codec.CodecError, OSError, ValueError, IndexError) as err:
                     problems.append(f"{name}: {err}")
+    extra = index.get("extra_observations")
+    known = np.array(extra["indices"] if extra else [], dtype=np.int64)
+    for layer in index["layers"]:
+        for k, name in enumerate(layer.get("feature_views") or []):
+            if name:
+                problems += _check_feature_views(root, name, k, layer, known)
+    if extra:
+        h, w = extra["tile"]
+        for atlas in extra["atlases"]:
+            problems += _check_atlas(root, atlas, h, w, extra["columns"])
+    return problems
+
+
+def _check_feature_views(root: Path, name: str, feature: int, layer: dict[str, Any],
+                         known: np.ndarray) -> list[str]:
+    """A feature-view file decodes, belongs to its layer and feature, and names only extra
+    observations the bundle has."""
+    try:
+        detail = decode_feature_views((root / name).read_bytes())
+    except (BundleError, OSError) as err:
+        return [f"{name}: {err}"]
+    problems = []
+    if detail["feature"] != feature or detail["layer_shape"] != list(layer["shape"][:2]):
+        problems.append(f"{name}: not feature {feature} of layer {layer['name']}")
+    if not detail["grids"]:
+        problems.append(f"{name}: no grids")
+    for grid in detail["grids"]:
+        if not np.isin(grid["indices"], known).all():
+            problems.append(f"{name}: refers to extra observations the bundle does not have")
+            break
     return problems
 
 

@@ -3,7 +3,6 @@ writer, and the reader/validator. Fast: synthetic arrays only."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 
@@ -406,11 +405,11 @@ def test_written_bundle_validates(tmp_path):
     np.testing.assert_allclose(layer["hues"], rendering.feature_hues(3))
     checked = bundles.validate_bundle(tmp_path / "b", decode_frames=2)
     assert checked["files"] == index["files"]
-    # feature views: gzip JSON with the grid; extra observations only those referenced
-    detail = json.loads(gzip.decompress((tmp_path / "b" / layer["feature_views"][1]).read_bytes()))
+    # feature views: .gfv files with the grid; extra observations only those referenced
+    detail = bundles.decode_feature_views((tmp_path / "b" / layer["feature_views"][1]).read_bytes())
     assert detail["grids"][0]["shape"] == [4, 4] and detail["expand_mults"] == [1.0, 2.0]
-    referenced = sorted({i for k in range(3) for i in json.loads(gzip.decompress(
-        (tmp_path / "b" / layer["feature_views"][k]).read_bytes()))["grids"][0]["indices"]})
+    referenced = sorted({int(i) for k in range(3) for i in bundles.decode_feature_views(
+        (tmp_path / "b" / layer["feature_views"][k]).read_bytes())["grids"][0]["indices"].ravel()})
     assert index["extra_observations"]["indices"] == referenced
     sizes = bundles.bundle_sizes(tmp_path / "b", viewer_bytes=100)
     assert sizes["total_bytes"] == sum(m["bytes"] for m in index["files"].values()) + \

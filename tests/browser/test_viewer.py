@@ -260,12 +260,15 @@ def test_feature_popup(small_interface, open_page, screenshots):
 
 
 def feature_detail(interface: dict, layer: str, feature: int) -> dict:
-    import gzip
+    from gallery.bundle import decode_feature_views
 
     index = bundle_index(interface)
     entry = next(la for la in index["layers"] if la["name"] == layer)
     path = interface["dir"] / "bundle" / entry["feature_views"][feature]
-    return json.loads(gzip.decompress(path.read_bytes()))
+    detail = decode_feature_views(path.read_bytes())
+    for grid in detail["grids"]:  # flat, row by row, as the viewer holds them
+        grid["indices"] = grid["indices"].ravel().tolist()
+    return detail
 
 
 def expected_cell(detail: dict, grid: dict, expand: float, fx: float, fy: float) -> int:
@@ -285,7 +288,9 @@ def test_feature_view_matches_dataset_examples(small_interface, open_page):
     """The popup's layout of patches equals gallery.dataset_examples.feature_view."""
     import numpy as np
 
-    from gallery.dataset_examples import rescale_opacity
+    from gallery import rendering
+    from gallery.dataset_examples import FeatureGrid as ExampleGrid
+    from gallery.dataset_examples import render_grid, rescale_opacity
 
     page = open_page(small_interface["dir"], "#layer=4a&feature=1")
     wait_view(page, "1|4|faded")
@@ -301,6 +306,35 @@ def test_feature_view_matches_dataset_examples(small_interface, open_page):
     assert rescale_opacity is not None
     alpha = got[..., 3].astype(float) / 255
     assert alpha.min() >= 15 / 255 - 1 / 255 and alpha.max() == 1.0
+    # every pixel as gallery.dataset_examples draws the decoded grid from the extra
+    # observations as Pillow decodes their atlases (AVIF): Chromium decodes them alike
+    expected = rendering.to_uint8(render_grid(ExampleGrid(
+        1, np.reshape(grid["indices"], grid["shape"]), grid["alphas"],
+        np.stack(np.meshgrid(grid["centre_rows"], grid["centre_cols"], indexing="ij"), -1),
+        tuple(detail["layer_shape"])), extra_observations(small_interface), expand_mult=4).image)
+    assert np.abs(got[..., 3].astype(int) - expected[..., 3]).max() <= 1
+    # the canvas holds premultiplied colour: compare that
+    premultiplied = [np.round(x[..., :3] * (x[..., 3:] / 255.0)) for x in (got, expected)]
+    error = np.abs(premultiplied[0] - premultiplied[1])
+    assert error.mean() < 0.1 and error.max() <= 2, (error.mean(), error.max())
+
+
+def extra_observations(interface: dict):
+    """The extra observations (by original index) as Pillow decodes the bundle's atlases."""
+    import numpy as np
+    from PIL import Image
+
+    extra = bundle_index(interface)["extra_observations"]
+    (th, tw), columns = extra["tile"], extra["columns"]
+    out = np.zeros((max(extra["indices"]) + 1, th, tw, 3), np.uint8)
+    for atlas in extra["atlases"]:
+        with Image.open(interface["dir"] / "bundle" / atlas["file"]) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        for k in range(atlas["count"]):
+            r, c = divmod(k, columns)
+            out[extra["indices"][atlas["start"] + k]] = pixels[r * th:(r + 1) * th,
+                                                               c * tw:(c + 1) * tw]
+    return out
 
 
 def _bounds(detail, grid, expand, axis):

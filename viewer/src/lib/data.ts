@@ -2,6 +2,7 @@
 // Every fetch is cached by URL; drawn attribution frames are cached by the renderer.
 
 import { AttributionFile } from "./codec";
+import { decodeFeatureViews } from "./features";
 import { AttributionRenderer } from "./renderer";
 import type { BundleIndex, FeatureDetail, LayerEntry, TrajectoryData } from "./types";
 import { FORMAT_NAME, FORMAT_VERSION } from "./types";
@@ -78,9 +79,16 @@ export class Bundle {
     return this.cachedJSON<TrajectoryData>(this.index.trajectories[index].data);
   }
 
-  /** A feature's views. */
+  private features = new Map<string, Promise<FeatureDetail>>();
+
+  /** A feature's views (a .gfv file, decoded once). */
   featureDetail(file: string): Promise<FeatureDetail> {
-    return this.cachedJSON<FeatureDetail>(file);
+    let hit = this.features.get(file);
+    if (!hit) {
+      hit = this.fetchBytes(file).then((b) => decodeFeatureViews(b, file));
+      this.features.set(file, hit);
+    }
+    return hit;
   }
 
   /** RGBA pixels of an (opaque) image, for exact per-pixel work. */

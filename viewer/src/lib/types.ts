@@ -1,7 +1,7 @@
 // The bundle index (bundle.json), as written by gallery/bundle.py; see docs/bundle.md.
 
 export const FORMAT_NAME = "gallery-interface-bundle";
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 
 export type OutputKind = "value" | "action" | "action_group";
 export type Direction = "abs" | "pos" | "neg";
@@ -63,6 +63,7 @@ export interface LayerEntry {
   labels?: Record<string, string>;
 }
 
+/** One grid of a feature-view file (features/L<l>/f<k>.gfv), decoded by lib/features.ts. */
 export interface FeatureGrid {
   subdiv_mult: number;
   shape: [number, number];
@@ -70,8 +71,11 @@ export interface FeatureGrid {
   centre_cols: number[];
   /** extra-observation index of each cell, row by row */
   indices: number[];
-  /** the feature's amount at each cell */
-  acts: number[];
+  /** the feature's amount at each cell over the grid's largest (to 1/act_levels) */
+  alphas: number[];
+  /** the largest amount (for reference; only alphas are drawn) */
+  act_max: number;
+  act_levels: number;
 }
 
 export interface FeatureDetail {
