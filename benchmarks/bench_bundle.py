@@ -51,20 +51,36 @@ class RecordingBuilder(InterfaceBuilder):
 
 
 def reencode(interface: Path, arrays: Path) -> None:
-    """Re-encode the saved arrays into the bundle's attribution files (same names)."""
+    """Re-encode the saved arrays into the bundle's attribution files (same names).
+
+    A file is encoded again only if its arrays or gallery/attribution_codec.py changed
+    since it was last encoded here (the key is kept next to the arrays): re-encoding all
+    of them takes about 20 minutes on one core."""
     root = interface / BUNDLE_DIR
     index = json.loads((root / bundles.INDEX_FILE).read_text())
     import hashlib
 
     from gallery import attribution_codec
+    source = hashlib.sha256(Path(attribution_codec.__file__).read_bytes()).hexdigest()
     for layer in index["layers"]:
         folder = arrays / layer["name"].replace("/", "_")
         for output, files in layer["attribution"].items():
             for e, name in enumerate(files):
-                f = np.load(folder / f"T{e}-{output}-features.npy")
-                r = np.load(folder / f"T{e}-{output}-residual.npy")
-                data = attribution_codec.encode(f, r, single_features=index["single_features"])
-                (root / name).write_bytes(data)
+                paths = [folder / f"T{e}-{output}-{part}.npy" for part in ("features", "residual")]
+                key = hashlib.sha256(source.encode() + b"".join(
+                    p.read_bytes() for p in paths)).hexdigest()
+                done = folder / f"T{e}-{output}.encoded"
+                if done.exists() and (root / name).exists() and \
+                        done.read_text() == key + hashlib.sha256((root / name).read_bytes()
+                                                                  ).hexdigest():
+                    data = (root / name).read_bytes()
+                    print(f"  {name}: {len(data) / MB:.2f} MB (unchanged)", file=sys.stderr)
+                else:
+                    f, r = (np.load(p) for p in paths)
+                    data = attribution_codec.encode(f, r,
+                                                    single_features=index["single_features"])
+                    (root / name).write_bytes(data)
+                    done.write_text(key + hashlib.sha256(data).hexdigest())
                 index["files"][name] = {"bytes": len(data),
                                         "sha256": hashlib.sha256(data).hexdigest()}
                 print(f"  {name}: {len(data) / MB:.2f} MB", file=sys.stderr)

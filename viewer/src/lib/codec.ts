@@ -232,9 +232,10 @@ export class AttributionFile {
     const freq = this.freq, cum = this.cum, lookup = this.lookup;
     const density = this.density, activity = this.activity;
     const dMax = density - 1, aMax = activity - 1;
-    // the density neighbours as offsets in the padded plane
-    const neighbours = NEIGHBOURS.map(([dy, dx]) => -dy * pw - dx);
-    const nn = neighbours.length;
+    // the density count of NEIGHBOURS (two cells left; columns j - 2 .. j + 2 of the two rows
+    // above) slides along the row: colsum holds the non-zero codes of those two rows per
+    // column, with two zero columns on each side
+    const colsum = new Uint8Array(w + 5);
     let pos = this.streamStart + this.offsets[t];
     const end = this.streamStart + this.offsets[t + 1];
     let x = ((d[pos] << 24) | (d[pos + 1] << 16) | (d[pos + 2] << 8) | d[pos + 3]) >>> 0;
@@ -248,14 +249,20 @@ export class AttributionFile {
       const pairPlane = p >= half ? (p - half) * psize : -1;
       for (let i = 0; i < h; i++) {
         let q = plane + (i + 2) * pw + 2;
+        let window = 0;
+        if (density > 1) {
+          const r1 = plane + (i + 1) * pw + 2, r2 = plane + i * pw + 2;
+          for (let j = 0; j < w; j++) colsum[j + 2] = (padded[r1 + j] !== 0 ? 1 : 0) + (padded[r2 + j] !== 0 ? 1 : 0);
+          window = colsum[2] + colsum[3] + colsum[4];
+        }
         for (let j = 0; j < w; j++, idx++, q++) {
           const left = padded[q - 1], up = padded[q - pw];
           let ctx = base + 3 * (left < 2 ? left : 2) + (up < 2 ? up : 2);
           if (pairPlane >= 0 && padded[q - plane + pairPlane] !== 0) ctx += 9;
           if (density > 1) {
-            let c = 0;
-            for (let k = 0; k < nn; k++) if (padded[q + neighbours[k]] !== 0) c++;
+            const c = window + (left !== 0 ? 1 : 0) + (padded[q - 2] !== 0 ? 1 : 0);
             ctx = ctx * density + (c < dMax ? c : dMax);
+            window += colsum[j + 5] - colsum[j];
           }
           const cell = i * w + j;
           if (activity > 1) {
