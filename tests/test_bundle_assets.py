@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from gallery import bundle as bundles
 from gallery import dataset_examples as examples
@@ -295,3 +298,92 @@ def test_writer_refuses_negative_or_odd_grids(tmp_path):
             writer.add_feature_views("conv", 0, [bundles.FeatureGrid(1.0, indices, acts, c, c,
                                                                      (4, 4))],
                                      expand_mults=(1,), observation_shape=(16, 16))
+
+
+# --- extra observations --------------------------------------------------------------------
+
+
+def _game_like_atlas(seed: int = 0) -> np.ndarray:
+    """A 16 x 16 atlas of 64 x 64 'observations': flat sky, tiled ground, a few sprites with
+    hard edges, a little texture (what CoinRun looks like to an image coder)."""
+    rng = np.random.default_rng(seed)
+    frames = np.empty((256, 64, 64, 3), np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    for f in frames:
+        f[:] = rng.integers(60, 200, 3)
+        ground = int(rng.integers(36, 56))
+        f[ground:] = rng.integers(20, 120, 3)
+        f[ground:][(yy[ground:] // 8 + xx[ground:] // 8) % 2 == 0] += 25
+        for _ in range(3):
+            y, x, r = rng.integers(4, 60), rng.integers(4, 60), rng.integers(3, 9)
+            f[(yy - y) ** 2 + (xx - x) ** 2 < r * r] = rng.integers(0, 256, 3)
+        f[:] = np.clip(f.astype(int) + rng.integers(-3, 4, f.shape), 0, 255)
+    return bundles.tile(frames, 16)
+
+
+def test_extra_observations_are_avif_within_the_error_bound():
+    """The atlas codec: AVIF (where Pillow has it) at a mean error no worse than the lossy
+    WebP quality 80 used before, and smaller; about a second to encode."""
+    atlas = _game_like_atlas()
+    data, extension = bundles.encode_extra(atlas)
+    if not bundles.pil_features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    assert extension == "avif" and data[4:12] == b"ftypavif"
+    decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), float)
+    error = np.abs(decoded - atlas).mean()
+    webp = bundles.encode_image(atlas, lossy_quality=bundles.EXTRA_WEBP_QUALITY)
+    webp_error = np.abs(np.asarray(Image.open(io.BytesIO(webp)).convert("RGB"), float)
+                        - atlas).mean()
+    assert error <= 5.0 and error <= webp_error, (error, webp_error)
+    assert len(data) < len(webp)
+    assert bundles.encode_extra(atlas)[0] == data  # one thread: reproducible
+
+
+BENCH = Path(__file__).resolve().parents[1] / ".cache" / "bench-bundle"
+
+
+@pytest.mark.skipif(not (BENCH / "interface-value" / "bundle" / "bundle.json").is_file(),
+                    reason="needs the CoinRun benchmark bundle (benchmarks/bench_bundle.py)")
+def test_extra_observations_of_coinrun_beat_the_webp():
+    """On an atlas of the CoinRun benchmark's extra observations: AVIF at under 4/255 mean
+    error, no worse than the WebP quality 80 used before, at under 60% of its bytes."""
+    if not bundles.pil_features.check("avif"):
+        pytest.skip("this Pillow has no AVIF")
+    index = json.loads((BENCH / "interface-value" / "bundle" / "bundle.json").read_text())
+    saved = sorted((BENCH / "cache" / "rollouts").glob("*.npz"))
+    if len(saved) != 1:
+        pytest.skip("the benchmark's rollouts are not (only) there")
+    extra = index["extra_observations"]
+    frames = bundles.display_frames(np.load(saved[0])["observations"][extra["indices"][:256]])
+    atlas = bundles.tile(frames, extra["columns"])
+    data, _ = bundles.encode_extra(atlas)
+    webp = bundles.encode_image(atlas, lossy_quality=bundles.EXTRA_WEBP_QUALITY)
+    error, webp_error = (np.abs(np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), float)
+                                - atlas).mean() for d in (data, webp))
+    assert error < 4.0 and error <= webp_error, (error, webp_error)
+    assert len(data) < 0.6 * len(webp)
+
+
+def test_extra_observations_fall_back_to_webp(tmp_path, monkeypatch):
+    monkeypatch.setattr(bundles.pil_features, "check", lambda name: False)
+    data, extension = bundles.encode_extra(_game_like_atlas()[:128, :128])
+    assert extension == "webp" and data[8:12] == b"WEBP"
+    index = write_small_bundle(tmp_path / "b")
+    assert all(a["file"].endswith(".webp") for a in index["extra_observations"]["atlases"])
+    bundles.validate_bundle(tmp_path / "b")
+
+
+def test_bundle_extra_atlases_are_checked(tmp_path):
+    root = tmp_path / "b"
+    index = write_small_bundle(root)
+    atlas = index["extra_observations"]["atlases"][0]
+    if bundles.pil_features.check("avif"):
+        assert atlas["file"].endswith(".avif")
+    count = atlas["count"]
+    with Image.open(root / atlas["file"]) as image:  # 16 x 16 observations, 16 per row
+        assert image.size == (16 * min(16, count), 16 * -(-count // 16))
+    small = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(small, "PNG")
+    _replace(root, index, atlas["file"], small.getvalue())
+    with pytest.raises(bundles.BundleError, match="expected"):
+        bundles.validate_bundle(root)

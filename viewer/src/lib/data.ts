@@ -113,7 +113,8 @@ export class Bundle {
     let hit = this.images.get(file);
     if (!hit) {
       hit = (async () => {
-        const blob = new Blob([await this.fetchBytes(file)], { type: "image/webp" });
+        const type = file.endsWith(".avif") ? "image/avif" : "image/webp";
+        const blob = new Blob([await this.fetchBytes(file)], { type });
         return createImageBitmap(blob, { premultiplyAlpha: "none", colorSpaceConversion: "none" });
       })();
       this.images.set(file, hit);
