@@ -14,7 +14,8 @@ The reduced attribution arrays are kept in WORK/arrays-*/ (float32 .npy, about 1
 the value build), so `--reencode` measures a changed encoding without recomputing the
 analysis (about an hour on two CPU cores). Budgets (the issue): whole bundle <= 30 MB
 (value), <= 200 MB (policy); no file over 20 MB; first load <= 3 MB. `--reencode` also
-re-encodes the extra observation atlases from the recorded rollouts in WORK/cache.
+re-encodes the extra observation atlases from the recorded rollouts in WORK/cache, and
+turns bundle format 1's feature views into format 2's.
 """
 
 from __future__ import annotations
@@ -86,11 +87,48 @@ def reencode(interface: Path, arrays: Path) -> None:
                 print(f"  {name}: {len(data) / MB:.2f} MB", file=sys.stderr)
     index["codec_version"] = attribution_codec.CODEC_VERSION
     reencode_extra(root, index, interface.parent / "cache" / "rollouts")
+    upgrade_feature_views(root, index)
+    index["format_version"] = bundles.FORMAT_VERSION
     (root / bundles.INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
 
 
+def upgrade_feature_views(root: Path, index: dict) -> None:
+    """Bundle format 1's feature views (gzip JSON) as format 2's .gfv files. Format 1 kept
+    8 digits of the centres: centres that close to the resampling rule's are the rule's."""
+    import hashlib
+
+    def centres(values: list, size: int) -> np.ndarray:
+        rule = bundles.resampled_centres(size, len(values))
+        return rule if np.allclose(values, rule, rtol=0, atol=1e-6) else np.array(values)
+
+    old_bytes = new_bytes = 0
+    for layer in index["layers"]:
+        for k, name in enumerate(layer.get("feature_views") or []):
+            if not name or not name.endswith(".json.gz"):
+                continue
+            detail = bundles.read_json(root / name)
+            h, w = detail["layer_shape"]
+            grids = [bundles.FeatureGrid(
+                g["subdiv_mult"], np.reshape(g["indices"], g["shape"]),
+                np.reshape(g["acts"], g["shape"]), centres(g["centre_rows"], h),
+                centres(g["centre_cols"], w), (h, w)) for g in detail["grids"]]
+            data = bundles.encode_feature_views(k, (h, w), tuple(detail["observation_shape"]),
+                                                detail["expand_mults"], grids)
+            new = name.removesuffix(".json.gz") + ".gfv"
+            (root / new).write_bytes(data)
+            old_bytes += index["files"].pop(name)["bytes"]
+            (root / name).unlink()
+            index["files"][new] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            new_bytes += len(data)
+            layer["feature_views"][k] = new
+    if old_bytes:
+        print(f"  feature views: {old_bytes / MB:.2f} MB -> {new_bytes / MB:.2f} MB",
+              file=sys.stderr)
+    index["files"] = dict(sorted(index["files"].items()))
+
+
 def reencode_extra(root: Path, index: dict, rollouts: Path) -> None:
-    """Re-encode the extra observation atlases (bundle.EXTRA_QUALITY) from the recorded
+    """Re-encode the extra observation atlases (`bundle.encode_extra`) from the recorded
     rollouts the interface was built from (checked against the atlases there now)."""
     import hashlib
     import io
@@ -111,7 +149,12 @@ def reencode_extra(root: Path, index: dict, rollouts: Path) -> None:
             before = np.asarray(old.convert("RGB"), np.float64)
         if before.shape != image.shape or np.abs(before - image).mean() > 10:
             raise SystemExit(f"{atlas['file']} is not of these rollouts' observations")
-        data = bundles.encode_image(image, lossy_quality=bundles.EXTRA_QUALITY)
+        data, extension = bundles.encode_extra(image)
+        name = f"{atlas['file'].rsplit('.', 1)[0]}.{extension}"
+        if name != atlas["file"]:  # bundle format 1's WebP
+            index["files"].pop(atlas["file"])
+            (root / atlas["file"]).unlink()
+            atlas["file"] = name
         (root / atlas["file"]).write_bytes(data)
         index["files"][atlas["file"]] = {"bytes": len(data),
                                          "sha256": hashlib.sha256(data).hexdigest()}
