@@ -256,10 +256,15 @@ def main() -> int:
         figures["reference"] = reference_bytes(index, arrays)
         figures["reference"]["ratio"] = round(
             figures["reference"]["attribution_png_bytes"] / sizes["total_bytes"], 1)
-    print(json.dumps(figures, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    report(figures, args.json)
     return 0
+
+
+def report(figures: dict, path: str | None) -> None:
+    """Print the figures as JSON, and write them to `path` if given."""
+    print(json.dumps(figures, indent=1))
+    if path:
+        Path(path).write_text(json.dumps(figures, indent=1) + "\n")
 
 
 if __name__ == "__main__":

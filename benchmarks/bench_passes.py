@@ -2,6 +2,7 @@
 ELEMENTS_PER_PASS and ELEMENTS_PER_PASS_MANY), measured per layer of coinrun.jd.
 
     .venv/bin/python benchmarks/bench_passes.py [--frames 64] [--checkpoint PATH]
+        [--layers 1a 2b] [--outputs value|policy|both] [--exponents 18 19 20]
 
 Prints frames/s of value attribution (1 output) and of policy attribution (16 outputs)
 for each pass size; best of 3 (CPU time / threads next to it, for shared machines).
@@ -28,6 +29,9 @@ def main() -> None:
                         default=REPO.parent / "shared" / "checkpoints" / "coinrun.jd")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--layers", nargs="*", default=None)
+    parser.add_argument("--outputs", choices=["value", "policy", "both"], default="both")
+    parser.add_argument("--exponents", nargs="*", type=int, default=list(range(16, 23)),
+                        help="pass sizes 2^e to measure")
     args = parser.parse_args()
     torch.set_num_threads(2)
     policy = load_policy(args.checkpoint)
@@ -37,11 +41,13 @@ def main() -> None:
                 "policy": attribution.readout_matrix(
                     policy, ["value", *range(policy.num_actions)])}
     x = torch.from_numpy(obs).float() / 255
-    print(f"{'layer':<7}{'outputs':<8}" + "".join(f"{'2^' + str(e):>14}" for e in range(16, 23)))
+    if args.outputs != "both":
+        readouts = {args.outputs: readouts[args.outputs]}
+    print(f"{'layer':<7}{'outputs':<8}" + "".join(f"{'2^' + str(e):>14}" for e in args.exponents))
     for layer in args.layers or policy.layer_names:
         for name, readout in readouts.items():
             cells = []
-            for e in range(16, 23):
+            for e in args.exponents:
                 def run(e: int = e, layer: str = layer, readout: torch.Tensor = readout
                         ) -> None:
                     for _ in attribution._attribution_batches(policy, x, layer, readout, 10,

@@ -563,12 +563,14 @@ class ContextModel:
 
     @classmethod
     def from_list(cls, value: object) -> ContextModel:
-        if not (isinstance(value, list) and len(value) == 3
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-                and value[0] in (0, 1) and 1 <= value[1] <= len(NEIGHBOURS) + 1
-                and 1 <= value[2] <= MAX_ACTIVITY):
-            raise CodecError(f"bad header: context_model {value!r:.60}")
-        return cls(bool(value[0]), value[1], value[2])
+        """One of `CONTEXT_MODELS` (a reader accepts no other: that bounds the tables a
+        file can make it allocate)."""
+        for model in CONTEXT_MODELS:
+            if isinstance(value, list) and value == model.as_list() and \
+                    all(type(v) is int for v in value):
+                return model
+        raise CodecError(f"bad header: context_model {value!r:.60} is not one of "
+                         f"{[m.as_list() for m in CONTEXT_MODELS]}")
 
 
 #: Codes 0, 1, 2 are coded as themselves; ESCAPE stands for the rest, whose excess
@@ -578,7 +580,6 @@ ESCAPE = 3
 LOCAL_CONTEXTS = 18
 #: Plane classes: feature P, residual P, feature N, residual N.
 PLANE_CLASSES = 4
-MAX_ACTIVITY = 8
 #: The causal neighbours (dy, dx) of the density count: the cell (i - dy, j - dx).
 NEIGHBOURS = ((0, 1), (0, 2), (1, -2), (1, -1), (1, 0), (1, 1), (1, 2),
               (2, -2), (2, -1), (2, 0), (2, 1), (2, 2))
@@ -605,12 +606,12 @@ def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def local_contexts(codes: np.ndarray) -> np.ndarray:
-    """(T, P, h, w) int64: 3 min(left, 2) + min(up, 2) + 9 pair of every code.
+    """(T, P, h, w) uint8: 3 min(left, 2) + min(up, 2) + 9 pair of every code.
 
     `pair` is 1 in the second half of the planes (N) where the matching P code is
     non-zero. Neighbours outside the plane count as 0.
     """
-    capped = np.minimum(codes, 2).astype(np.int64)
+    capped = np.minimum(codes, 2).astype(np.uint8)
     half = codes.shape[1] // 2
     pair = np.zeros_like(capped)
     pair[:, half:] = codes[:, :half] != 0
@@ -626,16 +627,16 @@ def context_parts(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     for dy, dx in NEIGHBOURS:
         count += _shifted(nonzero, dy, dx)
     earlier = np.cumsum(nonzero, axis=1, dtype=np.uint8) - nonzero
-    return local_contexts(codes).astype(np.uint8), count, earlier
+    return local_contexts(codes), count, earlier
 
 
 def contexts(codes: np.ndarray, model: ContextModel,
              parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(T, P, h, w) int64: the table of every code's first symbol under `model`."""
+    """(T, P, h, w) int32: the table of every code's first symbol under `model`."""
     codes = np.asarray(codes)
     p = codes.shape[1]
     local, count, earlier = context_parts(codes) if parts is None else parts
-    group = np.arange(p) if model.per_plane else plane_classes(p)
+    group = (np.arange(p) if model.per_plane else plane_classes(p)).astype(np.int32)
     ctx = group[None, :, None, None] * LOCAL_CONTEXTS + local
     if model.density > 1:
         ctx = ctx * model.density + np.minimum(count, model.density - 1)
@@ -649,7 +650,7 @@ def _symbols(codes: np.ndarray, model: ContextModel
     """(first symbols (T, n), their tables (T, n), excess (T, m) padded, excess tables
     (T, m) padded) of codes (T, P, h, w); padding uses table `tables + PLANE_CLASSES`
     (one certain symbol: it costs nothing and leaves the rANS state as it is)."""
-    codes = np.asarray(codes, np.int64)
+    codes = np.asarray(codes, np.uint16)
     t, p, h, w = codes.shape
     n = p * h * w
     first = np.minimum(codes, ESCAPE).reshape(t, n)
@@ -658,8 +659,8 @@ def _symbols(codes: np.ndarray, model: ContextModel
     escaped = codes.reshape(t, n) >= ESCAPE
     counts = escaped.sum(axis=1)
     m = int(counts.max()) if t else 0
-    excess = np.zeros((t, m), np.int64)
-    tables = np.full((t, m), small + PLANE_CLASSES, np.int64)
+    excess = np.zeros((t, m), np.uint16)
+    tables = np.full((t, m), small + PLANE_CLASSES, np.int32)
     cls = np.repeat(plane_classes(p), h * w)
     for f in range(t):
         where = np.flatnonzero(escaped[f])

@@ -389,6 +389,11 @@ def test_decode_rejects_damaged_files():
     newer = data.replace(b'"version":3', b'"version":9')
     with pytest.raises(codec.CodecError, match="version 9"):
         codec.decode(newer)
+    # a context model the encoder never writes (it could declare millions of tables)
+    model = json.dumps(codec.decode(data).header.context_model, separators=(",", ":"))
+    other = data.replace(model.encode(), b"[1,9,9]".ljust(len(model)))
+    with pytest.raises(codec.CodecError, match="context_model"):
+        codec.decode(other)
 
 
 # --- writer, reader, validator ------------------------------------------------------------

@@ -15,7 +15,9 @@ export const MAX_STEPS = 256;
 export const ESCAPE = 3;
 export const LOCAL_CONTEXTS = 18;
 export const PLANE_CLASSES = 4;
-export const MAX_ACTIVITY = 8;
+/** The context models a file may use ([per plane, density buckets, activity buckets]),
+ * as gallery/attribution_codec.py's CONTEXT_MODELS; no other is read. */
+export const CONTEXT_MODELS: number[][] = [[0, 5, 3], [1, 1, 3], [0, 1, 3], [1, 3, 1], [1, 1, 1]];
 /** The causal neighbours (dy, dx) of the density count: the cell (i - dy, j - dx). */
 export const NEIGHBOURS: [number, number][] = [[0, 1], [0, 2], [1, -2], [1, -1], [1, 0], [1, 1],
   [1, 2], [2, -2], [2, -1], [2, 0], [2, 1], [2, 2]];
@@ -109,9 +111,8 @@ export class AttributionFile {
       throw new Error("bad attribution header: steps");
     }
     const model = h.context_model;
-    if (!Array.isArray(model) || model.length !== 3 || !model.every(Number.isInteger) ||
-        (model[0] !== 0 && model[0] !== 1) || model[1] < 1 || model[1] > NEIGHBOURS.length + 1 ||
-        model[2] < 1 || model[2] > MAX_ACTIVITY) {
+    if (!Array.isArray(model) ||
+        !CONTEXT_MODELS.some((m) => m.length === model.length && m.every((v, i) => v === model[i]))) {
       throw new Error("bad attribution header: context_model");
     }
     this.perPlane = model[0] === 1;
