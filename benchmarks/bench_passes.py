@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_analysis import best_of_both  # the same directory: run as a script
+from bench_analysis import DEFAULT_ROLLOUTS, best_of_both, load_frames  # run as a script
 
 from gallery import attribution
 from gallery.policy import load_policy
@@ -32,11 +32,20 @@ def main() -> None:
     parser.add_argument("--outputs", choices=["value", "policy", "both"], default="both")
     parser.add_argument("--exponents", nargs="*", type=int, default=list(range(16, 23)),
                         help="pass sizes 2^e to measure")
+    parser.add_argument("--rollouts", type=Path, default=DEFAULT_ROLLOUTS,
+                        help="bench_analysis.py's recorded rollouts (recorded if missing)")
+    parser.add_argument("--random-frames", action="store_true",
+                        help="uniform random frames instead (they rank pass sizes "
+                        "differently: see docs/analysis.md)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     policy = load_policy(args.checkpoint)
-    obs = np.random.default_rng(0).integers(0, 256, (args.frames, *policy.observation_shape),
-                                            dtype=np.uint8)
+    if args.random_frames:
+        obs = np.random.default_rng(0).integers(0, 256, (args.frames, *policy.observation_shape),
+                                                dtype=np.uint8)
+    else:  # the frames bench_analysis.py measures: real observations of the game
+        args.quick = False
+        obs = load_frames(args, policy)[1][:args.frames]
     readouts = {"value": attribution.readout_matrix(policy, ["value"]),
                 "policy": attribution.readout_matrix(
                     policy, ["value", *range(policy.num_actions)])}
