@@ -11,6 +11,14 @@ every output (value, each action, each action group) on `--frames` frames of one
 trajectory, encodes each output as the bundle does, and scales the *measured* value
 bundle (`bench_bundle.py`, WORK/interface-value) by the ratio all outputs / value of each
 layer's attribution on the sample. Prints the per-layer ratios and the estimate.
+
+`--prediction` also measures what coding the outputs jointly could save (a proxy; the
+codec does not do it): the mean of the actions' reduced attributions coded once, each
+action coded as its difference from that mean and each action group as its difference
+from the sum of its actions, each difference against the scale of the output it
+corrects (`attribution_codec.encode(..., scale=m)`). The drawing of a difference is not
+the drawing of the output, so its fidelity check is only an approximation of the one a
+joint codec would make.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import numpy as np
 import torch
 from bench_bundle import DEFAULT_CHECKPOINT, MB, report  # the same directory: run as a script
 
-from gallery import analysis, attribution_codec
+from gallery import analysis, attribution_codec, rendering
 from gallery import bundle as bundles
 from gallery.attribution import integrated_gradients
 from gallery.interface import BUNDLE_DIR
@@ -35,12 +43,36 @@ from gallery.policy import load_policy
 BUDGET = 200 * MB
 
 
+def predicted_sizes(outputs: list, reduced: list, single_features: bool) -> int:
+    """Bytes of every action and group coded as a correction (see the module docstring),
+    plus the shared mean of the actions."""
+    actions = [i for i, o in enumerate(outputs) if o.kind == "action"]
+    mean_f = np.mean([reduced[i][0] for i in actions], axis=0)
+    mean_r = np.mean([reduced[i][1] for i in actions], axis=0)
+    total = len(attribution_codec.encode(mean_f, mean_r, single_features=single_features))
+    for i, output in enumerate(outputs):
+        if output.kind == "value":
+            continue
+        if output.kind == "action":
+            pf, pr = mean_f, mean_r
+        else:
+            pf = sum(reduced[actions[a]][0] for a in output.actions)
+            pr = sum(reduced[actions[a]][1] for a in output.actions)
+        f, r = reduced[i]
+        total += len(attribution_codec.encode(f - pf, r - pr, single_features=single_features,
+                                              scale=rendering.attribution_scale(f)))
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--work", default=".cache/bench-bundle", help="bench_bundle's folder")
+    parser.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / ".cache"
+                                              / "bench-bundle"), help="bench_bundle's folder")
     parser.add_argument("--frames", type=int, default=128)
     parser.add_argument("--trajectory", type=int, default=1)
+    parser.add_argument("--prediction", action="store_true",
+                        help="also estimate joint coding of the outputs (see above)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -58,7 +90,7 @@ def main() -> int:
     config = analysis.AnalysisConfig(policy_attribution=True)
     outputs = analysis.outputs_for(policy, config)
     value_total = sum(index["files"][name]["bytes"] for name in index["files"])
-    estimate = value_total
+    estimate = predicted = value_total
     layers = {}
     for layer in index["layers"]:
         name = layer["name"]
@@ -73,11 +105,19 @@ def main() -> int:
         ratio = sum(sizes) / sizes[0]
         measured = sum(index["files"][f]["bytes"] for f in layer["attribution"]["value"])
         estimate += measured * (ratio - 1)
+        if args.prediction:
+            joint = predicted_sizes(outputs, reduced, index["single_features"])
+            predicted_ratio = (sizes[0] + joint) / sizes[0]
+            predicted += measured * (predicted_ratio - 1)
+            print(f"  {name}: jointly coded, {predicted_ratio:.2f} x value",
+                  file=sys.stderr, flush=True)
         layers[name] = {"value_bytes_sample": sizes[0], "all_outputs_bytes_sample": sum(sizes),
                         "ratio": round(ratio, 2), "outputs": len(sizes),
                         "value_bundle_bytes": measured,
                         "policy_bundle_bytes_estimate": round(measured * ratio),
                         "seconds": round(time.perf_counter() - start, 1)}
+        if args.prediction:
+            layers[name]["jointly_coded_ratio"] = round(predicted_ratio, 2)
         print(f"  {name}: {len(sizes)} outputs = {ratio:.2f} x value on the sample "
               f"({sizes[0] / MB:.3f} MB); {measured / MB:.2f} MB of value attribution in "
               f"the bundle -> {measured * ratio / MB:.1f} MB", file=sys.stderr, flush=True)
@@ -85,6 +125,8 @@ def main() -> int:
                "value_bundle_bytes": value_total, "layers": layers,
                "policy_bundle_bytes_estimate": round(estimate), "budget_bytes": BUDGET,
                "within_budget": estimate <= BUDGET}
+    if args.prediction:
+        figures["jointly_coded_estimate_bytes"] = round(predicted)
     report(figures, args.json)
     return 0
 

@@ -917,11 +917,13 @@ class AttributionHeader:
 
 def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool = True,
            target: FidelityTarget = FidelityTarget(), table: LevelTable | None = None,
-           model: ContextModel | None = None) -> bytes:
+           model: ContextModel | None = None, scale: float | None = None) -> bytes:
     """The attribution file of one (layer, trajectory, output).
 
     `features` (T, h, w, K) and `residual` (T, h, w) are the unscaled reduced attribution
-    (`LayerNMF.reduce_attribution`); the scale m of method.md 6 is computed here. Each
+    (`LayerNMF.reduce_attribution`); the scale m of method.md 6 is computed here unless
+    `scale` is given (to code a correction to a prediction against the scale of what it
+    corrects; the fidelity target is then relative to that scale). Each
     frame's step is the coarsest meeting `target` (`choose_steps`) unless `table` is
     given (then every frame uses it). The context model is the one that makes the file
     smallest (`choose_context_model`) unless `model` is given. The header records the
@@ -932,7 +934,10 @@ def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool 
     if features.ndim != 4 or residual.shape != features.shape[:3]:
         raise ValueError(f"features must be (T, h, w, K) and residual (T, h, w), got "
                          f"{features.shape} and {residual.shape}")
-    scale = rendering.attribution_scale(features)
+    if scale is None:
+        scale = rendering.attribution_scale(features)
+    elif not (math.isfinite(scale) and scale != 0):
+        raise ValueError(f"scale must be a finite non-zero number, not {scale}")
     planes = split_planes(features, residual, scale)
     if table is None:
         steps, codes, mae, psnr = choose_steps(planes, target, single_features)
@@ -954,7 +959,7 @@ def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool 
                              residual.sum(axis=(1, 2), dtype=np.float64)[:, None]], axis=1)
     largest = float(np.abs(totals).max()) if totals.size else 0.0
     unit = largest / TOTALS_RANGE if largest > 0 and math.isfinite(largest) else 1.0
-    header = AttributionHeader(CODEC_VERSION, t, h, w, features.shape[-1], scale,
+    header = AttributionHeader(CODEC_VERSION, t, h, w, features.shape[-1], float(scale),
                                [float(q) for q in distinct],
                                [linear_steps(float(q)) for q in distinct],
                                [residual_step(q, target.residual_ratio) for q in distinct],

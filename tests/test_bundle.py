@@ -310,6 +310,19 @@ def test_attribution_file_round_trip_and_fidelity():
     np.testing.assert_allclose(parsed.planes_values(), codec.dequantise(expected, steps))
 
 
+def test_a_given_scale_replaces_the_computed_one():
+    features, residual = synthetic_attribution(frames=3, h=8, w=9, k=2, seed=8)
+    m = rendering.attribution_scale(features)
+    assert codec.encode(features, residual, scale=m) == codec.encode(features, residual)
+    doubled = codec.decode(codec.encode(features, residual, scale=np.float32(2 * m)))
+    assert doubled.header.scale == pytest.approx(2 * m)
+    steps = doubled.plane_steps()
+    assert np.array_equal(doubled.codes(),
+                          codec.quantise(features, residual, 2 * m, steps))
+    with pytest.raises(ValueError, match="scale"):
+        codec.encode(features, residual, scale=0.0)
+
+
 def test_every_frame_gets_the_coarsest_step_that_meets_the_target():
     features, residual = synthetic_attribution(frames=6, h=12, w=12, k=3, seed=9)
     features[:3] *= 0.05  # quiet frames, relative to the scale
