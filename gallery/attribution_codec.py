@@ -645,18 +645,21 @@ def contexts(codes: np.ndarray, model: ContextModel,
     return ctx
 
 
-def _symbols(codes: np.ndarray, model: ContextModel
+def _symbols(codes: np.ndarray, model: ContextModel,
+             parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(first symbols (T, n), their tables (T, n), excess (T, m) padded, excess tables
     (T, m) padded) of codes (T, P, h, w); padding uses table `tables + PLANE_CLASSES`
-    (one certain symbol: it costs nothing and leaves the rANS state as it is)."""
+    (one certain symbol: it costs nothing and leaves the rANS state as it is). `parts`:
+    the codes' `context_parts`, if already computed."""
     codes = np.asarray(codes, np.uint16)
     t, p, h, w = codes.shape
     n = p * h * w
-    first = np.minimum(codes, ESCAPE).reshape(t, n)
+    flat = codes.reshape(t, n)
+    first = np.minimum(flat, ESCAPE)
     small = model.tables(p)
-    ctx = contexts(codes, model).reshape(t, n)
-    escaped = codes.reshape(t, n) >= ESCAPE
+    ctx = contexts(codes, model, parts).reshape(t, n)
+    escaped = flat >= ESCAPE
     counts = escaped.sum(axis=1)
     m = int(counts.max()) if t else 0
     excess = np.zeros((t, m), np.uint16)
@@ -664,15 +667,17 @@ def _symbols(codes: np.ndarray, model: ContextModel
     cls = np.repeat(plane_classes(p), h * w)
     for f in range(t):
         where = np.flatnonzero(escaped[f])
-        excess[f, :len(where)] = codes.reshape(t, n)[f, where] - ESCAPE
+        excess[f, :len(where)] = flat[f, where] - ESCAPE
         tables[f, :len(where)] = small + cls[where]
     return first, ctx, excess, tables
 
 
-def frequency_tables(codes: np.ndarray, model: ContextModel) -> np.ndarray:
+def frequency_tables(codes: np.ndarray, model: ContextModel,
+                     symbols: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
     """(tables + PLANE_CLASSES, NUM_LEVELS) int64 frequencies summing to PROB_SCALE per
-    used table: the first symbol's tables, then the excess tables of the plane classes."""
-    first, ctx, excess, tables = _symbols(codes, model)
+    used table: the first symbol's tables, then the excess tables of the plane classes.
+    `symbols`: the codes' `_symbols`, if already computed."""
+    first, ctx, excess, tables = _symbols(codes, model) if symbols is None else symbols
     rows = model.tables(np.asarray(codes).shape[1]) + PLANE_CLASSES
     counts = np.bincount((ctx * NUM_LEVELS + first).ravel(), minlength=rows * NUM_LEVELS)
     used = tables < rows
@@ -697,11 +702,14 @@ def ideal_bytes(codes: np.ndarray, model: ContextModel,
     return bits / 8 + table_bytes
 
 
-def choose_context_model(codes: np.ndarray) -> ContextModel:
-    """The model of `CONTEXT_MODELS` that codes `codes` in the fewest bytes."""
+def choose_context_model(codes: np.ndarray,
+                         parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                         ) -> ContextModel:
+    """The model of `CONTEXT_MODELS` that codes `codes` in the fewest bytes (`parts`:
+    their `context_parts`, if already computed)."""
     if not np.asarray(codes).size:
         return CONTEXT_MODELS[-1]
-    parts = context_parts(codes)
+    parts = context_parts(codes) if parts is None else parts
     return min(CONTEXT_MODELS, key=lambda m: ideal_bytes(codes, m, parts))
 
 
@@ -948,9 +956,11 @@ def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool 
     distinct, index = np.unique(steps, return_inverse=True)
     if not len(distinct):
         distinct = np.array([target.steps[0] if table is None else table.step])
-    model = choose_context_model(codes) if model is None else model
-    freq = frequency_tables(codes, model)
-    first, ctx, excess, excess_tables = _symbols(codes, model)
+    parts = context_parts(codes)  # shared by the model's choice and the symbols
+    model = choose_context_model(codes, parts) if model is None else model
+    symbols = _symbols(codes, model, parts)
+    freq = frequency_tables(codes, model, symbols)
+    first, ctx, excess, excess_tables = symbols
     streams = rans_encode(np.concatenate([first, excess], axis=1),
                           np.concatenate([ctx, excess_tables], axis=1),
                           np.concatenate([freq, certain_table()]))
