@@ -225,6 +225,14 @@ def _nearest(centres: np.ndarray, parent: np.ndarray) -> np.ndarray:
     return np.abs(centres[:, None] - parent[None, :]).argmin(axis=1)
 
 
+def _parent_indices(parent_indices: np.ndarray, parent_rows: np.ndarray,
+                    parent_cols: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(gh, gw): for each cell of a grid with centres `rows` x `cols`, the observation
+    index of the previous grid's cell nearest in position (what SAME_PARENT copies)."""
+    return parent_indices[_nearest(rows, parent_rows)[:, None],
+                          _nearest(cols, parent_cols)[None]]
+
+
 def _byte_planes(values: np.ndarray, width: int) -> bytes:
     """Unsigned values as `width` byte planes, the most significant first."""
     v = np.asarray(values, dtype=np.uint64).ravel()
@@ -275,9 +283,7 @@ def encode_feature_views(feature: int, layer_hw: tuple[int, int],
             entry["centre_cols"] = cols.tolist()
         symbols = np.full((gh, gw), LITERAL, np.uint8)
         if parent is not None:
-            p_indices, p_rows, p_cols = parent
-            nearest = p_indices[_nearest(rows, p_rows)[:, None], _nearest(cols, p_cols)[None]]
-            symbols[nearest == indices] = SAME_PARENT
+            symbols[_parent_indices(*parent, rows, cols) == indices] = SAME_PARENT
         symbols[1:][indices[1:] == indices[:-1]] = SAME_UP
         symbols[:, 1:][indices[:, 1:] == indices[:, :-1]] = SAME_LEFT
         body += [symbols.tobytes(), _byte_planes(indices[symbols == LITERAL], index_bytes),
@@ -352,8 +358,9 @@ def _decode_feature_views(data: bytes) -> dict[str, Any]:
         indices[literal] = _from_planes(body[at:], count, width)
         at += count * width
         if parent is not None:
-            nearest = parent["indices"][_nearest(grid["centre_rows"], parent["centre_rows"])[:, None],
-                                        _nearest(grid["centre_cols"], parent["centre_cols"])[None]]
+            nearest = _parent_indices(parent["indices"], parent["centre_rows"],
+                                      parent["centre_cols"], grid["centre_rows"],
+                                      grid["centre_cols"])
         elif (symbols == SAME_PARENT).any():
             raise BundleError("feature-view grid: the first grid has no parent")
         if (symbols[0] == SAME_UP).any() or (symbols[:, 0] == SAME_LEFT).any():
@@ -438,14 +445,13 @@ EXTRA_WEBP_QUALITY = 80
 def encode_extra(pixels: np.ndarray) -> tuple[bytes, str]:
     """An atlas of extra observations, uint8 (H, W, 3), as lossy AVIF (or WebP where Pillow
     has no AVIF); returns the bytes and the file extension."""
-    image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    if not pil_features.check("avif"):
+        return encode_image(pixels, lossy_quality=EXTRA_WEBP_QUALITY), "webp"
     out = io.BytesIO()
-    if pil_features.check("avif"):
-        image.save(out, "AVIF", quality=EXTRA_QUALITY, speed=EXTRA_SPEED,
-                   subsampling=EXTRA_SUBSAMPLING, max_threads=1)
-        return out.getvalue(), "avif"
-    image.save(out, "WEBP", quality=EXTRA_WEBP_QUALITY, method=6)
-    return out.getvalue(), "webp"
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(
+        out, "AVIF", quality=EXTRA_QUALITY, speed=EXTRA_SPEED, subsampling=EXTRA_SUBSAMPLING,
+        max_threads=1)
+    return out.getvalue(), "avif"
 
 
 def encode_image(pixels: np.ndarray, effort: str = "fast", lossy_quality: int | None = None
