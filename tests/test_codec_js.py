@@ -9,7 +9,6 @@ level, frames without escapes, float16 totals, and a damaged stream.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -47,9 +46,10 @@ def decoder(tmp_path_factory) -> Path:
     """codec.ts compiled to JavaScript with the viewer's own TypeScript, and a runner."""
     node = shutil.which("node")
     if node is None or not TSC.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("Node.js and the viewer's npm packages are part of the set-up")
-        pytest.skip("needs Node.js and viewer/node_modules (bash scripts/build_viewer.sh)")
+        from conftest import skip_or_fail  # tests/conftest.py (tests/ is on sys.path)
+
+        skip_or_fail("needs Node.js and viewer/node_modules (the set-up's "
+                     "bash scripts/build_viewer.sh installs them)")
     out = tmp_path_factory.mktemp("codec-js")
     subprocess.run([str(TSC), "--target", "es2022", "--module", "es2022", "--strict",
                     "--outDir", str(out), str(ROOT / "viewer" / "src" / "lib" / "codec.ts")],

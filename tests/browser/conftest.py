@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from unittest import mock
 
@@ -84,10 +83,9 @@ def coinrun_session_path() -> Path:
 @pytest.fixture(scope="session")
 def browser():
     if chromium_path() is None:
-        message = "Chromium is not installed (scripts/build_viewer.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        from conftest import skip_or_fail  # tests/conftest.py (tests/ is on sys.path)
+
+        skip_or_fail("Chromium is not installed (scripts/build_viewer.sh installs it)")
     pytest.importorskip("playwright", reason="Playwright for Python is a test dependency")
     with chromium() as b:
         yield b
