@@ -44,6 +44,13 @@ export interface AttributionHeader {
   totals_unit: number;
 }
 
+/** Class of plane p of `planes`: 0 feature P, 1 residual P, 2 feature N, 3 residual N
+ * (attribution_codec.plane_classes). */
+export function planeClass(p: number, planes: number): number {
+  const half = planes >> 1;
+  return p < half ? (p === half - 1 ? 1 : 0) : (p === planes - 1 ? 3 : 2);
+}
+
 /** A float16 (IEEE 754 binary16) from its 16 bits. */
 export function halfToFloat(bits: number): number {
   const sign = bits & 0x8000 ? -1 : 1;
@@ -244,7 +251,7 @@ export class AttributionFile {
     let nEscaped = 0;
     let idx = 0;
     for (let p = 0; p < planes; p++) {
-      const group = this.perPlane ? p : (p < half ? (p === half - 1 ? 1 : 0) : (p === planes - 1 ? 3 : 2));
+      const group = this.perPlane ? p : planeClass(p, planes);
       const base = group * LOCAL_CONTEXTS;
       const plane = p * psize;
       const pairPlane = p >= half ? (p - half) * psize : -1;
@@ -291,8 +298,7 @@ export class AttributionFile {
     for (let e = 0; e < nEscaped; e++) {
       const at = escaped[e];
       const p = (at / size) | 0;
-      const group = p < half ? (p === half - 1 ? 1 : 0) : (p === planes - 1 ? 3 : 2);
-      const table = this.smallTables + group;
+      const table = this.smallTables + planeClass(p, planes);
       const slot = x & (PROB_SCALE - 1);
       const s = lookup[table * PROB_SCALE + slot];
       out[at] = ESCAPE + s;
