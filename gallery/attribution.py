@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import GalleryError
@@ -283,7 +284,8 @@ def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, reado
     if layer == INPUT_LAYER:
         frames, steps_per_pass = items, 1
     else:
-        steps_per_pass = min(steps, items)
+        # the steps split into equal passes (10 steps in 8-item passes: 5 + 5, not 8 + 2)
+        steps_per_pass = -(-steps // -(-steps // min(steps, items)))
         frames = max(1, items // steps_per_pass)
     needs_obs = layer != INPUT_LAYER and _needs_observations(policy, layer, obs)
     # Layers that need the observation too (not bottlenecks: IMPALA block entries) run the
@@ -331,9 +333,14 @@ def _summed_gradients(policy: torch.nn.Module, layer: str, acts: Tensor, obs: Te
         scaled = (alphas.view(-1, 1, 1, 1, 1) * acts).reshape((-1,) + tuple(acts.shape[1:]))
         scaled.requires_grad_(True)
         extra = (obs.repeat(len(alphas), 1, 1, 1),) if obs is not None else ()
-        with torch.enable_grad():
-            logits, value = policy.forward_from_nchw(scaled, layer, *extra)
-            grads = _backward(torch.cat([value[:, None], logits], dim=1), scaled, readout)
+        graph = _graph_node(policy, layer)
+        if graph is not None and GRAPH_VJP:  # one backward sweep for every row (GraphNetwork)
+            x = extra[0].permute(0, 3, 1, 2) if extra else None
+            grads = graph[0].readout_vjps(graph[1], scaled.detach(), x, readout)
+        else:
+            with torch.enable_grad():
+                logits, value = policy.forward_from_nchw(scaled, layer, *extra)
+                grads = _backward(torch.cat([value[:, None], logits], dim=1), scaled, readout)
         total += grads.reshape((len(readout), len(alphas)) + tuple(acts.shape)).sum(dim=1)
     return total
 
@@ -355,10 +362,10 @@ class _LayerSplit:
     Exact (in float64 the two paths agree to 1e-6; in float32 both are within about 1e-4
     of float64, rounding differently); only for gallery's graph networks, whose nodes say
     what each operation is, and bottleneck layers; anything else takes the plain path.
-    An affine consumer runs in float64 (once per batch, about 3 float32 passes' time), so
+    An affine consumer runs in float64 (once per batch; a convolution through the FFT), so
     that every step's value is the float32 rounding of the exact conv(a k/n): computing
     k/n conv(a) + (1 - k/n) conv(0) in float32 moved a near-tie of a later ReLU and put
-    one TensorFlow parity case at 1.6e-4 instead of 8.7e-5
+    one TensorFlow parity case at 1.5e-4 instead of 8.7e-5
     (benchmarks/ig_parity_report.py).
     """
 
@@ -397,20 +404,63 @@ class _LayerSplit:
             acts = networks.flatten_nhwc(acts)
         return module(acts)
 
+    def _module(self) -> Any:
+        from . import networks
+
+        return self.network.layers[networks._key(self.start.name)]
+
+    def _flat(self, acts: Tensor) -> Tensor:
+        """The consumer's input: the activations, flattened when a flatten sits between."""
+        if self.start.inputs[0] != self.layer_node.name:
+            from . import networks
+
+            return networks.flatten_nhwc(acts)
+        return acts
+
     def consumer64(self, acts: Tensor) -> Tensor:
-        """`consumer` in float64 (affine consumers; a float64 copy made once)."""
-        if getattr(self, "_module64", None) is None:
-            import copy
+        """An affine consumer's value at `acts` in float64: a dense layer by a float64
+        matrix product; a convolution through the FFT (float64's rounding, 1e-14 of the
+        values; its float32 roundings equal a direct float64 convolution's on 2 million
+        2a values), 4 times faster on this CPU than PyTorch's float64 convolution, which
+        has no oneDNN kernel."""
+        module = self._module()
+        x = self._flat(acts).double()
+        if x.dim() == 2:
+            return F.linear(x, module.weight.double(), module.bias.double())
+        if module.padding == "same":
+            from .networks import _pad_same
 
-            from . import networks
+            x = _pad_same(x, module.kernel, module.stride)
+        k, stride = module.kernel, module.stride
+        size = tuple(x.shape[2:])
+        spectra = getattr(self, "_spectra", None)
+        if spectra is None or spectra[0] != size:  # the flipped kernels' spectra, once,
+            # as real (F, 2C, 2O) blocks [[re, im], [-im, re]] (a complex product as one
+            # real batched product: PyTorch's complex bmm loops over the matrices)
+            kernels = torch.fft.rfft2(module.weight.double().flip(-1, -2), s=size)
+            k_ = kernels.permute(2, 3, 1, 0).reshape(-1, kernels.shape[1], kernels.shape[0])
+            blocks = torch.cat([torch.cat([k_.real, k_.imag], 2),
+                                torch.cat([-k_.imag, k_.real], 2)], 1)
+            spectra = self._spectra = (size, blocks)
+        n, c = x.shape[:2]
+        frequencies = torch.fft.rfft2(x).permute(2, 3, 0, 1).reshape(-1, n, c)
+        mixed = torch.bmm(torch.cat([frequencies.real, frequencies.imag], 2), spectra[1])
+        mixed = torch.complex(*mixed.chunk(2, dim=2))  # (F, N, O)
+        mixed = mixed.reshape(size[0], size[1] // 2 + 1, n, -1).permute(2, 3, 0, 1)
+        # circular correlation of the padded input: positions from k - 1 on are exact
+        full = torch.fft.irfft2(mixed, s=size)
+        out = full[:, :, k - 1::stride, k - 1::stride]
+        return out + module.bias.double()[:, None, None]
 
-            module = self.network.layers[networks._key(self.start.name)]
-            self._module64 = copy.deepcopy(module).double()
-        if self.start.inputs[0] != self.layer_node.name:  # a flatten in between
-            from . import networks
-
-            acts = networks.flatten_nhwc(acts)
-        return self._module64(acts)
+    def steps_values(self, at_acts64: Tensor, at_zero64: Tensor, alphas: Tensor,
+                     dtype: torch.dtype) -> Tensor:
+        """(len(alphas),) + shape: the consumer's value at alpha * acts, c(0) + alpha
+        (c(a) - c(0)) in float64, rounded once to `dtype` (one fused operation a step)."""
+        delta = at_acts64 - at_zero64
+        z = torch.empty((len(alphas),) + tuple(at_acts64.shape), dtype=dtype)
+        for i, alpha in enumerate(alphas.double().tolist()):
+            torch.add(at_zero64, delta, alpha=alpha, out=z[i])
+        return z
 
     def tail(self, z: Tensor, x: Tensor | None) -> Tensor:
         """[value, logits] (N, 1 + A) from the consumer's value `z`."""
@@ -424,8 +474,8 @@ class _LayerSplit:
         affine = self.kind == "affine"
         with torch.no_grad():
             if affine:  # in float64, so that every step's value rounds once, as conv(a k/n)
-                at_acts64 = self.consumer64(acts.double())
-                at_zero64 = self.consumer64(torch.zeros_like(acts[:1], dtype=torch.float64))
+                at_acts64 = self.consumer64(acts)
+                at_zero64 = self.consumer64(torch.zeros_like(acts[:1]))
                 at_acts = at_acts64.to(acts.dtype)
             else:
                 at_acts = self.consumer(acts)
@@ -435,22 +485,22 @@ class _LayerSplit:
             a = alphas.view(-1, 1, 1, 1, 1) if at_acts.dim() == 4 else alphas.view(-1, 1, 1)
             with torch.no_grad():
                 if affine:
-                    a64 = a.double()
-                    z = (a64 * at_acts64 + (1 - a64) * at_zero64).to(acts.dtype)
+                    z = self.steps_values(at_acts64, at_zero64, alphas, acts.dtype)
                 else:
                     z = self.consumer((a * acts).reshape((-1,) + tuple(acts.shape[1:])))
                     z = z.reshape((len(alphas),) + tuple(at_acts.shape))
             flat = z.reshape((-1,) + tuple(at_acts.shape[1:])).requires_grad_(True)
             xs = None if x is None else x.repeat(len(alphas), *([1] * (x.dim() - 1)))
-            # the tail starts at the consumer's value: batch its backward passes by that
-            # size (after 1a's L2 pool, a quarter of the layer's)
-            token = _BATCHED.set(None if _BATCHED.get() is None else
-                                 BATCHED_BACKWARD and at_acts[0].numel() <= BATCHED_MAX_ELEMENTS)
-            try:
-                with torch.enable_grad():
-                    grads = _backward(self.tail(flat, xs), flat, readout)
-            finally:
-                _BATCHED.reset(token)
+            if GRAPH_VJP:
+                grads = self.network.readout_vjps(self.start.name, flat.detach(), xs, readout)
+            else:
+                token = _BATCHED.set(None if _BATCHED.get() is None else BATCHED_BACKWARD
+                                     and at_acts[0].numel() <= BATCHED_MAX_ELEMENTS)
+                try:
+                    with torch.enable_grad():
+                        grads = _backward(self.tail(flat, xs), flat, readout)
+                finally:
+                    _BATCHED.reset(token)
             grads = grads.reshape((len(readout),) + tuple(z.shape))
             weights = 1.0 if affine else a / z
             upstream += (grads * weights).sum(dim=1)
@@ -464,6 +514,18 @@ class _LayerSplit:
         leaf = acts.clone().requires_grad_(True)
         with torch.enable_grad():
             return _vjps(self.consumer(leaf), leaf, upstream)
+
+
+def _graph_node(policy: torch.nn.Module, layer: str) -> tuple[Any, str] | None:
+    """(network, node name) of a hidden layer of a policy built on a GraphNetwork, whose
+    backward sweep for many readout rows is `GraphNetwork.readout_vjps`; else None."""
+    from .networks import GraphNetwork
+
+    network = getattr(policy, "network", None)
+    node = getattr(policy, "_node", None)
+    if not isinstance(network, GraphNetwork) or node is None or layer == INPUT_LAYER:
+        return None
+    return network, node(layer).name
 
 
 def _only_consumer(nodes: Sequence[Any], node: Any) -> Any:
@@ -485,6 +547,9 @@ def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:
 #: 2-core CPU (benchmarks/bench_passes.py): faster for the clear network's 2a and 2b
 #: (32 x 32 x 32), slower for 1a (64 x 64 x 16), see docs/analysis.md.
 BATCHED_BACKWARD = True
+#: Backward passes over gallery's GraphNetworks by `GraphNetwork.readout_vjps` (every
+#: readout row folded into the batch) instead of autograd (see docs/analysis.md).
+GRAPH_VJP = True
 BATCHED_MAX_ELEMENTS = 1 << 15
 _BATCHED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("batched",
                                                                       default=None)

@@ -419,9 +419,56 @@ def test_split_path_equals_plain_path(cnn, kwargs, tmp_path):
 
 
 @pytest.mark.parametrize("cnn, kwargs", TF_CASES)
+def test_graph_backward_sweep_equals_autograd(cnn, kwargs, tmp_path, monkeypatch):
+    """GraphNetwork.readout_vjps (every readout row folded into the batch, per-operation
+    backward written out) gives autograd's gradient of each row, for every layer, with
+    and without the observation (layers that are not bottlenecks need it), swept all
+    rows at once or one row at a time."""
+    from gallery import attribution, networks
+    from gallery.policy import load_policy
+    from tests.reference.checkpoints import make_checkpoint, write_checkpoint
+
+    policy = load_policy(write_checkpoint(tmp_path / f"{cnn}.jd",
+                                          make_checkpoint(cnn, seed=3, **kwargs)))
+    h, w, c = policy.observation_shape
+    obs = torch.from_numpy(np.random.default_rng(2).random((3, h, w, c)).astype(np.float32))
+    readout = readout_matrix(policy, ["value", 0, [1, 2]])
+    checked = 0
+    for layer in policy.layer_names:
+        acts = policy.activations_nchw(obs, layer)
+        bottleneck = policy._node(layer).name in policy._bottlenecks
+        for x in ([None] if bottleneck else []) + [obs.permute(0, 3, 1, 2)]:
+            leaf = acts.clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits, value = policy.forward_from_nchw(leaf, layer,
+                                                         None if x is None else obs)
+                expected = torch.stack([torch.autograd.grad(
+                    torch.cat([value[:, None], logits], 1) @ row, leaf, torch.ones(3),
+                    retain_graph=True)[0] for row in readout])
+            scale = expected.abs().max()
+            for sweep in (1 << 20, 1):
+                monkeypatch.setattr(networks, "SWEEP_ELEMENTS", sweep)
+                got = policy.network.readout_vjps(policy._node(layer).name, acts, x, readout)
+                assert got.shape == expected.shape
+                assert (got - expected).abs().max() <= 1e-5 * scale, (layer, sweep)
+            checked += 1
+    assert checked >= len(policy.layer_names)
+    # the consumer hoisted out of the integration loop, in float64 through the FFT
+    for layer in policy.layer_names:
+        split = attribution._LayerSplit.find(policy, layer)
+        if split is None or split.kind != "affine":
+            continue
+        acts = policy.activations_nchw(obs, layer)
+        direct = copy.deepcopy(split._module()).double()(split._flat(acts).double())
+        got = split.consumer64(acts)
+        assert got.dtype == torch.float64 and got.shape == direct.shape
+        assert (got - direct).abs().max() <= 1e-12 * direct.abs().max(), layer
+
+
+@pytest.mark.parametrize("cnn, kwargs", TF_CASES)
 def test_batched_backward_equals_one_pass_per_output(cnn, kwargs, tmp_path, monkeypatch):
-    """Policy attribution runs the backward passes of every output as one vmapped pass;
-    it gives what one backward pass per output gives (float32, every layer, both the
+    """Policy attribution runs the backward passes of every output in one sweep; it gives
+    what one autograd backward pass per output gives (float32, every layer, both the
     plain path and the hoisted consumer)."""
     from gallery import attribution
     from gallery.policy import load_policy
@@ -432,8 +479,10 @@ def test_batched_backward_equals_one_pass_per_output(cnn, kwargs, tmp_path, monk
     h, w, c = policy.observation_shape
     obs = np.random.default_rng(2).random((3, h, w, c)).astype(np.float32)
     for layer in [*policy.layer_names, "input"]:
+        monkeypatch.setattr(attribution, "GRAPH_VJP", True)
         monkeypatch.setattr(attribution, "BATCHED_BACKWARD", True)
         batched = policy_attribution(policy, obs, layer, steps=4)
+        monkeypatch.setattr(attribution, "GRAPH_VJP", False)
         monkeypatch.setattr(attribution, "BATCHED_BACKWARD", False)
         looped = policy_attribution(policy, obs, layer, steps=4)
         scale = np.abs(looped.actions).max()
