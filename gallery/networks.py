@@ -221,6 +221,7 @@ class GraphNetwork(nn.Module):
         first = self.index[start] if x is None else 0
         downstream = {start}
         masks: dict[str, Tensor] = {}
+        implied: set[str] = set()
         with torch.no_grad():
             for node in self.nodes[first:]:
                 if node.name == start:
@@ -235,7 +236,9 @@ class GraphNetwork(nn.Module):
                     values[node.name] = _FUNCTIONS[node.op](*args)
                 if any(i in downstream for i in node.inputs):
                     downstream.add(node.name)
-                    if node.op == "relu" and len(readout) > 1:  # the gradient's mask,
+                    if node.op == "relu" and self._pooled_relu(node, values[node.name]):
+                        implied.add(node.name)
+                    elif node.op == "relu" and len(readout) > 1:  # the gradient's mask,
                         # made once for every row
                         masks[node.name] = (values[node.name] > 0).to(start_value.dtype)
             if self.latent not in values:
@@ -245,15 +248,16 @@ class GraphNetwork(nn.Module):
             largest = max(v[0].numel() for k, v in values.items() if k in downstream)
             per_sweep = max(1, SWEEP_ELEMENTS // (largest * len(start_value)))
             if per_sweep >= len(readout):
-                return self._sweep(start, values, masks, downstream, top)
+                return self._sweep(start, values, masks | dict.fromkeys(implied), downstream,
+                                   top)
             out = torch.empty((len(readout),) + tuple(start_value.shape), dtype=top.dtype)
             for first in range(0, len(readout), per_sweep):
                 part = top[first:first + per_sweep]
-                out[first:first + len(part)] = self._sweep(start, values, masks, downstream,
-                                                           part)
+                out[first:first + len(part)] = self._sweep(
+                    start, values, masks | dict.fromkeys(implied), downstream, part)
             return out
 
-    def _sweep(self, start: str, values: dict[str, Tensor], masks: dict[str, Tensor],
+    def _sweep(self, start: str, values: dict[str, Tensor], masks: dict[str, Tensor | None],
                downstream: set[str], top: Tensor) -> Tensor:
         """The backward sweep of `readout_vjps` for the rows whose gradients with respect
         to the latent are `top` (rows, latent)."""
@@ -263,7 +267,9 @@ class GraphNetwork(nn.Module):
             if node.name not in grads or node.name not in downstream:
                 continue
             grad = grads.pop(node.name)
-            if node.op == "relu" and node.name in masks:  # in place: the sweep owns `grad`
+            if node.op == "relu" and node.name in masks and masks[node.name] is None:
+                input_grads = [grad]  # masked already by the even L2 pool's gradient
+            elif node.op == "relu" and node.name in masks:  # in place: the sweep owns grad
                 grad.view((rows,) + tuple(masks[node.name].shape)).mul_(masks[node.name])
                 input_grads = [grad]
             elif node.op == "relu":  # one row: autograd's own fused operation
@@ -275,6 +281,14 @@ class GraphNetwork(nn.Module):
                 if name in downstream:
                     grads[name] = grads[name] + g if name in grads else g
         return grads[start].reshape((rows,) + tuple(values[start].shape))
+
+    def _pooled_relu(self, node: Node, output: Tensor) -> bool:
+        """Whether a ReLU's only consumer is an even 2x2 L2 pool: that pool's gradient is
+        its input (the ReLU's output) times a factor, so it is already zero wherever the
+        ReLU's mask is, and the ReLU's own backward can be skipped (same values)."""
+        consumers = [n for n in self.nodes if node.name in n.inputs]
+        return (len(consumers) == 1 and consumers[0].op == "l2pool"
+                and output.shape[2] % 2 == 0 and output.shape[3] % 2 == 0)
 
     def _input_grads(self, node: Node, inputs: list[Tensor], output: Tensor, grad: Tensor,
                      rows: int) -> list[Tensor]:
