@@ -42,7 +42,7 @@ NO_ARROW_GROUP = "none"
 #: Layer elements (items x h x w x c) per forward pass, for one output and for several
 #: (whose backward passes re-read the pass's tensors): measured on a 2-core CPU, see
 #: docs/analysis.md.
-ELEMENTS_PER_PASS = 1 << 21
+ELEMENTS_PER_PASS = 1 << 22
 ELEMENTS_PER_PASS_MANY = 1 << 19
 
 Progress = Callable[[int, int], None]
@@ -502,8 +502,7 @@ class _LayerSplit:
                 finally:
                     _BATCHED.reset(token)
             grads = grads.reshape((len(readout),) + tuple(z.shape))
-            weights = 1.0 if affine else a / z
-            upstream += (grads * weights).sum(dim=1)
+            upstream += grads.sum(dim=1) if affine else (grads * (a / z)).sum(dim=1)
         if not affine:
             upstream = upstream * at_acts
             if acts.shape[2] % 2 == 0 and acts.shape[3] % 2 == 0:
