@@ -540,11 +540,10 @@ def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:
         return _backward(torch.cat([value[:, None], logits], dim=1), x, readout)
 
 
-#: Run the backward passes of several readout rows as one vmapped pass (autograd's
-#: `is_grads_batched`: one convolution over rows x batch per layer) instead of one pass
-#: per row, for layers of at most BATCHED_MAX_ELEMENTS per observation. Measured on the
-#: 2-core CPU (benchmarks/bench_passes.py): faster for the clear network's 2a and 2b
-#: (32 x 32 x 32), slower for 1a (64 x 64 x 16), see docs/analysis.md.
+#: Where autograd runs the backward passes (policies not built on a GraphNetwork, the
+#: input layer, or GRAPH_VJP off): the rows as one vmapped pass (`is_grads_batched`)
+#: instead of one pass per row, for layers of at most BATCHED_MAX_ELEMENTS per
+#: observation (measured faster for 32 x 32 x 32 layers, slower for 64 x 64 x 16).
 BATCHED_BACKWARD = True
 #: Backward passes over gallery's GraphNetworks by `GraphNetwork.readout_vjps` (every
 #: readout row folded into the batch) instead of autograd (see docs/analysis.md).
