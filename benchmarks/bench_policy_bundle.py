@@ -12,6 +12,11 @@ trajectory, encodes each output as the bundle does, and scales the *measured* va
 bundle (`bench_bundle.py`, WORK/interface-value) by the ratio all outputs / value of each
 layer's attribution on the sample. Prints the per-layer ratios and the estimate.
 
+`--basis R` (with `--prediction`) predicts the actions from their R leading singular
+directions instead (`basis_sizes`), coded once and decoded before the corrections are
+taken; `--layers` limits the layers (the estimate then counts the others at the value's
+size).
+
 `--prediction` also measures what coding the outputs jointly could save (a proxy; the
 codec does not do it): the mean of the actions' reduced attributions coded once, each
 action coded as its difference from that mean and each action group as its difference
@@ -64,6 +69,62 @@ def predicted_sizes(outputs: list, reduced: list, single_features: bool) -> int:
     return total
 
 
+def decoded_reduced(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(features (T, h, w, K), residual (T, h, w)) as the viewer decodes a file."""
+    parsed = attribution_codec.decode(data)
+    planes = parsed.planes_values()  # (T, 2(K+1), h, w), positive then negative parts
+    half = planes.shape[1] // 2
+    x = (planes[:, :half] - planes[:, half:]) * parsed.header.scale
+    x = x.transpose(0, 2, 3, 1)
+    return x[..., :-1], x[..., -1]
+
+
+def basis_sizes(outputs: list, reduced: list, single_features: bool, rank: int,
+                basis_scale: float = 1.0) -> tuple[int, float]:
+    """Bytes of every action and group coded against a shared basis, and the share of
+    the actions' energy the basis holds.
+
+    The actions, each divided by its own scale, are stacked as rows; their `rank` leading
+    singular directions (from the rows' Gram matrix) are coded once, in those normalised
+    units, at scale `basis_scale` (below 1: finer steps); each action is then coded as
+    its difference from its projection on the *decoded* basis, against its own scale,
+    and each group as its difference from the sum of its actions' predictions (the proxy
+    of `predicted_sizes` otherwise)."""
+    actions = [i for i, o in enumerate(outputs) if o.kind == "action"]
+    scales = np.array([rendering.attribution_scale(reduced[i][0]) for i in actions])
+    shape_f, shape_r = reduced[actions[0]][0].shape, reduced[actions[0]][1].shape
+    n_f = int(np.prod(shape_f))
+    rows = np.stack([np.concatenate([reduced[i][0].ravel(), reduced[i][1].ravel()]) / m
+                     for i, m in zip(actions, scales)]).astype(np.float64)
+    values, vectors = np.linalg.eigh(rows @ rows.T)
+    order = np.argsort(values)[::-1][:rank]
+    weights = vectors[:, order]  # (A, r)
+    energy = float(values[order].sum() / values.sum())
+    total = 0
+    basis = []
+    for direction in weights.T @ rows:
+        data = attribution_codec.encode(direction[:n_f].reshape(shape_f),
+                                        direction[n_f:].reshape(shape_r),
+                                        single_features=single_features,
+                                        scale=basis_scale)
+        total += len(data)
+        f, r = decoded_reduced(data)
+        basis.append(np.concatenate([f.ravel(), r.ravel()]))
+    predictions = (weights @ np.stack(basis)) * scales[:, None]  # (A, D), unnormalised
+    for i, output in enumerate(outputs):
+        if output.kind == "value":
+            continue
+        if output.kind == "action":
+            guess = predictions[actions.index(i)]
+        else:
+            guess = predictions[[actions.index(actions[a]) for a in output.actions]].sum(0)
+        f, r = reduced[i]
+        total += len(attribution_codec.encode(
+            f - guess[:n_f].reshape(shape_f), r - guess[n_f:].reshape(shape_r),
+            single_features=single_features, scale=rendering.attribution_scale(f)))
+    return total, energy
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
@@ -73,6 +134,12 @@ def main() -> int:
     parser.add_argument("--trajectory", type=int, default=1)
     parser.add_argument("--prediction", action="store_true",
                         help="also estimate joint coding of the outputs (see above)")
+    parser.add_argument("--basis", type=int, default=0, metavar="R",
+                        help="with --prediction: predict the actions from their R leading "
+                             "singular directions (coded once) instead of their mean")
+    parser.add_argument("--basis-scale", type=float, default=1.0,
+                        help="with --basis: code the directions at this scale (finer below 1)")
+    parser.add_argument("--layers", nargs="+", help="only these layers")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -94,6 +161,8 @@ def main() -> int:
     layers = {}
     for layer in index["layers"]:
         name = layer["name"]
+        if args.layers and name not in args.layers:
+            continue
         start = time.perf_counter()
         attr = integrated_gradients(policy, extra, name, "value", config.nmf_integrate_steps)
         nmf = fit_nmf(attr, NMFSettings(config.nmf_features, config.nmf_random_state))
@@ -105,8 +174,14 @@ def main() -> int:
         ratio = sum(sizes) / sizes[0]
         measured = sum(index["files"][f]["bytes"] for f in layer["attribution"]["value"])
         estimate += measured * (ratio - 1)
-        if args.prediction:
+        if args.prediction and args.basis:
+            joint, energy = basis_sizes(outputs, reduced, index["single_features"],
+                                        args.basis, args.basis_scale)
+            print(f"  {name}: {args.basis} directions hold {energy:.1%} of the actions' "
+                  "energy", file=sys.stderr, flush=True)
+        elif args.prediction:
             joint = predicted_sizes(outputs, reduced, index["single_features"])
+        if args.prediction:
             predicted_ratio = (sizes[0] + joint) / sizes[0]
             predicted += measured * (predicted_ratio - 1)
             print(f"  {name}: jointly coded, {predicted_ratio:.2f} x value",
