@@ -222,18 +222,23 @@ class GraphNetwork(nn.Module):
         downstream = {start}
         masks: dict[str, Tensor] = {}
         implied: set[str] = set()
+        pending = {n.name: sum(n.name in m.inputs for m in self.nodes) for n in self.nodes}
         with torch.no_grad():
             for node in self.nodes[first:]:
+                if node.name != start and (node.op == "input" or
+                                           not all(i in values for i in node.inputs)):
+                    continue
                 if node.name == start:
                     values[node.name] = start_value
-                    continue
-                if node.op == "input" or not all(i in values for i in node.inputs):
-                    continue
-                args = [values[i] for i in node.inputs]
-                if node.op in ("conv", "dense"):
-                    values[node.name] = self.layers[_key(node.name)](*args)
+                elif node.op in ("conv", "dense"):
+                    values[node.name] = self.layers[_key(node.name)](values[node.inputs[0]])
                 else:
-                    values[node.name] = _FUNCTIONS[node.op](*args)
+                    values[node.name] = _FUNCTIONS[node.op](*[values[i] for i in node.inputs])
+                used = node.inputs if node.name != start or x is not None else ()
+                for i in used:  # values upstream of `start`: dropped once used
+                    pending[i] -= 1
+                    if not pending[i] and i not in downstream:
+                        del values[i]
                 if any(i in downstream for i in node.inputs):
                     downstream.add(node.name)
                     if node.op == "relu" and self._pooled_relu(node, values[node.name]):
@@ -275,7 +280,7 @@ class GraphNetwork(nn.Module):
             elif node.op == "relu":  # one row: autograd's own fused operation
                 input_grads = [torch.ops.aten.threshold_backward(grad, values[node.name], 0)]
             else:
-                inputs = [values[i] for i in node.inputs]
+                inputs = [values.get(i) for i in node.inputs]  # (None: not needed)
                 input_grads = self._input_grads(node, inputs, values[node.name], grad, rows)
             for name, g in zip(node.inputs, input_grads):
                 if name in downstream:
@@ -290,7 +295,7 @@ class GraphNetwork(nn.Module):
         return (len(consumers) == 1 and consumers[0].op == "l2pool"
                 and output.shape[2] % 2 == 0 and output.shape[3] % 2 == 0)
 
-    def _input_grads(self, node: Node, inputs: list[Tensor], output: Tensor, grad: Tensor,
+    def _input_grads(self, node: Node, inputs: list[Tensor | None], output: Tensor, grad: Tensor,
                      rows: int) -> list[Tensor]:
         """The gradients (rows * batch, ...) with respect to `node`'s inputs, given the
         gradient with respect to its output, rows folded into the batch."""
