@@ -435,22 +435,30 @@ class _LayerSplit:
         size = tuple(x.shape[2:])
         spectra = getattr(self, "_spectra", None)
         if spectra is None or spectra[0] != size:  # the flipped kernels' spectra, once,
-            # as real (F, 2C, 2O) blocks [[re, im], [-im, re]] (a complex product as one
-            # real batched product: PyTorch's complex bmm loops over the matrices)
+            # as real (F, 2C, 2O) matrices acting on interleaved (re, im) pairs, so that
+            # the complex product is one real batched product (PyTorch's complex bmm
+            # loops over the matrices)
             kernels = torch.fft.rfft2(module.weight.double().flip(-1, -2), s=size)
-            k_ = kernels.permute(2, 3, 1, 0).reshape(-1, kernels.shape[1], kernels.shape[0])
-            blocks = torch.cat([torch.cat([k_.real, k_.imag], 2),
-                                torch.cat([-k_.imag, k_.real], 2)], 1)
-            spectra = self._spectra = (size, blocks)
+            per = kernels.permute(2, 3, 1, 0).reshape(-1, kernels.shape[1], kernels.shape[0])
+            blocks = torch.stack([torch.stack([per.real, per.imag], -1),
+                                  torch.stack([-per.imag, per.real], -1)], 2)  # F,C,2,O,2
+            spectra = self._spectra = (size, blocks.reshape(len(per), 2 * per.shape[1], -1))
         n, c = x.shape[:2]
         frequencies = torch.fft.rfft2(x).permute(2, 3, 0, 1).reshape(-1, n, c)
-        mixed = torch.bmm(torch.cat([frequencies.real, frequencies.imag], 2), spectra[1])
-        mixed = torch.complex(*mixed.chunk(2, dim=2))  # (F, N, O)
+        pairs = torch.view_as_real(frequencies.contiguous()).reshape(len(frequencies), n, 2 * c)
+        mixed = torch.view_as_complex(torch.bmm(pairs, spectra[1]).reshape(
+            len(frequencies), n, -1, 2))  # (F, N, O)
         mixed = mixed.reshape(size[0], size[1] // 2 + 1, n, -1).permute(2, 3, 0, 1)
         # circular correlation of the padded input: positions from k - 1 on are exact
         full = torch.fft.irfft2(mixed, s=size)
         out = full[:, :, k - 1::stride, k - 1::stride]
         return out + module.bias.double()[:, None, None]
+
+    def bias64(self, at_acts64: Tensor) -> Tensor:
+        """An affine consumer's value at zero, its bias, shaped to broadcast over its
+        output (a convolution of zeros with "SAME" or "VALID" padding is its bias)."""
+        bias = self._module().bias.double()
+        return bias.view((1, -1) + (1,) * (at_acts64.dim() - 2))
 
     def steps_values(self, at_acts64: Tensor, at_zero64: Tensor, alphas: Tensor,
                      dtype: torch.dtype) -> Tensor:
@@ -475,7 +483,7 @@ class _LayerSplit:
         with torch.no_grad():
             if affine:  # in float64, so that every step's value rounds once, as conv(a k/n)
                 at_acts64 = self.consumer64(acts)
-                at_zero64 = self.consumer64(torch.zeros_like(acts[:1]))
+                at_zero64 = self.bias64(at_acts64)
                 at_acts = at_acts64.to(acts.dtype)
             else:
                 at_acts = self.consumer(acts)

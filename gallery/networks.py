@@ -133,9 +133,11 @@ def even_l2_pool_vjp(x: Tensor, pooled: Tensor, grad: Tensor) -> Tensor:
     one per output: each is the same arithmetic as a separate backward pass.
     """
     *lead, h, w = grad.shape
-    scaled = (grad / (4 * pooled)).reshape(*lead, h, 1, w, 1)
-    # one broadcast product over the windows (no upsampled copy of the gradient)
-    return (x.reshape(*x.shape[:-2], h, 2, w, 2) * scaled).reshape(*lead, 2 * h, 2 * w)
+    scaled = grad / (4 * pooled)
+    # upsampled along rows by a copy (half the output's size), then along columns by a
+    # broadcast product: faster than either alone, same values
+    wide = scaled.unsqueeze(-1).expand(*scaled.shape, 2).reshape(*lead, h, 1, 2 * w)
+    return (x.reshape(*x.shape[:-2], h, 2, 2 * w) * wide).reshape(*lead, 2 * h, 2 * w)
 
 
 def max_pool_same(x: Tensor, size: int = 3, stride: int = 2) -> Tensor:

@@ -463,6 +463,9 @@ def test_graph_backward_sweep_equals_autograd(cnn, kwargs, tmp_path, monkeypatch
         got = split.consumer64(acts)
         assert got.dtype == torch.float64 and got.shape == direct.shape
         assert (got - direct).abs().max() <= 1e-12 * direct.abs().max(), layer
+        at_zero = copy.deepcopy(split._module()).double()(torch.zeros_like(
+            split._flat(acts), dtype=torch.float64))
+        assert torch.equal(split.bias64(got).expand_as(at_zero), at_zero), layer
 
 
 @pytest.mark.parametrize("cnn, kwargs", TF_CASES)
