@@ -328,16 +328,16 @@ def _summed_gradients(policy: torch.nn.Module, layer: str, acts: Tensor, obs: Te
                       readout: Tensor, steps: int, steps_per_pass: int) -> Tensor:
     """(O,) + acts.shape: sum over k = 1..n of grad f(k/n * acts), for every readout row."""
     total = torch.zeros((len(readout),) + tuple(acts.shape))
+    graph = _graph_node(policy, layer) if GRAPH_VJP else None
     for first in range(1, steps + 1, steps_per_pass):
         alphas = torch.arange(first, min(first + steps_per_pass, steps + 1)) / steps
         scaled = (alphas.view(-1, 1, 1, 1, 1) * acts).reshape((-1,) + tuple(acts.shape[1:]))
-        scaled.requires_grad_(True)
         extra = (obs.repeat(len(alphas), 1, 1, 1),) if obs is not None else ()
-        graph = _graph_node(policy, layer)
-        if graph is not None and GRAPH_VJP:  # one backward sweep for every row (GraphNetwork)
+        if graph is not None:  # one backward sweep for every row (GraphNetwork)
             x = extra[0].permute(0, 3, 1, 2) if extra else None
-            grads = graph[0].readout_vjps(graph[1], scaled.detach(), x, readout)
+            grads = graph[0].readout_vjps(graph[1], scaled, x, readout)
         else:
+            scaled.requires_grad_(True)
             with torch.enable_grad():
                 logits, value = policy.forward_from_nchw(scaled, layer, *extra)
                 grads = _backward(torch.cat([value[:, None], logits], dim=1), scaled, readout)
@@ -399,10 +399,7 @@ class _LayerSplit:
 
         if self.kind == "l2pool":
             return networks.l2_pool(acts)
-        module = self.network.layers[networks._key(self.start.name)]
-        if self.start.inputs[0] != self.layer_node.name:  # a flatten in between
-            acts = networks.flatten_nhwc(acts)
-        return module(acts)
+        return self._module()(self._flat(acts))
 
     def _module(self) -> Any:
         from . import networks
@@ -497,11 +494,12 @@ class _LayerSplit:
                 else:
                     z = self.consumer((a * acts).reshape((-1,) + tuple(acts.shape[1:])))
                     z = z.reshape((len(alphas),) + tuple(at_acts.shape))
-            flat = z.reshape((-1,) + tuple(at_acts.shape[1:])).requires_grad_(True)
+            flat = z.reshape((-1,) + tuple(at_acts.shape[1:]))
             xs = None if x is None else x.repeat(len(alphas), *([1] * (x.dim() - 1)))
             if GRAPH_VJP:
-                grads = self.network.readout_vjps(self.start.name, flat.detach(), xs, readout)
+                grads = self.network.readout_vjps(self.start.name, flat, xs, readout)
             else:
+                flat.requires_grad_(True)
                 token = _BATCHED.set(None if _BATCHED.get() is None else BATCHED_BACKWARD
                                      and at_acts[0].numel() <= BATCHED_MAX_ELEMENTS)
                 try:

@@ -168,6 +168,7 @@ class GraphNetwork(nn.Module):
         self.architecture = architecture
         self.nodes = nodes
         self.index = {n.name: i for i, n in enumerate(nodes)}
+        self.consumers = {n.name: [m for m in nodes if n.name in m.inputs] for n in nodes}
         self.layers = nn.ModuleDict({_key(k): m for k, m in modules.items()})
         self.pi, self.vf = pi, vf
 
@@ -181,11 +182,13 @@ class GraphNetwork(nn.Module):
 
         With `start`, that node's value is replaced by `start_value`; when `x` is None only
         the nodes downstream of `start` are evaluated (valid for bottleneck nodes). Returns
-        the latent and the values of the nodes named in `keep`.
+        the latent and the values of the nodes named in `keep`; any other value is dropped
+        once its consumers have run, so a pass holds only what it still needs.
         """
         values: dict[str, Tensor] = {}
         if x is not None:
             values[self.nodes[0].name] = x
+        pending = {name: len(users) for name, users in self.consumers.items()}
         first = self.index[start] if start is not None and x is None else 0
         for node in self.nodes[first:]:
             if node.name == start:
@@ -196,6 +199,13 @@ class GraphNetwork(nn.Module):
                     values[node.name] = self.layers[_key(node.name)](*args)
                 else:
                     values[node.name] = _FUNCTIONS[node.op](*args)
+                del args
+            else:
+                continue
+            for i in node.inputs:  # (a replaced start node's inputs count as used)
+                pending[i] -= 1
+                if not pending[i] and i not in keep and i in values:
+                    del values[i]
         if self.latent not in values:
             raise ValueError(f"{start} is not a bottleneck: the observation is needed too")
         return values[self.latent], {k: values[k] for k in keep}
@@ -209,7 +219,7 @@ class GraphNetwork(nn.Module):
         of sum over the batch of r . [value, logit_0, ..., logit_A-1] with respect to the
         value of node `start` (replaced by `start_value`, as in `run`).
 
-        One forward pass without autograd, then backward sweeps written out per operation
+        One forward pass without autograd (`run`), then backward sweeps written out per operation
         with the rows folded into the batch: each convolution's input gradient is one
         transposed convolution over rows x batch, each ReLU's mask is made once for all
         rows. (Autograd's batched gradients, a vmap, fell back to one convolution backward
@@ -217,51 +227,33 @@ class GraphNetwork(nn.Module):
         in that concatenation.) The arithmetic per operation is autograd's, so results
         agree with it to float32 rounding (tests/test_attribution.py).
         """
-        values: dict[str, Tensor] = {}
-        if x is not None:
-            values[self.nodes[0].name] = x
-        first = self.index[start] if x is None else 0
         downstream = {start}
-        masks: dict[str, Tensor] = {}
-        implied: set[str] = set()
-        pending = {n.name: sum(n.name in m.inputs for m in self.nodes) for n in self.nodes}
+        for node in self.nodes[self.index[start] + 1:]:
+            if any(i in downstream for i in node.inputs):
+                downstream.add(node.name)
         with torch.no_grad():
-            for node in self.nodes[first:]:
-                if node.name != start and (node.op == "input" or
-                                           not all(i in values for i in node.inputs)):
-                    continue
-                if node.name == start:
-                    values[node.name] = start_value
-                elif node.op in ("conv", "dense"):
-                    values[node.name] = self.layers[_key(node.name)](values[node.inputs[0]])
-                else:
-                    values[node.name] = _FUNCTIONS[node.op](*[values[i] for i in node.inputs])
-                used = node.inputs if node.name != start or x is not None else ()
-                for i in used:  # values upstream of `start`: dropped once used
-                    pending[i] -= 1
-                    if not pending[i] and i not in downstream:
-                        del values[i]
-                if any(i in downstream for i in node.inputs):
-                    downstream.add(node.name)
-                    if node.op == "relu" and self._pooled_relu(node, values[node.name]):
-                        implied.add(node.name)
-                    elif node.op == "relu" and len(readout) > 1:  # the gradient's mask,
-                        # made once for every row
-                        masks[node.name] = (values[node.name] > 0).to(start_value.dtype)
-            if self.latent not in values:
-                raise ValueError(f"{start} is not a bottleneck: the observation is needed too")
+            _, values = self.run(x, start=start, start_value=start_value,
+                                 keep=frozenset(downstream))
+            # each ReLU's gradient mask, made once for every row; None where an even L2
+            # pool's gradient applies it anyway (`_pooled_relu`)
+            masks: dict[str, Tensor | None] = {}
+            for name in downstream - {start}:
+                node = self.nodes[self.index[name]]
+                if node.op == "relu" and self._pooled_relu(node, values[name]):
+                    masks[name] = None
+                elif node.op == "relu" and len(readout) > 1:
+                    masks[name] = (values[name] > 0).to(start_value.dtype)
             heads = torch.cat([self.vf.weight, self.pi.weight])  # (1 + A, latent)
             top = readout.to(heads.dtype) @ heads  # (O, latent)
-            largest = max(v[0].numel() for k, v in values.items() if k in downstream)
+            largest = max(v[0].numel() for v in values.values())
             per_sweep = max(1, SWEEP_ELEMENTS // (largest * len(start_value)))
             if per_sweep >= len(readout):
-                return self._sweep(start, values, masks | dict.fromkeys(implied), downstream,
-                                   top)
+                return self._sweep(start, values, masks, downstream, top)
             out = torch.empty((len(readout),) + tuple(start_value.shape), dtype=top.dtype)
             for first in range(0, len(readout), per_sweep):
                 part = top[first:first + per_sweep]
-                out[first:first + len(part)] = self._sweep(
-                    start, values, masks | dict.fromkeys(implied), downstream, part)
+                out[first:first + len(part)] = self._sweep(start, values, masks, downstream,
+                                                           part)
             return out
 
     def _sweep(self, start: str, values: dict[str, Tensor], masks: dict[str, Tensor | None],
@@ -293,7 +285,7 @@ class GraphNetwork(nn.Module):
         """Whether a ReLU's only consumer is an even 2x2 L2 pool: that pool's gradient is
         its input (the ReLU's output) times a factor, so it is already zero wherever the
         ReLU's mask is, and the ReLU's own backward can be skipped (same values)."""
-        consumers = [n for n in self.nodes if node.name in n.inputs]
+        consumers = self.consumers[node.name]
         return (len(consumers) == 1 and consumers[0].op == "l2pool"
                 and output.shape[2] % 2 == 0 and output.shape[3] % 2 == 0)
 
