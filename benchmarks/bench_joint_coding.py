@@ -26,11 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_bundle import DEFAULT_CHECKPOINT  # the same directory: run as a script
-from bench_policy_bundle import decoded_reduced
+from bench_policy_bundle import decoded_reduced, reduced_outputs
 
 from gallery import analysis, attribution_codec, rendering
-from gallery.attribution import integrated_gradients
-from gallery.nmf import NMFSettings, fit_nmf
 from gallery.policy import load_policy
 
 
@@ -51,12 +49,8 @@ def main() -> int:
     frames = recorded["trajectories.observations"][1][:args.frames]
     config = analysis.AnalysisConfig(policy_attribution=True)
     outputs = analysis.outputs_for(policy, config)
-    attr = integrated_gradients(policy, recorded["observations"], args.layer, "value",
-                                config.nmf_integrate_steps)
-    nmf = fit_nmf(attr, NMFSettings(config.nmf_features, config.nmf_random_state))
-    del attr
-    reduced = analysis._reduced_attributions(policy, frames, args.layer, outputs, nmf,
-                                             config.integrate_steps, None)
+    reduced = reduced_outputs(policy, recorded["observations"], frames, args.layer, outputs,
+                              config)
     actions = [reduced[i] for i, o in enumerate(outputs) if o.kind == "action"]
     scales = [rendering.attribution_scale(f) for f, _ in actions]
 

@@ -69,6 +69,17 @@ def predicted_sizes(outputs: list, reduced: list, single_features: bool) -> int:
     return total
 
 
+def reduced_outputs(policy: torch.nn.Module, extra: np.ndarray, frames: np.ndarray,
+                    layer: str, outputs: list, config: analysis.AnalysisConfig) -> list:
+    """(features, residual) of every output on `frames`, reduced by the layer's NMF fitted
+    as the interface fits it (value attribution of the extra observations)."""
+    attr = integrated_gradients(policy, extra, layer, "value", config.nmf_integrate_steps)
+    nmf = fit_nmf(attr, NMFSettings(config.nmf_features, config.nmf_random_state))
+    del attr
+    return analysis._reduced_attributions(policy, frames, layer, outputs, nmf,
+                                          config.integrate_steps, None)
+
+
 def decoded_reduced(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(features (T, h, w, K), residual (T, h, w)) as the viewer decodes a file."""
     parsed = attribution_codec.decode(data)
@@ -164,11 +175,7 @@ def main() -> int:
         if args.layers and name not in args.layers:
             continue
         start = time.perf_counter()
-        attr = integrated_gradients(policy, extra, name, "value", config.nmf_integrate_steps)
-        nmf = fit_nmf(attr, NMFSettings(config.nmf_features, config.nmf_random_state))
-        del attr
-        reduced = analysis._reduced_attributions(policy, frames, name, outputs, nmf,
-                                                 config.integrate_steps, None)
+        reduced = reduced_outputs(policy, extra, frames, name, outputs, config)
         sizes = [len(attribution_codec.encode(f, r, single_features=index["single_features"]))
                  for f, r in reduced]
         ratio = sum(sizes) / sizes[0]
