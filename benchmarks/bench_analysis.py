@@ -19,6 +19,9 @@ Prints, in order:
    every layer, 10 steps) by stage, then with policy attribution (streamed, as a bundle
    writer would, so that memory stays bounded); peak memory (ru_maxrss).
 
+The process keeps freed memory for reuse (`gallery.allocator`), for Captum and ours alike,
+from the start; `GALLERY_MALLOC=default` runs everything with glibc's defaults instead.
+
 Frames come from saved rollouts (`--rollouts`, collected with the policy on first use, in
 .cache/bench/ by default); `--quick` uses 2 x 64 trajectory frames and 256 observations.
 Timings on a shared CPU vary: each micro-benchmark reports the best of a few runs.
@@ -37,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gallery import allocator
 from gallery.analysis import (
     AnalysisConfig,
     TrajectoryArrays,
@@ -335,6 +339,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    # before anything runs, so that Captum and ours run with the same allocator settings
+    print("allocator: " + ("glibc keeps freed memory (gallery.allocator)" if allocator.keep_freed_memory()
+                           else f"defaults ({allocator.ENV}=default or not glibc)"))
 
     policy = load_policy(args.checkpoint)
     arrays, observations = load_frames(args, policy)
