@@ -333,10 +333,11 @@ def _conv_input_grad(module: Conv, x: Tensor, grad: Tensor) -> Tensor:
 
 
 #: Elements (rows x batch x the largest activation) per backward sweep of
-#: `GraphNetwork.readout_vjps`: rows are swept a few at a time so that each sweep's
-#: tensors stay in cache (a sweep of all 16 rows at 1a ran its transposed convolutions
-#: at a third of the speed).
-SWEEP_ELEMENTS = 1 << 20
+#: `GraphNetwork.readout_vjps`: rows are swept a few at a time. 2^20 was chosen while every
+#: large tensor still cost fresh pages (before `gallery.allocator`); since then, policy
+#: attribution of 128 CoinRun frames per sweep size 2^20 / 2^22 / 2^23 / 2^24: 2a 2.46 /
+#: 2.44-2.58 / 2.36 / 2.24-2.35 s, 2b 1.27 / 1.15 / - / 1.17 s, 1a 5.2-5.4 s for all.
+SWEEP_ELEMENTS = 1 << 23
 
 
 def _key(name: str) -> str:
