@@ -49,7 +49,7 @@ def main() -> None:
     readouts = {"value": attribution.readout_matrix(policy, ["value"]),
                 "policy": attribution.readout_matrix(
                     policy, ["value", *range(policy.num_actions)])}
-    x = torch.from_numpy(obs).float() / 255
+    x = attribution.prepare_observations(policy, obs)  # (which also sets gallery.allocator)
     if args.outputs != "both":
         readouts = {args.outputs: readouts[args.outputs]}
     print(f"{'layer':<7}{'outputs':<8}" + "".join(f"{'2^' + str(e):>14}" for e in args.exponents))

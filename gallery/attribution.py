@@ -42,9 +42,10 @@ GROUP_BUTTONS = ("RIGHT", "LEFT", "UP", "DOWN")
 NO_ARROW_GROUP = "none"
 #: Layer elements (items x h x w x c) per forward pass, for one output and for several
 #: (whose backward passes re-read the pass's tensors): measured on a 2-core CPU, see
-#: docs/analysis.md.
-ELEMENTS_PER_PASS = 1 << 22
-ELEMENTS_PER_PASS_MANY = 1 << 19
+#: docs/analysis.md (`benchmarks/bench_passes.py`, re-measured once `gallery.allocator`
+#: stopped every large tensor from costing fresh pages: larger passes now pay).
+ELEMENTS_PER_PASS = 1 << 23
+ELEMENTS_PER_PASS_MANY = 1 << 20
 
 Progress = Callable[[int, int], None]
 """Called as progress(done, total) with counts of observations."""
