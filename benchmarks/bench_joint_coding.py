@@ -21,43 +21,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-import torch
-from bench_bundle import DEFAULT_CHECKPOINT  # the same directory: run as a script
-from bench_policy_bundle import decoded_reduced, reduced_outputs
+from bench_policy_bundle import decoded_reduced, layer_sample, sample_arguments
 
-from gallery import analysis, attribution_codec, rendering
-from gallery.policy import load_policy
+from gallery import attribution_codec, rendering
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / ".cache"
-                                              / "bench-bundle"), help="bench_bundle's folder")
-    parser.add_argument("--layer", default="2b")
-    parser.add_argument("--frames", type=int, default=64)
+    sample_arguments(parser)
     args = parser.parse_args()
-    rollouts = sorted((Path(args.work) / "cache" / "rollouts").glob("*.npz"))
-    if len(rollouts) != 1:
-        raise SystemExit(f"run bench_bundle.py first (one rollout in {args.work}/cache/rollouts)")
-    torch.set_num_threads(2)
-    policy = load_policy(args.checkpoint)
-    recorded = np.load(rollouts[0])
-    frames = recorded["trajectories.observations"][1][:args.frames]
-    config = analysis.AnalysisConfig(policy_attribution=True)
-    outputs = analysis.outputs_for(policy, config)
-    reduced = reduced_outputs(policy, recorded["observations"], frames, args.layer, outputs,
-                              config)
+    outputs, reduced, frames = layer_sample(args)
     actions = [reduced[i] for i, o in enumerate(outputs) if o.kind == "action"]
     scales = [rendering.attribution_scale(f) for f, _ in actions]
 
     def size(f: np.ndarray, r: np.ndarray, **options: object) -> int:
         return len(attribution_codec.encode(f, r, single_features=True, **options))
 
-    print(f"layer {args.layer}, {len(frames)} frames; bytes")
+    print(f"layer {args.layer}, {frames} frames; bytes")
     print(f"  value {size(*reduced[0])}; the 15 actions coded on their own "
           f"{sum(size(f, r) for f, r in actions)}")
     mean = (np.mean([f for f, _ in actions], 0), np.mean([r for _, r in actions], 0))

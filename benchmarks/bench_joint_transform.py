@@ -27,15 +27,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
-from bench_bundle import DEFAULT_CHECKPOINT  # the same directory: run as a script
-from bench_policy_bundle import reduced_outputs
+from bench_policy_bundle import layer_sample, sample_arguments  # run as a script
 
-from gallery import analysis, attribution_codec, rendering
-from gallery.policy import load_policy
+from gallery import attribution_codec, rendering
 
 MAE_TARGET = 1.0 / 255
 
@@ -92,11 +88,7 @@ class Outputs:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
-    parser.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / ".cache"
-                                              / "bench-bundle"), help="bench_bundle's folder")
-    parser.add_argument("--layer", default="2b")
-    parser.add_argument("--frames", type=int, default=64)
+    sample_arguments(parser)
     parser.add_argument("--groups-only", action="store_true",
                         help="only the 20 outputs together (the 15 actions alone take as long)")
     parser.add_argument("--separate-estimate-mb", type=float, default=562.0,
@@ -105,19 +97,9 @@ def main() -> int:
     parser.add_argument("--value-bundle-mb", type=float, default=28.92,
                         help="the value bundle (bench_bundle.py)")
     args = parser.parse_args()
-    rollouts = sorted((Path(args.work) / "cache" / "rollouts").glob("*.npz"))
-    if len(rollouts) != 1:
-        raise SystemExit(f"run bench_bundle.py first (one rollout in {args.work}/cache/rollouts)")
-    torch.set_num_threads(2)
-    policy = load_policy(args.checkpoint)
-    recorded = np.load(rollouts[0])
-    frames = recorded["trajectories.observations"][1][:args.frames]
-    config = analysis.AnalysisConfig(policy_attribution=True)
-    outputs = analysis.outputs_for(policy, config)
     start = time.perf_counter()
-    reduced = reduced_outputs(policy, recorded["observations"], frames, args.layer, outputs,
-                              config)
-    print(f"layer {args.layer}, {len(frames)} frames (reduced in "
+    outputs, reduced, frames = layer_sample(args)
+    print(f"layer {args.layer}, {frames} frames (reduced in "
           f"{time.perf_counter() - start:.0f} s); crude coder, bytes at the largest step "
           f"within MAE 1/255 on every output's drawing", flush=True)
     ratios = {}

@@ -80,6 +80,33 @@ def reduced_outputs(policy: torch.nn.Module, extra: np.ndarray, frames: np.ndarr
                                           config.integrate_steps, None)
 
 
+def sample_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --work, --layer and --frames: one layer on a sample of frames."""
+    parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    parser.add_argument("--work", default=str(Path(__file__).resolve().parents[1] / ".cache"
+                                              / "bench-bundle"), help="bench_bundle's folder")
+    parser.add_argument("--layer", default="2b")
+    parser.add_argument("--frames", type=int, default=64)
+
+
+def layer_sample(args: argparse.Namespace) -> tuple[list, list, int]:
+    """(outputs, their reduced attributions, frame count): every output of the policy
+    analysis on `args.frames` frames of recorded trajectory 1 (bench_bundle.py's rollout),
+    reduced by layer `args.layer`'s NMF fitted as the interface fits it."""
+    rollouts = sorted((Path(args.work) / "cache" / "rollouts").glob("*.npz"))
+    if len(rollouts) != 1:
+        raise SystemExit(f"run bench_bundle.py first (one rollout in {args.work}/cache/rollouts)")
+    torch.set_num_threads(2)
+    policy = load_policy(args.checkpoint)
+    recorded = np.load(rollouts[0])
+    frames = recorded["trajectories.observations"][1][:args.frames]
+    config = analysis.AnalysisConfig(policy_attribution=True)
+    outputs = analysis.outputs_for(policy, config)
+    reduced = reduced_outputs(policy, recorded["observations"], frames, args.layer, outputs,
+                              config)
+    return outputs, reduced, len(frames)
+
+
 def decoded_reduced(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """(features (T, h, w, K), residual (T, h, w)) as the viewer decodes a file."""
     parsed = attribution_codec.decode(data)
