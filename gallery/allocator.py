@@ -6,16 +6,17 @@ it sat at the top of the heap above the 128 KB trim threshold), and the next ten
 that size is handed fresh pages, each zeroed by the kernel on its first touch. Measured on
 coinrun.jd, 128 frames, value attribution at 1a: 307,000 page faults (1.2 GB of zeroed
 pages) per call, 1.03 s; with the settings below none, 0.69 s
-(`benchmarks/bench_analysis.py --allocator`; docs/analysis.md).
+(`benchmarks/bench_allocator.py`; docs/analysis.md).
 
 `keep_freed_memory()` raises two thresholds once per process, through `mallopt`:
 
 - `M_MMAP_THRESHOLD` to 1 GiB: blocks below it come from the heap, not from `mmap`;
 - `M_TRIM_THRESHOLD` to 1 GiB: up to that much free memory at the heap's top is kept.
 
-The process's peak memory is unchanged (the same tensors are alive at once); between
-analyses it holds on to what it freed, up to 1 GiB at the heap's top, for the next
-one. Setting it explicitly also turns off glibc's dynamic adjustment of the thresholds.
+The same tensors are alive at once, but a freed block kept in the heap does not always
+fit the next request, so the peak grows a little (the whole default analysis, value and
+policy, in one process: 6.03 to 6.37 GB); between analyses the process holds on to what
+it freed, up to 1 GiB at the heap's top, for the next one. Setting it explicitly also turns off glibc's dynamic adjustment of the thresholds.
 Nothing happens on a C library without `mallopt` (macOS, musl) or when the environment
 variable `GALLERY_MALLOC=default` is set.
 """

@@ -41,4 +41,3 @@ def test_freed_memory_is_reused_without_page_faults():
     # with glibc's defaults every 64 MB tensor is mmapped afresh: 16384 faults each
     assert default_faults > 20 * 16384 // 2
     assert faults < default_faults // 20
-
