@@ -58,8 +58,8 @@ def policy_outputs(policy: torch.nn.Module, observations: np.ndarray, *,
         for start in range(0, len(flat), batch_size):
             obs = prepare_observations(policy, flat[start:start + batch_size])
             batch_logits, batch_values = policy(obs)
-            logits.append(batch_logits.float().numpy())
-            values.append(batch_values.float().numpy())
+            logits.append(batch_logits.float().cpu().numpy())
+            values.append(batch_values.float().cpu().numpy())
             if progress is not None:
                 progress(min(start + batch_size, len(flat)), len(flat))
     num_actions = int(getattr(policy, "num_actions", 0))

@@ -142,8 +142,13 @@ def resolve_device(name: str | None, local_rank: int = 0) -> str:
         raise UsageError(f"--device must be cpu, cuda or cuda:N, not {name!r}")
     if not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA GPU is visible to this process")
+    count = torch.cuda.device_count()
     if name == "cuda":
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
+        return f"cuda:{local_rank % count}"
+    index = name.removeprefix("cuda:")
+    if not index.isdigit() or int(index) >= count:
+        raise UsageError(f"--device {name}: this process sees {count} GPU(s), "
+                         f"cuda:0 to cuda:{count - 1}")
     return name
 
 

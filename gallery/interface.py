@@ -39,7 +39,7 @@ from . import bundle as bundles
 from .advantages import bookmarks as find_bookmarks
 from .advantages import gae_advantages, policy_outputs
 from .attribution import (INPUT_LAYER, MultiPath, action_groups, attribution_batches,
-                          integrated_gradients, readout_matrix)
+                          integrated_gradients, prepare_observations, readout_matrix)
 from .dataset_examples import assign_with_max_repetition, feature_thumbnail, resample_grid
 from .environments import EnvSpec
 from .errors import GalleryError
@@ -260,13 +260,12 @@ def interface_builder(checkpoint: str | Path, output_dir: str | Path, *,
 
 
 def check_device(name: str | None, local_rank: int = 0) -> str:
-    """The torch device units run on: 'cpu' (default). CUDA is refused for now: the
-    attribution functions (gallery.attribution) build their tensors on the CPU."""
-    device = distributed.resolve_device(name, local_rank)
-    if device != "cpu":
-        raise InterfaceError(f"--device {name}: gallery.attribution computes on CPU tensors "
-                             "only for now; use --device cpu")
-    return device
+    """The torch device units run on: 'cpu' (default), 'cuda' (under MPI the GPU
+    local_rank % GPUs) or 'cuda:N'; an error for unknown names or invisible GPUs."""
+    try:
+        return distributed.resolve_device(name, local_rank)
+    except GalleryError as err:
+        raise InterfaceError(str(err)) from None
 
 
 def _log_progress(message: str) -> None:
@@ -789,9 +788,8 @@ def unit_features(store: UnitStore, *, checkpoint: str, adapter: str | None, dev
     layer_nmf = _stored_nmf(store, nmf)
     with torch.inference_mode():
         acts = np.concatenate([
-            policy.activations(torch.from_numpy(extra[i:i + 256]).float().div_(255),
-                               layer).numpy()
-            for i in range(0, len(extra), 256)])
+            policy.activations(prepare_observations(policy, extra[i:i + 256]), layer)
+            .cpu().numpy() for i in range(0, len(extra), 256)])
     reduced = layer_nmf.transform(acts)
     thumbnails = [feature_thumbnail(reduced[..., f], extra, num_mult=num_mult,
                                     expand_mult=expand_mult).image

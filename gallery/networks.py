@@ -99,45 +99,13 @@ class Dense(nn.Module):
 
 def l2_pool(x: Tensor, size: int = 2) -> Tensor:
     """sqrt(avg_pool(x**2, "SAME") + 1e-8), dividing by the valid elements of each window."""
-    if size == 2 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0:
-        return _EvenL2Pool.apply(x)  # no padding: every window has 4 elements
+    if x.shape[2] % size == 0 and x.shape[3] % size == 0:  # no padding: full windows
+        return torch.sqrt(F.avg_pool2d(x * x, size, size) + 1e-8)
     squared = _pad_same(x * x, size, size)
     summed = F.avg_pool2d(squared, size, size, divisor_override=1)
     ones = _pad_same(torch.ones_like(x[:1, :1]), size, size)
     counts = F.avg_pool2d(ones, size, size, divisor_override=1)
     return torch.sqrt(summed / counts + 1e-8)
-
-
-class _EvenL2Pool(torch.autograd.Function):
-    """The 2x2 L2 pool of an input with even sides, with a hand-written backward:
-    d p / d x = x / (4 p) on each window (one division, one upsampling, one product
-    instead of autograd's chain through sqrt, add, average pool and square). The
-    forward is the same arithmetic as the general path (sum of 4 squares, divided by 4)."""
-
-    @staticmethod
-    def forward(ctx: object, x: Tensor) -> Tensor:  # type: ignore[override]
-        pooled = torch.sqrt(F.avg_pool2d(x * x, 2, 2) + 1e-8)
-        ctx.save_for_backward(x, pooled)  # type: ignore[attr-defined]
-        return pooled
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> Tensor:  # type: ignore[override]
-        x, pooled = ctx.saved_tensors  # type: ignore[attr-defined]
-        return even_l2_pool_vjp(x, pooled, grad)
-
-
-def even_l2_pool_vjp(x: Tensor, pooled: Tensor, grad: Tensor) -> Tensor:
-    """J^T grad of the even 2x2 L2 pool at x (pooled = its value): x * upsample(grad / 4p).
-
-    `grad` (..., C, h, w) may have leading dimensions over `pooled` (N, C, h, w), such as
-    one per output: each is the same arithmetic as a separate backward pass.
-    """
-    *lead, h, w = grad.shape
-    scaled = grad / (4 * pooled)
-    # upsampled along rows by a copy (half the output's size), then along columns by a
-    # broadcast product: faster than either alone, same values
-    wide = scaled.unsqueeze(-1).expand(*scaled.shape, 2).reshape(*lead, h, 1, 2 * w)
-    return (x.reshape(*x.shape[:-2], h, 2, 2 * w) * wide).reshape(*lead, 2 * h, 2 * w)
 
 
 def max_pool_same(x: Tensor, size: int = 3, stride: int = 2) -> Tensor:
@@ -212,132 +180,6 @@ class GraphNetwork(nn.Module):
 
     def heads(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         return self.pi(latent), self.vf(latent)[:, 0]
-
-    def readout_vjps(self, start: str, start_value: Tensor, x: Tensor | None,
-                     readout: Tensor) -> Tensor:
-        """(O,) + start_value.shape: for each row r of `readout` (O, 1 + A), the gradient
-        of sum over the batch of r . [value, logit_0, ..., logit_A-1] with respect to the
-        value of node `start` (replaced by `start_value`, as in `run`).
-
-        One forward pass without autograd (`run`), then backward sweeps written out per operation
-        with the rows folded into the batch: each convolution's input gradient is one
-        transposed convolution over rows x batch, each ReLU's mask is made once for all
-        rows. (Autograd's batched gradients, a vmap, fell back to one convolution backward
-        per row and then concatenated them: policy attribution at 1a spent 16% of its time
-        in that concatenation.) The arithmetic per operation is autograd's, so results
-        agree with it to float32 rounding (tests/test_attribution.py).
-        """
-        downstream = {start}
-        for node in self.nodes[self.index[start] + 1:]:
-            if any(i in downstream for i in node.inputs):
-                downstream.add(node.name)
-        with torch.no_grad():
-            _, values = self.run(x, start=start, start_value=start_value,
-                                 keep=frozenset(downstream))
-            # each ReLU's gradient mask, made once for every row; None where an even L2
-            # pool's gradient applies it anyway (`_pooled_relu`)
-            masks: dict[str, Tensor | None] = {}
-            for name in downstream - {start}:
-                node = self.nodes[self.index[name]]
-                if node.op == "relu" and self._pooled_relu(node, values[name]):
-                    masks[name] = None
-                elif node.op == "relu" and len(readout) > 1:
-                    masks[name] = (values[name] > 0).to(start_value.dtype)
-            heads = torch.cat([self.vf.weight, self.pi.weight])  # (1 + A, latent)
-            top = readout.to(heads.dtype) @ heads  # (O, latent)
-            largest = max(v[0].numel() for v in values.values())
-            per_sweep = max(1, SWEEP_ELEMENTS // (largest * len(start_value)))
-            if per_sweep >= len(readout):
-                return self._sweep(start, values, masks, downstream, top)
-            out = torch.empty((len(readout),) + tuple(start_value.shape), dtype=top.dtype)
-            for first in range(0, len(readout), per_sweep):
-                part = top[first:first + per_sweep]
-                out[first:first + len(part)] = self._sweep(start, values, masks, downstream,
-                                                           part)
-            return out
-
-    def _sweep(self, start: str, values: dict[str, Tensor], masks: dict[str, Tensor | None],
-               downstream: set[str], top: Tensor) -> Tensor:
-        """The backward sweep of `readout_vjps` for the rows whose gradients with respect
-        to the latent are `top` (rows, latent)."""
-        rows, batch = len(top), len(values[start])
-        grads = {self.latent: top.repeat_interleave(batch, dim=0)}  # (rows * batch, latent)
-        for node in reversed(self.nodes[self.index[start] + 1:]):
-            if node.name not in grads or node.name not in downstream:
-                continue
-            grad = grads.pop(node.name)
-            if node.op == "relu" and node.name in masks and masks[node.name] is None:
-                input_grads = [grad]  # masked already by the even L2 pool's gradient
-            elif node.op == "relu" and node.name in masks:  # in place: the sweep owns grad
-                grad.view((rows,) + tuple(masks[node.name].shape)).mul_(masks[node.name])
-                input_grads = [grad]
-            elif node.op == "relu":  # one row: autograd's own fused operation
-                input_grads = [torch.ops.aten.threshold_backward(grad, values[node.name], 0)]
-            else:
-                inputs = [values.get(i) for i in node.inputs]  # (None: not needed)
-                input_grads = self._input_grads(node, inputs, values[node.name], grad, rows)
-            for name, g in zip(node.inputs, input_grads):
-                if name in downstream:
-                    grads[name] = grads[name] + g if name in grads else g
-        return grads[start].reshape((rows,) + tuple(values[start].shape))
-
-    def _pooled_relu(self, node: Node, output: Tensor) -> bool:
-        """Whether a ReLU's only consumer is an even 2x2 L2 pool: that pool's gradient is
-        its input (the ReLU's output) times a factor, so it is already zero wherever the
-        ReLU's mask is, and the ReLU's own backward can be skipped (same values)."""
-        consumers = self.consumers[node.name]
-        return (len(consumers) == 1 and consumers[0].op == "l2pool"
-                and output.shape[2] % 2 == 0 and output.shape[3] % 2 == 0)
-
-    def _input_grads(self, node: Node, inputs: list[Tensor | None], output: Tensor, grad: Tensor,
-                     rows: int) -> list[Tensor]:
-        """The gradients (rows * batch, ...) with respect to `node`'s inputs, given the
-        gradient with respect to its output, rows folded into the batch."""
-        if node.op == "dense":
-            return [grad @ self.layers[_key(node.name)].weight]
-        if node.op == "conv":
-            return [_conv_input_grad(self.layers[_key(node.name)], inputs[0], grad)]
-        if node.op == "flatten":
-            n, c, h, w = inputs[0].shape
-            return [grad.view(rows * n, h, w, c).permute(0, 3, 1, 2)]
-        if node.op == "add":  # (a copy: each branch's sweep changes its gradient in place)
-            return [grad, grad.clone()]
-        if node.op == "l2pool" and inputs[0].shape[2] % 2 == 0 and inputs[0].shape[3] % 2 == 0:
-            g = even_l2_pool_vjp(inputs[0], output, grad.view((rows,) + tuple(output.shape)))
-            return [g.reshape((-1,) + tuple(inputs[0].shape[1:]))]
-        # pools of odd sizes, max pools: cheap next to the convolutions; autograd's own
-        # backward over the input repeated once per row
-        repeated = inputs[0].repeat(rows, *([1] * (inputs[0].dim() - 1))).requires_grad_(True)
-        with torch.enable_grad():
-            (g,) = torch.autograd.grad(_FUNCTIONS[node.op](repeated), repeated, grad)
-        return [g]
-
-
-def _conv_input_grad(module: Conv, x: Tensor, grad: Tensor) -> Tensor:
-    """The input gradient of `module` at input shape x.shape[1:] for stacked gradients
-    (rows * batch, ...) of its output: one transposed convolution over them all (the
-    arithmetic of autograd's convolution backward, bit for bit)."""
-    _, _, h, w = x.shape
-    top = left = pad_h = pad_w = 0
-    if module.padding == "same":
-        top, bottom = same_padding(h, module.kernel, module.stride)
-        left, right = same_padding(w, module.kernel, module.stride)
-        pad_h, pad_w = top + bottom, left + right
-    symmetric = top * 2 == pad_h and left * 2 == pad_w  # the kernel pads, as in forward
-    size_h, size_w = (h, w) if symmetric else (h + pad_h, w + pad_w)
-    padding = (top, left) if symmetric else (0, 0)
-    extra = [size - ((n - 1) * module.stride - 2 * p + module.kernel)
-             for size, n, p in zip((size_h, size_w), grad.shape[2:], padding)]
-    out = F.conv_transpose2d(grad, module.weight, None, module.stride, padding, tuple(extra))
-    return out if symmetric else out[:, :, top:top + h, left:left + w]
-
-
-#: Elements (rows x batch x the largest activation) per backward sweep of
-#: `GraphNetwork.readout_vjps`: rows are swept a few at a time. 2^20 was chosen while every
-#: large tensor still cost fresh pages (before `gallery.allocator`); since then, policy
-#: attribution of 128 CoinRun frames per sweep size 2^20 / 2^22 / 2^23 / 2^24: 2a 2.46 /
-#: 2.44-2.58 / 2.36 / 2.24-2.35 s, 2b 1.27 / 1.15 / - / 1.17 s, 1a 5.2-5.4 s for all.
-SWEEP_ELEMENTS = 1 << 23
 
 
 def _key(name: str) -> str:

@@ -210,13 +210,17 @@ class PolicySampler:
         self.generator = torch.Generator().manual_seed(int(seed))
 
     def logits(self, obs: np.ndarray) -> torch.Tensor:
-        """(N, A) float32 logits for uint8 observations (N, H, W, C)."""
+        """(N, A) float32 logits on the CPU for uint8 observations (N, H, W, C); the policy
+        runs on its own device, every environment's observation in one batch."""
+        parameter = next(self.policy.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
         with torch.inference_mode():
             return torch.cat([self.policy(torch.from_numpy(obs[i:i + self.batch_size])
-                                          .float().div_(255))[0].float()
+                                          .to(device).float().div_(255))[0].float().cpu()
                               for i in range(0, len(obs), self.batch_size)])
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
+        # sampled on the CPU with the seeded generator, whatever the policy's device
         probs = torch.softmax(self.logits(obs), dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator)[:, 0].numpy()
 

@@ -35,3 +35,19 @@ def shared_path(*parts: str) -> Path:
 def coinrun_path() -> Path:
     """The paper's own CoinRun checkpoint (official OpenAI model, MIT licence)."""
     return shared_path("checkpoints", "coinrun.jd")
+
+
+def _devices() -> list:
+    """'cpu', and 'cuda' (marked gpu) -- skipped where no CUDA device is visible."""
+    import torch
+
+    cuda = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="no CUDA device visible")])
+    return ["cpu", cuda]
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> str:
+    """The torch device an engine test runs on: every test that takes it runs on the CPU
+    and again on CUDA where a GPU is visible (`pytest -m gpu` runs the CUDA cases alone)."""
+    return request.param

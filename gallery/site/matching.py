@@ -128,6 +128,7 @@ def feature_activations(builder: Any, frames: np.ndarray) -> dict[str, np.ndarra
     are read back from its unit store (`plan().nmf`: layer -> unit key)."""
     import torch
 
+    from ..attribution import prepare_observations
     from ..nmf import LayerNMF
 
     plan = builder.plan()
@@ -139,8 +140,9 @@ def feature_activations(builder: Any, frames: np.ndarray) -> dict[str, np.ndarra
         nmf = LayerNMF(stored.arrays["components"])
         with torch.inference_mode():
             acts = np.concatenate([
-                builder.policy.activations(torch.from_numpy(frames[i:i + 64]).float()
-                                           .div_(255), layer).numpy()
+                builder.policy.activations(prepare_observations(builder.policy,
+                                                                frames[i:i + 64]), layer)
+                .cpu().numpy()
                 for i in range(0, len(frames), 64)])
         out[layer] = nmf.transform(np.maximum(acts, 0))
     return out
