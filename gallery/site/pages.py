@@ -139,7 +139,7 @@ def model_page(entry: ModelEntry, info: BuildInfo) -> str:
     # the viewer needs the width: the navigation stays in the header's drawer
     return _front_matter(title=spec.title, description=summary,
                          image=result.thumbnail if result else None,
-                         hide=["navigation"] if context["interface"] else None) + body
+                         hide=["navigation", "toc"] if context["interface"] else None) + body
 
 
 def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
