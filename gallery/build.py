@@ -384,7 +384,8 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
                                       interfaces=config.interfaces)
     info = BuildInfo(built=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                      version=__version__)
-    written = write_project(plan_project(manifest.site, entries, comparisons, info), project)
+    written = write_project(plan_project(manifest.site, entries, comparisons, info,
+                                         zoo_dir=manifest.root), project)
     return written, outcomes
 
 
