@@ -56,8 +56,11 @@ def main(argv: list[str] | None = None) -> int:
                     page.wait_for_function(
                         "n => document.querySelectorAll('[data-gallery-viewer][data-ready]')"
                         ".length === n", arg=viewers, timeout=120_000)
-                    page.locator("[data-gallery-viewer]").first.scroll_into_view_if_needed()
-                    page.evaluate("window.scrollBy(0, -60)")  # the title above the viewer
+                    # one scroll down (scrolling up shows Material's back-to-top button)
+                    page.evaluate("window.scrollTo(0, document.querySelector("
+                                  "'[data-gallery-viewer]').getBoundingClientRect().top"
+                                  " + window.scrollY - 60)")
+                    page.wait_for_timeout(300)
                 target = args.out / f"pages-{name}-{width}.png"
                 page.screenshot(path=str(target))
                 print(f"{target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}"
