@@ -55,6 +55,8 @@ from .site import (
     plan_project,
     write_project,
 )
+from .site.budget import (  # noqa: F401 (PAGES_*, WARN_FRACTION: re-exported)
+    PAGES_FILE_LIMIT, PAGES_SITE_LIMIT, WARN_FRACTION, SizeReport, measure_site)
 from .site.results import RESULT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,6 @@ SHARED_FRAMES, SHARED_STRIDE = 32, 4
 COMPARISON_FORMAT_VERSION = 3
 SHARED_ROLLOUTS_FILE = "rollouts.npz"
 MATCHED_DIR = "matched"
-
-#: GitHub Pages limits: the whole site, and one file; a warning from WARN_FRACTION of them.
-PAGES_SITE_LIMIT = 1 << 30
-PAGES_FILE_LIMIT = 100 * (1 << 20)
-WARN_FRACTION = 0.8
 
 
 def bundle_format_version() -> int:
@@ -301,29 +298,6 @@ class ModelOutcome:
 
 
 @dataclass
-class SizeReport:
-    """The built site's size against GitHub Pages' limits."""
-
-    total_bytes: int
-    files: int
-    largest_path: str
-    largest_bytes: int
-
-    def problems(self) -> tuple[list[str], list[str]]:
-        """(errors, warnings): limits exceeded, and limits approached."""
-        errors, warnings = [], []
-        checks = [(self.total_bytes, PAGES_SITE_LIMIT, "the site"),
-                  (self.largest_bytes, PAGES_FILE_LIMIT, f"the largest file ({self.largest_path})")]
-        for size, limit, what in checks:
-            text = f"{what} is {_mb(size)}; GitHub Pages allows {_mb(limit)}"
-            if size > limit:
-                errors.append(text + ": it will not deploy; reduce the settings or the models")
-            elif size > WARN_FRACTION * limit:
-                warnings.append(text + f" (over {WARN_FRACTION:.0%} of the limit)")
-        return errors, warnings
-
-
-@dataclass
 class BuildReport:
     """What `build_gallery` did."""
 
@@ -410,7 +384,8 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
                                       interfaces=config.interfaces)
     info = BuildInfo(built=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                      version=__version__)
-    written = write_project(plan_project(manifest.site, entries, comparisons, info), project)
+    written = write_project(plan_project(manifest.site, entries, comparisons, info,
+                                         zoo_dir=manifest.root), project)
     return written, outcomes
 
 
@@ -758,17 +733,6 @@ def _save_strip(frames: np.ndarray, path: Path, per_row: int = 8) -> None:
 # --- size, summary -----------------------------------------------------------------------
 
 
-def measure_site(folder: Path) -> SizeReport:
-    total, count, largest, largest_path = 0, 0, 0, ""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            size = path.stat().st_size
-            total, count = total + size, count + 1
-            if size > largest:
-                largest, largest_path = size, path.relative_to(folder).as_posix()
-    return SizeReport(total, count, largest_path, largest)
-
-
 def format_summary(report: BuildReport) -> str:
     """The table printed at the end of a build."""
     width = max([len(m.model_id) for m in report.models] + [5])
@@ -790,6 +754,8 @@ def format_summary(report: BuildReport) -> str:
         size = report.size
         lines.append(f"site: {report.output} ({size.files} files, {_mb(size.total_bytes)}; "
                      f"largest {size.largest_path}, {_mb(size.largest_bytes)})")
+        lines += ["size by model (its page, interface and comparison interfaces):",
+                  *size.share_lines()]
         errors, warnings = size.problems()
         lines += [f"size: ERROR: {e}" for e in errors] + [f"size: warning: {w}"
                                                            for w in warnings]

@@ -4,7 +4,9 @@ The ghp-import flow, without touching the user's own repository or work tree: a 
 git directory in the cache fetches the branch from the remote (if it exists), commits the
 site folder's exact contents (plus `.nojekyll`, so GitHub Pages serves folders starting with
 `_`) on top of it, and pushes. History is kept and the push is a fast-forward; a site that
-did not change makes no commit.
+did not change makes no commit. Before anything is pushed the site is measured against
+GitHub Pages' limits (gallery.site.budget): near them it warns, over them it refuses, naming
+the models to shrink and how (`allow_oversize` publishes anyway).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import GalleryError
+from .site.budget import PAGES_FILE_LIMIT, PAGES_SITE_LIMIT, SizeReport, measure_site
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,26 @@ class DeployResult:
     changed: bool
     """False when the branch already held exactly this site (nothing was pushed)."""
     files: int
+    size: SizeReport | None = None
+    """The site's size, checked before publishing."""
+
+
+def check_size(site_dir: Path, *, allow_oversize: bool = False,
+               limits: tuple[int, int] = (PAGES_SITE_LIMIT, PAGES_FILE_LIMIT)) -> SizeReport:
+    """Measure the site against GitHub Pages' (site, file) `limits`: warnings are logged;
+    a site over them raises DeployError unless `allow_oversize`."""
+    size = measure_site(site_dir, *limits)
+    errors, warnings = size.problems()
+    for text in warnings:
+        log.warning("size: %s", text)
+    if errors and not allow_oversize:
+        raise DeployError("not published: GitHub Pages would refuse this site:\n"
+                          + "\n".join(f"  {e}" for e in errors)
+                          + "\nchange the manifest's settings and run `gallery build` again "
+                          "(or publish anyway with --allow-oversize)")
+    for text in errors:
+        log.warning("size: %s (publishing anyway: --allow-oversize)", text)
+    return size
 
 
 def resolve_remote(remote: str, cwd: Path | None = None) -> str:
@@ -53,26 +76,30 @@ def resolve_remote(remote: str, cwd: Path | None = None) -> str:
 
 
 def deploy(site_dir: Path, remote: str, branch: str = "gh-pages", *, cache_dir: Path,
-           message: str | None = None, cname: str | None = None, push: bool = True
-           ) -> DeployResult:
-    """Commit `site_dir` to `branch` of `remote` (a URL, path, or remote name) and push."""
+           message: str | None = None, cname: str | None = None, push: bool = True,
+           allow_oversize: bool = False,
+           limits: tuple[int, int] = (PAGES_SITE_LIMIT, PAGES_FILE_LIMIT)) -> DeployResult:
+    """Commit `site_dir` to `branch` of `remote` (a URL, path, or remote name) and push;
+    first `check_size` (a site over GitHub Pages' `limits` is refused unless
+    `allow_oversize`)."""
     site_dir = Path(site_dir)
     if not (site_dir / "index.html").is_file():
         raise DeployError(f"{site_dir} holds no built site (no index.html); run "
                           "`gallery build` first")
+    size = check_size(site_dir, allow_oversize=allow_oversize, limits=limits)
     url = resolve_remote(remote)
     git_dir = _work_repository(cache_dir, url)
     parent = _fetch_branch(git_dir, url, branch)
     tree, files = _site_tree(git_dir, site_dir, cname)
     if parent and _git(["rev-parse", f"{parent}^{{tree}}"], git_dir=git_dir).strip() == tree:
         log.info("%s %s already holds this site; nothing to push", url, branch)
-        return DeployResult(url, branch, parent, False, files)
+        return DeployResult(url, branch, parent, False, files, size)
     text = message or "Deploy the gallery site"
     commit = _git(["commit-tree", tree, *(["-p", parent] if parent else []), "-m", text],
                   git_dir=git_dir, env=_identity()).strip()
     if push:
         _git(["push", "--quiet", url, f"{commit}:refs/heads/{branch}"], git_dir=git_dir)
-    return DeployResult(url, branch, commit, True, files)
+    return DeployResult(url, branch, commit, True, files, size)
 
 
 def _work_repository(cache_dir: Path, url: str) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..deploy import deploy
+from ..site.budget import mb
 from ..fetch import resolve_cache_dir
 
 
@@ -25,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--message", help="commit message")
     p.add_argument("--cname", metavar="DOMAIN", help="custom domain written to CNAME")
     p.add_argument("--cache-dir", metavar="DIR", help="where the deploy repository is kept")
+    p.add_argument("--allow-oversize", action="store_true",
+                   help="publish even when the site exceeds GitHub Pages' limits (1 GB in all, "
+                   "100 MB per file); without it such a site is refused")
     p.set_defaults(func=run)
 
 
@@ -32,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     result = deploy(Path(args.site_dir), args.remote, args.branch,
                     cache_dir=resolve_cache_dir(args.cache_dir),
                     message=args.message or f"Deploy the gallery site (gallery {__version__})",
-                    cname=args.cname)
+                    cname=args.cname, allow_oversize=args.allow_oversize)
+    if result.size:
+        print(f"site: {result.size.files} files, {mb(result.size.total_bytes)}")
     if result.changed:
         print(f"published {result.files} files to {result.remote} {result.branch} "
               f"({result.commit[:12]})")

@@ -139,7 +139,7 @@ def model_page(entry: ModelEntry, info: BuildInfo) -> str:
     # the viewer needs the width: the navigation stays in the header's drawer
     return _front_matter(title=spec.title, description=summary,
                          image=result.thumbnail if result else None,
-                         hide=["navigation"] if context["interface"] else None) + body
+                         hide=["navigation", "toc"] if context["interface"] else None) + body
 
 
 def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
@@ -292,9 +292,11 @@ def matched_features(entries: list[ModelEntry]) -> list[dict[str, Any]]:
 
 
 def mkdocs_config(site: Any, models: list[ModelEntry], comparisons: list[ComparisonEntry],
-                  info: BuildInfo) -> dict[str, Any]:
-    """The MkDocs configuration. The theme prints titles as given: they are escaped here."""
+                  info: BuildInfo, pages: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The MkDocs configuration. The theme prints titles as given: they are escaped here.
+    `pages`: the zoo's own pages (title, path in docs/), listed after the zoo."""
     nav: list[Any] = [{"Zoo": "index.md"}]
+    nav += [{escape(title): path} for title, path in pages]
     nav.append({"Models": [{escape(m.spec.title): f"models/{m.spec.id}/index.md"}
                            for m in models]})
     if comparisons:

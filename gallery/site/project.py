@@ -1,7 +1,8 @@
 """The MkDocs project on disk, and the static site MkDocs builds from it.
 
 `plan_project` lists every file of the project (text computed by pages.py, or a file to
-link in from the cache, the package's static/ and theme/, or the built viewer);
+link in from the cache, the package's static/ and theme/, the built viewer, and the zoo's
+own site_src/ pages and theme/ overrides beside its manifest);
 `write_project` makes the folder match the plan, touching only what changed (so `mkdocs serve` reloads only then, and a
 no-change rebuild writes nothing); `build_site` runs `mkdocs build --strict` into a
 temporary folder and moves the finished site into place.
@@ -33,6 +34,14 @@ THEME_DIR = PACKAGE_SITE / "theme"
 """Material overrides (main.html with meta tags, 404.html), the project's overrides/."""
 VIEWER_DIST = Path(str(resources.files("gallery"))) / "viewer_dist"
 """The built viewer (viewer.js, viewer.css), copied once into docs/viewer/."""
+ZOO_PAGES = "site_src"
+"""Beside a manifest: the zoo's own pages (Markdown, with their images), merged into docs/
+and listed in the navigation after the zoo."""
+ZOO_THEME = "theme"
+"""Beside a manifest: template overrides, merged over THEME_DIR (Material's custom_dir:
+a file here wins over the gallery's file of the same path, and over Material's own)."""
+#: Generated pages and folders that a zoo's own pages may not replace.
+_GENERATED = ("index.md", "models/", "compare/", "viewer/")
 
 
 class SiteBuildError(GalleryError):
@@ -56,10 +65,13 @@ class ProjectPlan:
 
 
 def plan_project(site: object, models: list[ModelEntry], comparisons: list[ComparisonEntry],
-                 info: BuildInfo) -> ProjectPlan:
-    """The project for a manifest's site, its models and comparisons (nothing written)."""
+                 info: BuildInfo, zoo_dir: Path | None = None) -> ProjectPlan:
+    """The project for a manifest's site, its models and comparisons (nothing written);
+    `zoo_dir`, the manifest's folder, may hold the zoo's own site_src/ and theme/."""
     plan = ProjectPlan()
-    config = mkdocs_config(site, models, comparisons, info)
+    own_pages = _zoo_files(zoo_dir / ZOO_PAGES) if zoo_dir else {}
+    pages = [(_page_title(path), rel) for rel, path in own_pages.items() if rel.endswith(".md")]
+    config = mkdocs_config(site, models, comparisons, info, pages=pages)
     plan.texts["mkdocs.yml"] = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     plan.texts["docs/index.md"] = zoo_page(site, models, comparisons, info)
     by_id = {m.spec.id: m for m in models}
@@ -105,7 +117,52 @@ def plan_project(site: object, models: list[ModelEntry], comparisons: list[Compa
     _check_sources()
     plan.add_tree(SITE_SRC, "docs")
     plan.add_tree(THEME_DIR, "overrides")
+    for rel, path in own_pages.items():
+        if rel.startswith(_GENERATED) or f"docs/{rel}" in plan.texts:
+            raise SiteBuildError(f"{zoo_dir / ZOO_PAGES / rel}: the gallery generates "
+                                 f"{rel.split('/')[0]}; rename the file (the zoo's own pages "
+                                 "may not replace the zoo page, models/, compare/ or viewer/)")
+        plan.files[f"docs/{rel}"] = path  # may replace a static file (css/gallery.css)
+    if zoo_dir:
+        for rel, path in _zoo_files(zoo_dir / ZOO_THEME).items():
+            plan.files[f"overrides/{rel}"] = path
     return plan
+
+
+def _zoo_files(folder: Path) -> dict[str, Path]:
+    """The files under a zoo's site_src/ or theme/ by relative path; none if it is absent.
+    Symbolic links are refused: the site would publish whatever they point to."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            raise SiteBuildError(f"{path} is a symbolic link; copy the file into "
+                                 f"{folder.name}/ instead")
+        if path.is_file() and "__pycache__" not in path.parts and not path.name.startswith("."):
+            found[path.relative_to(folder).as_posix()] = path
+    return found
+
+
+def _page_title(path: Path) -> str:
+    """A zoo page's title in the navigation: its front matter's title, else its first
+    heading, else its file name."""
+    text = path.read_text(encoding="utf-8")
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end > 0:
+            try:
+                meta = yaml.safe_load(text[3:end])
+            except yaml.YAMLError as err:
+                raise SiteBuildError(f"{path}: its front matter is not valid YAML: {err}") \
+                    from None
+            if isinstance(meta, dict) and meta.get("title"):
+                return str(meta["title"])
+            text = text[end + 4:]
+    for line in text.splitlines():
+        if line.startswith("# "):
+            return line[2:].strip().strip("#").strip()
+    return path.stem.replace("-", " ").replace("_", " ").capitalize()
 
 
 #: Where an interface folder keeps its bundle index.

@@ -3,7 +3,7 @@ filter, search by a feature label, a card opening its page, the viewer mounted i
 model page (deep link in the address), and the comparison page's viewers playing in step
 with its matched features. Any console error fails a test.
 
-The gallery is built once per module by `gallery build` (interfaces on, the default) from
+The gallery is built once per session by `gallery build` (interfaces on, the default) from
 two synthetic `clear` checkpoints at tiny settings (2 x 16 frames, 64 observations, layers
 2b and 4a): about a minute on two cores.
 """
@@ -31,7 +31,7 @@ TINY_DEFAULTS = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # shared with test_pages_layout.py
 def gallery_site(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("gallery")
     for seed in (1, 2):

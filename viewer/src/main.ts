@@ -12,6 +12,7 @@ import Viewer from "./components/Viewer.svelte";
 import "./viewer.css";
 import { Bundle } from "./lib/data";
 import { formatDeepLink, parseDeepLink, ViewerState } from "./lib/viewstate.svelte";
+import { standalonePage } from "./lib/share";
 import { Stats } from "./lib/stats";
 import type { ViewState } from "./lib/types";
 
@@ -24,6 +25,9 @@ export interface MountOptions {
   syncUrl?: boolean;
   /** Arrow keys and space control this viewer (default true). */
   hotkeys?: boolean;
+  /** The standalone interface's page, which embed snippets show in an iframe (default: the
+   *  index.html beside the bundle's folder, as `gallery interface` writes it). */
+  embedUrl?: string;
   /** Called whenever the view state changes. */
   onStateChange?: (state: ViewState) => void;
   /** Draw attribution frames ahead of time in a Web Worker (default true); false draws
@@ -81,6 +85,7 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
       target: element,
       props: {
         bundle, vs: state, stats, hotkeys: options.hotkeys ?? true, syncUrl: options.syncUrl ?? false,
+        embedUrl: options.embedUrl ?? standalonePage(options.bundleUrl),
         onStateChange: options.onStateChange,
         onFirstDraw: () => {
           stats.readyAt = performance.now();
