@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import re
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import GalleryError
-from .policy import PolicyBase, load_policy
+from .policy import LayerError, PolicyBase
 
 ADAPTER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -54,6 +55,9 @@ class ExternalModel:
     args: dict[str, Any] = field(default_factory=dict)
     """Environment and training facts: env_kind, env_name, gamma, lambda, ..."""
     architecture: str = "external"
+    partial_layers: tuple[str, ...] = ()
+    """Offered layers that some output bypasses (e.g. one torso per head): the gallery then
+    passes the observations too when it replaces them. Leave empty for bottlenecks."""
 
 
 class AdapterPolicy(PolicyBase):
@@ -109,12 +113,18 @@ class AdapterPolicy(PolicyBase):
         if layer == "input":
             return self._call(acts.permute(0, 2, 3, 1))
         if obs is None:  # offered layers are bottlenecks: upstream values do not matter
+            if layer in self.model.partial_layers:
+                raise LayerError(f"layer {layer!r} is not a bottleneck: pass the observations")
             obs = torch.zeros(acts.shape[0], *self.observation_shape, dtype=acts.dtype)
         handle = self._module(layer).register_forward_hook(lambda m, i, o: acts)
         try:
             return self._call(obs)
         finally:
             handle.remove()
+
+    def needs_observations(self, layer: str) -> bool:
+        """Whether `forward_from_nchw` needs the observations for `layer`."""
+        return layer in self.model.partial_layers
 
     def _module(self, layer: str) -> nn.Module:
         try:
@@ -154,10 +164,30 @@ def import_factory(spec: str) -> Callable[[str | None], ExternalModel]:
 
 def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
     """Build a policy from the adapter `spec`, given the checkpoint path (or None)."""
-    model = import_factory(spec)(checkpoint)
+    factory = import_factory(spec)
+    where = f"adapter {spec}" + (f" on {checkpoint}" if checkpoint else "")
+    try:
+        model = factory(checkpoint)
+    except GalleryError:
+        raise
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            raise AdapterError(
+                f"{where}: the file is a whole pickled module (torch.save(model)), which "
+                "cannot be loaded without running code from it. Where the model was trained, "
+                "save its weights instead -- torch.save(model.state_dict(), 'weights.pt') -- "
+                "and give that file; the factory loads it with "
+                "torch.load(path, weights_only=True)") from None
+        raise AdapterError(f"{where}: the factory cannot read the file ({err})") from None
+    except Exception as err:  # the user's code: say where it failed, keep the cause
+        raise AdapterError(f"{where}: the factory raised {type(err).__name__}: "
+                           f"{str(err)[:300]}; run it in Python to see the traceback") from err
     if not isinstance(model, ExternalModel):
         raise AdapterError(f"adapter {spec} returned {type(model).__name__}, "
                            "expected gallery.adapters.ExternalModel")
+    unknown = [p for p in model.partial_layers if p not in model.layers]
+    if unknown:
+        raise AdapterError(f"adapter {spec}: partial_layers {unknown} are not in layers")
     sha = ""
     if checkpoint and Path(checkpoint).is_file():
         from .checkpoint import sha256_of
@@ -165,10 +195,12 @@ def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
     return AdapterPolicy(model, source=checkpoint or spec, sha256=sha)
 
 
-def load_any(target: str, adapter: str | None = None) -> PolicyBase:
-    """A checkpoint path, or `module:factory`, or a checkpoint read through `adapter`."""
-    if adapter:
-        return load_adapter(adapter, target)
-    if ADAPTER_PATTERN.match(target) and not Path(target).exists():
-        return load_adapter(target, None)
-    return load_policy(target)
+def load_any(target: str | None, adapter: str | None = None,
+             env: dict[str, Any] | None = None) -> PolicyBase:
+    """A checkpoint (rl-clarity .jd or SB3 zip) path, or `module:factory`, or a checkpoint
+    read through `adapter` (gallery.load_policy, the one entrance)."""
+    from .policy import load_policy
+
+    if not adapter and target and ADAPTER_PATTERN.match(target) and not Path(target).exists():
+        return load_policy(None, adapter=target, env=env)
+    return load_policy(target, adapter=adapter, env=env)
