@@ -106,6 +106,15 @@ class AdapterPolicy(PolicyBase):
             self._call(obs)
         finally:
             handle.remove()
+        if len(captured) != 1:
+            path = self.model.layers[layer]
+            why = ("is never called by the network's forward (a functional call such as "
+                   "torch.relu(x) cannot be hooked): make that step a module, e.g. "
+                   "self.relu = nn.ReLU(), call it in forward and name it"
+                   if not captured else
+                   f"is called {len(captured)} times in one forward (one module reused): "
+                   "give each use its own module instance")
+            raise AdapterError(f"{self.source}: layer {layer!r}: submodule {path!r} {why}")
         return captured[0]
 
     def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
@@ -204,3 +213,75 @@ def load_any(target: str | None, adapter: str | None = None,
     if not adapter and target and ADAPTER_PATTERN.match(target) and not Path(target).exists():
         return load_policy(None, adapter=target, env=env)
     return load_policy(target, adapter=adapter, env=env)
+
+
+def check_adapter(policy: AdapterPolicy, frames: Tensor | None = None,
+                  tolerance: float = 1e-4) -> list[str]:
+    """Check what the gallery assumes of an adapter's offered layers, on `frames` (N, H, W, C)
+    in [0, 1] (real frames of its environment, see `environment_frames`): each layer's
+    output is non-negative (NMF needs it); replacing it through the hook gives the module's
+    own outputs; layers not in `partial_layers` are bottlenecks (the outputs do not depend
+    on the observations once the layer is given). Returns the checks passed; raises
+    AdapterError listing every problem, each with the layer and the fix."""
+    if frames is None:
+        frames = environment_frames(policy)
+    passed, problems = [], []
+    with torch.no_grad():
+        logits, value = policy(frames)
+        for layer in policy.layer_names:
+            acts = policy.activations_nchw(frames, layer)
+            low = float(acts.min())
+            if low < 0:
+                problems.append(
+                    f"layer {layer!r} ({policy.model.layers[layer]}) goes negative on real "
+                    f"frames (minimum {low:.4g}): NMF explains non-negative activations only; "
+                    "offer the ReLU module that follows it instead")
+            else:
+                passed.append(f"{layer}: non-negative on {len(frames)} real frames "
+                              f"(mean {float(acts.mean()):.4g})")
+            l2, v2 = policy.forward_from_nchw(acts, layer, frames)
+            gap = max(float((l2 - logits).abs().max()), float((v2 - value).abs().max()))
+            if gap > tolerance:
+                problems.append(f"layer {layer!r}: the outputs with the layer replaced by its "
+                                f"own activations differ from the module's by {gap:.3g}: the "
+                                "module's output must be used as returned (no in-place "
+                                "changes after it)")
+            else:
+                passed.append(f"{layer}: outputs through the hook equal the module's "
+                              f"(max difference {gap:.2g})")
+            if layer in policy.model.partial_layers:
+                passed.append(f"{layer}: declared partial (observations passed too)")
+                continue
+            blank = torch.zeros_like(frames)
+            l3, v3 = policy.forward_from_nchw(acts, layer, blank)
+            gap = max(float((l3 - logits).abs().max()), float((v3 - value).abs().max()))
+            if gap > tolerance:
+                problems.append(f"layer {layer!r} is not a bottleneck: given the layer, the "
+                                f"outputs still depend on the observations (by {gap:.3g}), "
+                                "e.g. through a skip connection or a second torso; offer a "
+                                "layer that every path passes, or list it in partial_layers")
+            else:
+                passed.append(f"{layer}: a bottleneck (outputs depend on the observations "
+                              "only through it)")
+    if problems:
+        raise AdapterError(f"{policy.source}: {len(problems)} problem(s) with the offered "
+                           "layers:\n  " + "\n  ".join(problems))
+    return passed
+
+
+def environment_frames(policy: PolicyBase, num_envs: int = 2, steps: int = 16,
+                       seed: int = 0) -> Tensor:
+    """Observations (N, H, W, C) in [0, 1] from running `policy` in its environment."""
+    from .environments import EnvSpec, make_vec_env
+
+    spec = EnvSpec.from_args(policy.args)
+    frames = []
+    generator = torch.Generator().manual_seed(seed)
+    with make_vec_env(spec, num_envs, seed) as env, torch.no_grad():
+        for _ in range(steps):
+            obs = torch.from_numpy(env.observe().obs).float() / 255
+            frames.append(obs)
+            logits, _ = policy(obs)
+            env.act(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                    [:, 0].numpy())
+    return torch.cat(frames)
