@@ -193,6 +193,8 @@ def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSetting
     options = interface_options(settings)
     if title is not None:  # the manifest's title and id (not part of any unit's key)
         options.update(title=title, model_id=model_id)
+    if settings.adapter:
+        options["adapter"] = settings.adapter
     generate_interface(str(checkpoint_path), str(out_dir),
                        **_accepted(generate_interface, options))
     return out_dir.name if (out_dir / "index.html").is_file() else None
@@ -202,7 +204,7 @@ def interface_options(settings: ModelSettings) -> dict[str, Any]:
     """The manifest's options as keyword arguments of `generate_interface`."""
     o = settings.options
     return {
-        "env": settings.env, "adapter": settings.adapter, "num_envs": o.trajectories.num_envs,
+        "env": settings.env, "num_envs": o.trajectories.num_envs,
         "num_steps": o.trajectories.num_steps, "seed": o.trajectories.seed,
         "bookmarks": o.trajectories.bookmarks,
         "obs_num_envs": o.observations.num_envs, "num_obs": o.observations.num_obs,
@@ -492,7 +494,8 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
             if not config.force and ModelResult.load(config.cache_dir / "models" / key):
                 continue
             options = _accepted(generate_interface, interface_options(settings))
-            planned = interface_builder(str(got.path), config.cache_dir / "unused", **options,
+            planned = interface_builder(str(got.path), config.cache_dir / "unused",
+                                        adapter=settings.adapter, **options,
                                         progress=lambda message: None)
             units += planned.plan().units
             store = planned.store  # where build_interface's generate_interface looks too

@@ -55,6 +55,10 @@ def test_one_manifest_builds_three_kinds_of_model(tmp_path, monkeypatch, capsys)
     assert [la["name"] for la in bundles["sb3"]["layers"]] == ["conv3"]
     assert [la["name"] for la in bundles["cleanrl"]["layers"]] == ["out"]
     assert (out / "compare" / "coinrun" / "index.html").is_file()
+    # the two CoinRun models side by side on the same trajectories
+    for model_id in ("clear", "cleanrl"):
+        assert (out / "compare" / "coinrun" / "interface" / model_id / "bundle" /
+                "bundle.json").is_file()
     # models of different games share their statistics table (returns, lengths, values)
     across = (out / "compare" / "all" / "index.html").read_text()
     assert all(title in across for title in ("rl-clarity", "SB3 PPO", "CleanRL"))
