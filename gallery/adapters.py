@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import re
 import sys
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import GalleryError
-from .policy import PolicyBase, load_policy
+from .policy import LayerError, PolicyBase
 
 ADAPTER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -54,6 +55,9 @@ class ExternalModel:
     args: dict[str, Any] = field(default_factory=dict)
     """Environment and training facts: env_kind, env_name, gamma, lambda, ..."""
     architecture: str = "external"
+    partial_layers: tuple[str, ...] = ()
+    """Offered layers that some output bypasses (e.g. one torso per head): the gallery then
+    passes the observations too when it replaces them. Leave empty for bottlenecks."""
 
 
 class AdapterPolicy(PolicyBase):
@@ -102,6 +106,15 @@ class AdapterPolicy(PolicyBase):
             self._call(obs)
         finally:
             handle.remove()
+        if len(captured) != 1:
+            path = self.model.layers[layer]
+            why = ("is never called by the network's forward (a functional call such as "
+                   "torch.relu(x) cannot be hooked): make that step a module, e.g. "
+                   "self.relu = nn.ReLU(), call it in forward and name it"
+                   if not captured else
+                   f"is called {len(captured)} times in one forward (one module reused): "
+                   "give each use its own module instance")
+            raise AdapterError(f"{self.source}: layer {layer!r}: submodule {path!r} {why}")
         return captured[0]
 
     def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
@@ -109,12 +122,18 @@ class AdapterPolicy(PolicyBase):
         if layer == "input":
             return self._call(acts.permute(0, 2, 3, 1))
         if obs is None:  # offered layers are bottlenecks: upstream values do not matter
+            if layer in self.model.partial_layers:
+                raise LayerError(f"layer {layer!r} is not a bottleneck: pass the observations")
             obs = torch.zeros(acts.shape[0], *self.observation_shape, dtype=acts.dtype)
         handle = self._module(layer).register_forward_hook(lambda m, i, o: acts)
         try:
             return self._call(obs)
         finally:
             handle.remove()
+
+    def needs_observations(self, layer: str) -> bool:
+        """Whether `forward_from_nchw` needs the observations for `layer`."""
+        return layer in self.model.partial_layers
 
     def _module(self, layer: str) -> nn.Module:
         try:
@@ -154,10 +173,30 @@ def import_factory(spec: str) -> Callable[[str | None], ExternalModel]:
 
 def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
     """Build a policy from the adapter `spec`, given the checkpoint path (or None)."""
-    model = import_factory(spec)(checkpoint)
+    factory = import_factory(spec)
+    where = f"adapter {spec}" + (f" on {checkpoint}" if checkpoint else "")
+    try:
+        model = factory(checkpoint)
+    except GalleryError:
+        raise
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Weights only load failed" in str(err):
+            raise AdapterError(
+                f"{where}: the file is a whole pickled module (torch.save(model)), which "
+                "cannot be loaded without running code from it. Where the model was trained, "
+                "save its weights instead -- torch.save(model.state_dict(), 'weights.pt') -- "
+                "and give that file; the factory loads it with "
+                "torch.load(path, weights_only=True)") from None
+        raise AdapterError(f"{where}: the factory cannot read the file ({err})") from None
+    except Exception as err:  # the user's code: say where it failed, keep the cause
+        raise AdapterError(f"{where}: the factory raised {type(err).__name__}: "
+                           f"{str(err)[:300]}; run it in Python to see the traceback") from err
     if not isinstance(model, ExternalModel):
         raise AdapterError(f"adapter {spec} returned {type(model).__name__}, "
                            "expected gallery.adapters.ExternalModel")
+    unknown = [p for p in model.partial_layers if p not in model.layers]
+    if unknown:
+        raise AdapterError(f"adapter {spec}: partial_layers {unknown} are not in layers")
     sha = ""
     if checkpoint and Path(checkpoint).is_file():
         from .checkpoint import sha256_of
@@ -165,10 +204,84 @@ def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
     return AdapterPolicy(model, source=checkpoint or spec, sha256=sha)
 
 
-def load_any(target: str, adapter: str | None = None) -> PolicyBase:
-    """A checkpoint path, or `module:factory`, or a checkpoint read through `adapter`."""
-    if adapter:
-        return load_adapter(adapter, target)
-    if ADAPTER_PATTERN.match(target) and not Path(target).exists():
-        return load_adapter(target, None)
-    return load_policy(target)
+def load_any(target: str | None, adapter: str | None = None,
+             env: dict[str, Any] | None = None) -> PolicyBase:
+    """A checkpoint (rl-clarity .jd or SB3 zip) path, or `module:factory`, or a checkpoint
+    read through `adapter` (gallery.load_policy, the one entrance)."""
+    from .policy import load_policy
+
+    if not adapter and target and ADAPTER_PATTERN.match(target) and not Path(target).exists():
+        return load_policy(None, adapter=target, env=env)
+    return load_policy(target, adapter=adapter, env=env)
+
+
+def check_adapter(policy: AdapterPolicy, frames: Tensor | None = None,
+                  tolerance: float = 1e-4) -> list[str]:
+    """Check what the gallery assumes of an adapter's offered layers, on `frames` (N, H, W, C)
+    in [0, 1] (real frames of its environment, see `environment_frames`): each layer's
+    output is non-negative (NMF needs it); replacing it through the hook gives the module's
+    own outputs; layers not in `partial_layers` are bottlenecks (the outputs do not depend
+    on the observations once the layer is given). Returns the checks passed; raises
+    AdapterError listing every problem, each with the layer and the fix."""
+    if frames is None:
+        frames = environment_frames(policy)
+    passed, problems = [], []
+    with torch.no_grad():
+        logits, value = policy(frames)
+        for layer in policy.layer_names:
+            acts = policy.activations_nchw(frames, layer)
+            low = float(acts.min())
+            if low < 0:
+                problems.append(
+                    f"layer {layer!r} ({policy.model.layers[layer]}) goes negative on real "
+                    f"frames (minimum {low:.4g}): NMF explains non-negative activations only; "
+                    "offer the ReLU module that follows it instead")
+            else:
+                passed.append(f"{layer}: non-negative on {len(frames)} real frames "
+                              f"(mean {float(acts.mean()):.4g})")
+            l2, v2 = policy.forward_from_nchw(acts, layer, frames)
+            gap = max(float((l2 - logits).abs().max()), float((v2 - value).abs().max()))
+            if gap > tolerance:
+                problems.append(f"layer {layer!r}: the outputs with the layer replaced by its "
+                                f"own activations differ from the module's by {gap:.3g}: the "
+                                "module's output must be used as returned (no in-place "
+                                "changes after it)")
+            else:
+                passed.append(f"{layer}: outputs through the hook equal the module's "
+                              f"(max difference {gap:.2g})")
+            if layer in policy.model.partial_layers:
+                passed.append(f"{layer}: declared partial (observations passed too)")
+                continue
+            blank = torch.zeros_like(frames)
+            l3, v3 = policy.forward_from_nchw(acts, layer, blank)
+            gap = max(float((l3 - logits).abs().max()), float((v3 - value).abs().max()))
+            if gap > tolerance:
+                problems.append(f"layer {layer!r} is not a bottleneck: given the layer, the "
+                                f"outputs still depend on the observations (by {gap:.3g}), "
+                                "e.g. through a skip connection or a second torso; offer a "
+                                "layer that every path passes, or list it in partial_layers")
+            else:
+                passed.append(f"{layer}: a bottleneck (outputs depend on the observations "
+                              "only through it)")
+    if problems:
+        raise AdapterError(f"{policy.source}: {len(problems)} problem(s) with the offered "
+                           "layers:\n  " + "\n  ".join(problems))
+    return passed
+
+
+def environment_frames(policy: PolicyBase, num_envs: int = 2, steps: int = 16,
+                       seed: int = 0) -> Tensor:
+    """Observations (N, H, W, C) in [0, 1] from running `policy` in its environment."""
+    from .environments import EnvSpec, make_vec_env
+
+    spec = EnvSpec.from_args(policy.args)
+    frames = []
+    generator = torch.Generator().manual_seed(seed)
+    with make_vec_env(spec, num_envs, seed) as env, torch.no_grad():
+        for _ in range(steps):
+            obs = torch.from_numpy(env.observe().obs).float() / 255
+            frames.append(obs)
+            logits, _ = policy(obs)
+            env.act(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                    [:, 0].numpy())
+    return torch.cat(frames)

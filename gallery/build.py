@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from . import __version__
-from .fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint
+from .fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint, sha256_file
 from .manifest import AnalysisOptions, ComparisonSpec, Manifest, ModelSpec
 from .site import (
     BuildInfo,
@@ -90,13 +90,18 @@ class ModelSettings:
     options: AnalysisOptions
     env: dict[str, Any]
     """Overrides of the checkpoint's environment args."""
+    adapter: str | None = None
+    """`module:factory` that reads the checkpoint (docs/adapters.md), if any."""
 
     @classmethod
     def of(cls, manifest: Manifest, spec: ModelSpec) -> ModelSettings:
-        return cls(manifest.settings(spec.id), dict(spec.env))
+        return cls(manifest.settings(spec.id), dict(spec.env), spec.adapter)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"options": self.options.model_dump(), "env": self.env}
+        described = {"options": self.options.model_dump(), "env": self.env}
+        if self.adapter:  # the same weights read by another adapter are another model
+            described["adapter"] = self.adapter
+        return described
 
 
 def model_key(checkpoint_sha256: str, settings: ModelSettings, interfaces: bool = False) -> str:
@@ -124,16 +129,15 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 *, progress: StageProgress | None = None, interfaces: bool = False
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
-    from .checkpoint import read_checkpoint
     from .environments import EnvSpec
-    from .policy import policy_from_checkpoint
+    from .policy import load_policy
     from .rollouts import TrajectoryConfig, episode_statistics, load_or_collect
     from .site.stats import chart_samples
 
     say = progress or (lambda message: None)
     start = time.perf_counter()
-    checkpoint = read_checkpoint(checkpoint_path)
-    policy = policy_from_checkpoint(checkpoint)
+    policy = load_policy(checkpoint_path, adapter=settings.adapter, env=settings.env)
+    sha256 = policy.sha256 or sha256_file(checkpoint_path)
     described = policy.describe()
     env_spec = EnvSpec.from_args(policy.args, settings.env)
     options = settings.options.trajectories
@@ -141,7 +145,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     rollouts = load_or_collect(
         out_dir / ROLLOUTS_FILE, policy, env_spec,
         trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
-        observations=None, seed=options.seed, checkpoint_sha256=checkpoint.sha256)
+        observations=None, seed=options.seed, checkpoint_sha256=sha256)
     recorded = rollouts.trajectories
     stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
     say("values and advantages")
@@ -153,13 +157,13 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                                  title=spec.title, model_id=spec.id)
                  if interfaces else None)
     return ModelResult(
-        model_id=spec.id, key="", checkpoint_sha256=checkpoint.sha256,
+        model_id=spec.id, key="", checkpoint_sha256=sha256,
         architecture=described["architecture"], parameters=described["parameters"],
         observation_shape=described["observation_shape"], actions=described["actions"],
         layers=described["layers"], environment=env_spec.to_dict(),
         environment_description=env_spec.describe(),
         training_args=_jsonable(dict(policy.args)),
-        training_steps=_training_steps(checkpoint.extra),
+        training_steps=policy.training_steps,
         settings=settings.options.model_dump(),
         episodes=EpisodeSummary(**stats.to_dict()),
         steps_recorded=[recorded.num_envs, recorded.num_steps],
@@ -186,6 +190,8 @@ def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSetting
     options = interface_options(settings)
     if title is not None:  # the manifest's title and id (not part of any unit's key)
         options.update(title=title, model_id=model_id)
+    if settings.adapter:
+        options["adapter"] = settings.adapter
     generate_interface(str(checkpoint_path), str(out_dir),
                        **_accepted(generate_interface, options))
     return out_dir.name if (out_dir / "index.html").is_file() else None
@@ -242,13 +248,6 @@ def save_thumbnail(observation: np.ndarray, path: Path, size: int = 256) -> None
     frame = observation[..., -3:] if observation.shape[-1] >= 3 else observation[..., -1]
     image = Image.fromarray(np.ascontiguousarray(frame))
     image.resize((size, size), Image.NEAREST).save(path, optimize=True)
-
-
-def _training_steps(extra: dict[str, Any]) -> int | None:
-    for key in ("steps", "total_steps", "timesteps"):
-        if isinstance(extra.get(key), (int, np.integer)):
-            return int(extra[key])
-    return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -470,7 +469,8 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
             if not config.force and ModelResult.load(config.cache_dir / "models" / key):
                 continue
             options = _accepted(generate_interface, interface_options(settings))
-            planned = interface_builder(str(got.path), config.cache_dir / "unused", **options,
+            planned = interface_builder(str(got.path), config.cache_dir / "unused",
+                                        adapter=settings.adapter, **options,
                                         progress=lambda message: None)
             units += planned.plan().units
             store = planned.store  # where build_interface's generate_interface looks too
@@ -600,7 +600,8 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
     frames = _shared_frames(source.folder / ROLLOUTS_FILE)
     values, actions = {}, {}
     for e in built:
-        values[e.spec.id], actions[e.spec.id] = _evaluate(fetched[e.spec.id].path, frames)
+        values[e.spec.id], actions[e.spec.id] = _evaluate(fetched[e.spec.id].path, frames,
+                                                          e.spec)
     partial = folder.with_name(f".{key}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -655,7 +656,8 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
         if index > 0:
             options = replace(options, rollouts=str(folder / SHARED_ROLLOUTS_FILE))
         target = folder / INTERFACE_DIR / model_id
-        builder = InterfaceBuilder(str(fetched[model_id].path), target, options, None,
+        builder = InterfaceBuilder(str(fetched[model_id].path), target, options,
+                                   entry.spec.adapter,
                                    lambda message, model_id=model_id: say(f"{model_id}: "
                                                                           f"{message}"))
         builder.run()
@@ -702,12 +704,13 @@ def _shared_frames(rollouts_path: Path) -> np.ndarray:
     return observations[0, ::SHARED_STRIDE][:SHARED_FRAMES]
 
 
-def _evaluate(checkpoint_path: Path, frames: np.ndarray) -> tuple[list[float], list[str]]:
+def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
+              ) -> tuple[list[float], list[str]]:
     import torch
 
     from . import load_policy
 
-    policy = load_policy(checkpoint_path)
+    policy = load_policy(checkpoint_path, adapter=spec.adapter, env=spec.env)
     if tuple(policy.observation_shape) != tuple(frames.shape[1:]):
         raise ValueError(f"{checkpoint_path.name} takes {tuple(policy.observation_shape)} "
                          f"observations, the shared ones are {tuple(frames.shape[1:])}")

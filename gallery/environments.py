@@ -159,8 +159,14 @@ class EnvSpec:
             return cls("procgen", _procgen_name(merged.get("env_name")),
                        _procgen_options(merged), frame_stack)
         if kind == "atari":
-            return cls("atari", _atari_id(merged.get("env_id")), {}, frame_stack,
-                       bool(merged.get("use_sticky_actions") or 0))
+            # users name the game as their code base does: env_id (gym ids such as
+            # BreakoutNoFrameskip-v4 or ALE/Breakout-v5, or the bare game) or env_name
+            given = merged.get("env_id") or merged.get("env_name")
+            game = _atari_id(given)
+            sticky = merged.get("use_sticky_actions")
+            if sticky is None:  # the id's version says: -v0 and ALE's v5 games are sticky
+                sticky = _atari_sticky(given)
+            return cls("atari", game, {}, frame_stack, bool(sticky))
         raise EnvironmentNotAvailable(f"env_kind is {kind!r}; expected 'procgen' or 'atari'")
 
     @property
@@ -214,13 +220,30 @@ def _procgen_name(name: Any) -> str:
     return str(name)
 
 
+#: A gym/ALE id: optional "ALE/" namespace, the game, optional "NoFrameskip" or
+#: "Deterministic", optional "-vN".
+_ATARI_ID = re.compile(r"^(?:ALE/)?(?P<game>[A-Za-z]+?)(?:NoFrameskip|Deterministic)?"
+                       r"(?:-v(?P<version>\d+))?$")
+
+
 def _atari_id(env_id: Any) -> str:
-    key = str(env_id or "").lower()
+    """The lowercase game of an Atari id: 'BreakoutNoFrameskip-v4', 'ALE/Breakout-v5',
+    'Breakout-v4' and 'breakout' all name 'breakout'."""
+    match = _ATARI_ID.match(str(env_id or "").strip())
+    key = match["game"].lower() if match else ""
     if key not in ATARI_IDS:
         raise EnvironmentNotAvailable(
-            f"env_id {env_id!r} is not one of the supported Atari games; they are "
-            f"{', '.join(ATARI_IDS)}")
+            f"env_id {env_id!r} is not one of the supported Atari games; name one as "
+            "BreakoutNoFrameskip-v4, ALE/Breakout-v5 or breakout (the games are "
+            f"{', '.join(ATARI_IDS)})")
     return key
+
+
+def _atari_sticky(env_id: Any) -> bool:
+    """Whether the id's version repeats actions with probability 0.25 by default (gym's
+    -v0 games and ALE's v5 ones); -v4 and bare game names do not."""
+    match = _ATARI_ID.match(str(env_id or "").strip())
+    return bool(match and match["version"] in ("0", "5"))
 
 
 def _positive_int(key: str, value: Any, default: int) -> int:

@@ -42,6 +42,7 @@ from .attribution import (INPUT_LAYER, MultiPath, action_groups, attribution_bat
                           integrated_gradients, prepare_observations, readout_matrix)
 from .dataset_examples import assign_with_max_repetition, feature_thumbnail, resample_grid
 from .environments import EnvSpec
+from .policy import apply_env
 from .errors import GalleryError
 from .fetch import resolve_cache_dir, sha256_file
 from .distributed import cached_policy
@@ -344,6 +345,8 @@ class InterfaceBuilder:
         self.checkpoint_sha = getattr(policy, "sha256", "") or (
             sha256_file(self.checkpoint) if Path(self.checkpoint).is_file() else "")
         self.fingerprint = policy_fingerprint(policy, self.checkpoint_sha or None)
+        if o.env:  # the environment a file does not name (SB3 zips): its action names
+            apply_env(policy, dict(o.env))
         self.spec = EnvSpec.from_args(policy.args, o.env)
         self.layer_names = select_layers(policy.layer_names, o)
         names = list(policy.action_names)

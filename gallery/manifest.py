@@ -153,14 +153,20 @@ class ModelSpec(_Strict):
     """[a-z0-9][a-z0-9-]*, unique; the page is /models/<id>/."""
     title: str = Field(min_length=1, max_length=200)
     checkpoint: str = Field(min_length=1)
-    """http(s):// URL, file:// URL, or a path relative to the manifest."""
+    """http(s):// URL, file:// URL, or a path relative to the manifest: an rl-clarity
+    checkpoint (.jd), a Stable-Baselines3 zip, or the weights file `adapter` reads."""
+    adapter: str | None = None
+    """`module.path:factory` building the network of a PyTorch model from another code
+    base (docs/adapters.md); the checkpoint is then the file the factory loads."""
     sha256: str | None = None
     """Hex digest of the checkpoint file; required for http(s)."""
     description: str = ""
     """Markdown shown on the model page (raw HTML is sanitised)."""
     tags: list[str] = []
     env: dict[str, Any] = {}
-    """Overrides of the checkpoint's environment args (e.g. distribution_mode)."""
+    """The environment where the file does not name it (an SB3 zip never does), or
+    overrides of the checkpoint's: `{env_kind: atari, env_id: BreakoutNoFrameskip-v4}`,
+    `{env_kind: procgen, env_name: maze}`, `distribution_mode`, `frame_stack`, ..."""
     options: dict[str, Any] = {}
     """Overrides of the manifest's `defaults` for this model."""
     features: dict[str, dict[int, str]] = {}
@@ -170,6 +176,16 @@ class ModelSpec(_Strict):
     citation: str | None = None
     """Markdown: how to cite this model (the paper's citation is always shown)."""
 
+
+    @field_validator("adapter")
+    @classmethod
+    def _adapter(cls, value: str | None) -> str | None:
+        from .adapters import ADAPTER_PATTERN
+
+        if value is not None and not ADAPTER_PATTERN.match(value):
+            raise ValueError(f"{shown(value)} is not of the form module.path:function "
+                             "(e.g. examples.adapters.cleanrl_procgen:make)")
+        return value
 
     @field_validator("sha256")
     @classmethod
@@ -575,6 +591,32 @@ def _check_env(model: dict[str, Any], key: Key, problem: Any) -> None:
         if name not in ENV_KEYS:
             problem(key + ("env", name), "unknown environment option; the options are "
                     f"{', '.join(ENV_KEYS)}")
+    _check_env_names(env, key, problem)
+
+
+def _check_env_names(env: dict[str, Any], key: Key, problem: Any) -> None:
+    """The game an `env:` names exists (the ids users write: BreakoutNoFrameskip-v4,
+    ALE/Breakout-v5, breakout; Procgen's env_name), checked before anything is built."""
+    from .environments import _atari_id, _procgen_name
+    from .errors import EnvironmentNotAvailable
+
+    kind = env.get("env_kind")
+    if kind is not None and kind not in ("procgen", "atari"):
+        problem(key + ("env", "env_kind"), f"{shown(kind)} is not an environment kind; "
+                "use procgen or atari")
+        return
+    checks = []
+    if kind == "atari" or (kind is None and "env_id" in env):
+        name = "env_id" if "env_id" in env else "env_name"
+        if name in env:
+            checks.append((name, _atari_id))
+    elif kind == "procgen" and "env_name" in env:
+        checks.append(("env_name", _procgen_name))
+    for name, check in checks:
+        try:
+            check(env[name])
+        except EnvironmentNotAvailable as err:
+            problem(key + ("env", name), str(err))
 
 
 def local_checkpoint_path(source: str, root: Path) -> Path:

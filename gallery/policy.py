@@ -29,7 +29,7 @@ def default_action_names(args: dict[str, Any], n_actions: int) -> list[str]:
         if n_actions == len(PROCGEN_COMBOS):
             return [combo_name(c) for c in PROCGEN_COMBOS]
     if args.get("env_kind") == "atari":
-        names = _atari_action_names(str(args.get("env_id", "")))
+        names = _atari_action_names(str(args.get("env_id") or args.get("env_name") or ""))
         if names is not None and len(names) == n_actions:
             return names
     return [f"action {i}" for i in range(n_actions)]
@@ -61,6 +61,8 @@ class PolicyBase(nn.Module):
     layer_shapes: dict[str, tuple[int, ...]]
     source: str = ""
     sha256: str = ""
+    training_steps: int | None = None
+    """Environment steps the agent was trained for, when the file says."""
 
     @property
     def layer_names(self) -> list[str]:
@@ -210,21 +212,54 @@ def policy_from_checkpoint(ckpt: Checkpoint, layer_options: LayerOptions = Layer
                   source=ckpt.path, sha256=ckpt.sha256)
 
 
-def load_policy(path: str | Path, layer_options: LayerOptions = LayerOptions(), *,
-                sha256: str | None = None, cache_dir: str | Path | None = None) -> Policy:
-    """Load an rl-clarity checkpoint (a path, file:// or http(s):// URL) as a PyTorch policy,
-    safely.
+#: What the entrance reads, for error messages.
+FORMATS = ("rl-clarity checkpoints (.jd, written with joblib)",
+           "Stable-Baselines3 zips (PPO/A2C with CnnPolicy)",
+           "any PyTorch model through an adapter (--adapter module:factory, docs/adapters.md)")
+
+
+def load_policy(path: str | Path | None, layer_options: LayerOptions = LayerOptions(), *,
+                adapter: str | None = None, env: dict[str, Any] | None = None,
+                sha256: str | None = None, cache_dir: str | Path | None = None
+                ) -> PolicyBase:
+    """THE entrance for a model, safely: an rl-clarity checkpoint, a Stable-Baselines3 zip,
+    or (with `adapter`, `module:factory`) any PyTorch model; `path` is a file, a file:// or
+    http(s):// URL, or None for an adapter without weights.
+
+    `env` names the environment where the file does not (an SB3 zip never does), e.g.
+    {"env_kind": "atari", "env_id": "BreakoutNoFrameskip-v4"}; it is merged into the
+    policy's `args` and gives its action names.
 
     A URL is fetched into the gallery's content-addressed cache (gallery.fetch: `cache_dir`,
     else $GALLERY_CACHE, else the user cache folder). With `sha256` the file is verified and,
     once cached, loaded without network; without it the download is not verified (a warning
     says so) and is fetched again each time."""
-    text = str(path)
+    local = None if path is None else _local_file(str(path), sha256, cache_dir)
+    if adapter:
+        from .adapters import load_adapter
+
+        policy: PolicyBase = load_adapter(adapter, None if local is None else str(local))
+    elif local is None:
+        raise CheckpointError("(none)", "no checkpoint given; name a file, or an adapter")
+    else:
+        from .sb3 import is_sb3_zip, load_sb3
+
+        if is_sb3_zip(local):
+            policy = load_sb3(local, env)
+        else:
+            checkpoint = _read_known(local)
+            policy = policy_from_checkpoint(checkpoint, layer_options)
+            policy.training_steps = _training_steps(checkpoint.extra)
+    if env:
+        apply_env(policy, env)
+    return policy
+
+
+def _local_file(text: str, sha256: str | None, cache_dir: str | Path | None) -> Path:
     if text.startswith("file://"):
         text = text[len("file://"):]
     elif text.startswith(("http://", "https://")):
-        return policy_from_checkpoint(read_checkpoint(_fetch_url(text, sha256, cache_dir)),
-                                      layer_options)
+        return _fetch_url(text, sha256, cache_dir)
     elif "://" in text:
         raise CheckpointError(text, "only paths, file://, http:// and https:// URLs are "
                               "supported")
@@ -234,7 +269,52 @@ def load_policy(path: str | Path, layer_options: LayerOptions = LayerOptions(), 
         actual = sha256_file(text)
         if actual != sha256.lower():
             raise CheckpointError(text, f"sha256 is {actual}, expected {sha256}")
-    return policy_from_checkpoint(read_checkpoint(text), layer_options)
+    return Path(text)
+
+
+def _read_known(path: Path) -> Checkpoint:
+    """The rl-clarity checkpoint at `path`; a file of another format gets an error that
+    lists the formats the gallery reads and how to name an adapter."""
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError as err:
+        if "joblib/pickle" not in err.problem:
+            raise
+        hint = ""
+        if _is_torch_zip(path):
+            hint = ("; it looks like a file written by torch.save (a PyTorch state dict or "
+                    "model): name the adapter that builds its network, e.g. `gallery inspect "
+                    f"{path} --adapter examples.adapters.cleanrl_procgen:make`")
+        raise CheckpointError(path, f"{err.problem}. The gallery reads "
+                              + "; ".join(FORMATS) + hint) from None
+    return checkpoint
+
+
+def _is_torch_zip(path: Path) -> bool:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _training_steps(extra: dict[str, Any]) -> int | None:
+    for key in ("steps", "total_steps", "timesteps"):
+        value = extra.get(key)
+        if isinstance(value, int) or (hasattr(value, "item") and hasattr(value, "dtype")
+                                      and value.dtype.kind in "iu" and value.ndim == 0):
+            return int(value)
+    return None
+
+
+def apply_env(policy: PolicyBase, env: dict[str, Any]) -> None:
+    """Merge `env` into the policy's args; generic action names become the game's."""
+    policy.args = {**policy.args, **env}
+    generic = [f"action {i}" for i in range(policy.num_actions)]
+    if list(policy.action_names) == generic:
+        policy.action_names = default_action_names(policy.args, policy.num_actions)
 
 
 def _fetch_url(url: str, sha256: str | None, cache_dir: str | Path | None) -> Path:

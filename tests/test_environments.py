@@ -338,3 +338,20 @@ def test_every_atari_game_creates_and_steps(game):
         for _ in range(5):
             env.act(np.array([env.num_actions - 1]))
         assert env.observe().obs.shape == (1, 84, 84, 1)
+
+
+@pytest.mark.parametrize("given, sticky", [
+    ({"env_id": "BreakoutNoFrameskip-v4"}, False), ({"env_id": "ALE/Breakout-v5"}, True),
+    ({"env_id": "breakout"}, False), ({"env_id": "Breakout-v0"}, True),
+    ({"env_name": "BreakoutNoFrameskip-v4"}, False),
+    ({"env_id": "ALE/Breakout-v5", "use_sticky_actions": 0}, False)])
+def test_atari_ids_as_users_write_them(given, sticky):
+    spec = EnvSpec.from_args({"env_kind": "atari", **given})
+    assert spec.env_name == "breakout" and spec.sticky_actions is sticky
+    assert spec.atari_game_id == ("BreakoutNoFrameskip-v0" if sticky
+                                  else "BreakoutNoFrameskip-v4")
+
+
+def test_an_unknown_atari_id_says_how_to_name_one():
+    with pytest.raises(EnvironmentNotAvailable, match="ALE/Breakout-v5 or breakout"):
+        EnvSpec.from_args({"env_kind": "atari", "env_id": "ALE/Breakin-v5"})

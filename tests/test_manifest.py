@@ -223,3 +223,35 @@ def test_cli_exits_2_with_every_problem_before_any_work(folder, tmp_path, capsys
     err = capsys.readouterr().err
     assert f"{path}:2: models[0].id" in err and f"{path}:3: models[1].checkpoint" in err
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_models_name_an_adapter_and_their_environment(folder):
+    manifest = load_manifest(write(folder, """\
+        models:
+          - {id: a, title: A, checkpoint: a.jd,
+             adapter: "examples.adapters.cleanrl_atari:make",
+             env: {env_kind: atari, env_id: BreakoutNoFrameskip-v4}}
+          - {id: b, title: B, checkpoint: b.jd, env: {env_kind: atari, env_id: ALE/Pong-v5}}
+          - {id: c, title: C, checkpoint: b.jd, env: {env_kind: procgen, env_name: maze}}
+        """))
+    assert manifest.models[0].adapter == "examples.adapters.cleanrl_atari:make"
+    assert manifest.models[1].adapter is None
+    assert manifest.models[1].env == {"env_kind": "atari", "env_id": "ALE/Pong-v5"}
+
+
+def test_bad_adapters_and_games_are_problems(folder):
+    found = problems(write(folder, """\
+        models:
+          - {id: a, title: A, checkpoint: a.jd, adapter: "not an adapter"}
+          - {id: b, title: B, checkpoint: b.jd, env: {env_kind: atari, env_id: Breakin-v4}}
+          - {id: c, title: C, checkpoint: b.jd, env: {env_kind: procgen, env_name: mase}}
+          - {id: d, title: D, checkpoint: b.jd, env: {env_kind: gym}}
+        """))
+    keys = {key: message for _, key, message in found}
+    assert "module.path:function" in keys["models[0].adapter"]
+    assert "'Breakin-v4' is not one of the supported Atari games" in keys[
+        "models[1].env.env_id"]
+    assert "BreakoutNoFrameskip-v4" in keys["models[1].env.env_id"]
+    assert "'mase' is not a Procgen game" in keys["models[2].env.env_name"]
+    assert "use procgen or atari" in keys["models[3].env.env_kind"]
+    assert [line for line, _, _ in found] == [2, 3, 4, 5]

@@ -1,11 +1,18 @@
-"""Adapter example: a CleanRL-style Procgen agent (IMPALA torso, separate actor/critic heads).
-
-The agent below is written the way CleanRL's `ppo_procgen.py` structures its network: it
-takes byte-range NHWC frames, permutes and scales them itself, and exposes `actor` and
-`critic` heads. Plug it into the gallery without editing the package:
+"""Adapter example: a CleanRL Procgen agent (`ppo_procgen.py`: IMPALA torso, actor and critic
+heads), with the module names of CleanRL's network, so its saved state dicts load as they are.
 
     gallery inspect runs/agent.pt --adapter examples.adapters.cleanrl_procgen:make
 
+CleanRL applies ReLU as functions, which forward hooks cannot see; here each ReLU is a
+module (the arithmetic is the same), so the gallery can offer its output:
+
+- `out`: the ReLU after the last ConvSequence (CleanRL flattens, then applies ReLU; the
+  ReLU comes first here, which is the same elementwise), a bottleneck;
+- `seq0`, `seq1`, `seq2`: the ReLU at the entrance of each ConvSequence's first residual
+  block. A skip connection bypasses it, so it is declared in `partial_layers` (the gallery
+  then passes the observations too).
+
+Every offered layer is the output of a ReLU: NMF explains non-negative activations only.
 The factory loads weights with `torch.load(..., weights_only=True)`, which never runs code.
 """
 
@@ -23,9 +30,10 @@ class ResidualBlock(nn.Module):
         super().__init__()
         self.conv0 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu0, self.relu1 = nn.ReLU(), nn.ReLU()
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv1(torch.relu(self.conv0(torch.relu(x))))
+        return x + self.conv1(self.relu1(self.conv0(self.relu0(x))))
 
 
 class ConvSequence(nn.Module):
@@ -33,10 +41,11 @@ class ConvSequence(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.res0, self.res1 = ResidualBlock(out_channels), ResidualBlock(out_channels)
+        self.res_block0 = ResidualBlock(out_channels)
+        self.res_block1 = ResidualBlock(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.res1(self.res0(self.pool(self.conv(x))))
+        return self.res_block1(self.res_block0(self.pool(self.conv(x))))
 
 
 class Agent(nn.Module):
@@ -44,34 +53,36 @@ class Agent(nn.Module):
 
     def __init__(self, n_actions: int = 15, depths: tuple[int, ...] = (16, 32, 32)):
         super().__init__()
-        layers, c = [], 3
+        sequences, c = [], 3
         for d in depths:
-            layers.append(ConvSequence(c, d))
+            sequences.append(ConvSequence(c, d))
             c = d
-        self.torso = nn.Sequential(*layers)
-        self.hidden = nn.Linear(c * 8 * 8, 256)
+        # CleanRL: Sequential(*sequences, Flatten, ReLU, Linear, ReLU); ReLU and Flatten
+        # swapped (same values, same state dict keys)
+        self.network = nn.Sequential(*sequences, nn.ReLU(), nn.Flatten(),
+                                     nn.Linear(c * 8 * 8, 256), nn.ReLU())
         self.actor = nn.Linear(256, n_actions)
         self.critic = nn.Linear(256, 1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.torso(x.permute(0, 3, 1, 2) / 255.0)
-        h = torch.relu(self.hidden(torch.relu(h.flatten(1))))
-        return self.actor(h), self.critic(h)[:, 0]
+        hidden = self.network(x.permute(0, 3, 1, 2) / 255.0)
+        return self.actor(hidden), self.critic(hidden)[:, 0]
 
 
 def make(checkpoint: str | None) -> ExternalModel:
     agent = Agent()
     if checkpoint:
         agent.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    sequences = {f"seq{i}": f"network.{i}.res_block0.relu0" for i in range(3)}
     return ExternalModel(
         module=agent,
-        # the output of each ConvSequence is a bottleneck (everything downstream passes it)
-        layers={f"seq{i}": f"torso.{i}" for i in range(len(agent.torso))},
+        layers={**sequences, "out": "network.3"},
+        partial_layers=tuple(sequences),
         observation_shape=(64, 64, 3),
         action_names=[combo_name(c) for c in PROCGEN_COMBOS],
         obs_layout="NHWC",
         obs_scale=255.0,
-        args={"env_kind": "procgen", "env_name": "coinrun", "distribution_mode": "hard",
+        args={"env_kind": "procgen", "env_name": "coinrun", "distribution_mode": "easy",
               "gamma": 0.999, "lambda": 0.95},
         architecture="cleanrl-impala",
     )

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                         args.episodes)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    policy = load_any(args.checkpoint, adapter=args.adapter)
+    policy = load_any(args.checkpoint, adapter=args.adapter, env=parse_overrides(args.env))
     spec = EnvSpec.from_args(policy.args, parse_overrides(args.env))
     print(f"{args.checkpoint}: {spec.describe()}, {trajectories.num_envs} x "
           f"{trajectories.num_steps} steps, seed {args.seed}", file=sys.stderr)
