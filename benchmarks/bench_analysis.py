@@ -1,46 +1,36 @@
-"""Speed of the analysis engine on a real checkpoint (rollouts excluded).
+"""Attribution speed: the plain autograd loop, gallery.attribution and Captum, per layer,
+on the same recorded CoinRun frames in one run; then the whole default analysis.
 
-    .venv/bin/python benchmarks/bench_analysis.py [--quick] [--checkpoint PATH]
-        [--rollouts PATH] [--threads 2] [--skip-full] [--skip-micro] [--skip-policy]
+    .venv/bin/python benchmarks/bench_analysis.py [--frames 128] [--device cpu|cuda]
+        [--checkpoint ../shared/checkpoints/coinrun.jd] [--quick] [--skip-full]
 
-Prints, in order:
+Per layer it prints the best wall time of `--repeats` alternating rounds of
 
-1. fp32 peak: GFLOP/s of independent AVX-512 FMA chains on every thread (a C kernel
-   compiled with gcc: the roof the layers are measured against), and of a large matmul;
-2. per layer, value attribution (10 steps): frames/s and achieved GFLOP/s, counting the
-   convolution and dense FLOPs that run analytically (forward from the layer, plus the
-   backward pass's input gradients, per integration step; a hoisted affine consumer of the
-   layer once per batch);
-3. per layer, policy attribution (value + every action, groups summed) over value
-   attribution on the same frames: the cost ratio;
-4. Captum's IntegratedGradients (same semantics: forward from the layer, zero baseline,
-   riemann_right, 10 steps) against ours on the same frames: time and max difference;
-5. the whole analysis at the defaults (8 x 512 trajectory frames, 4096 extra observations,
-   every layer, 10 steps) by stage, then with policy attribution (streamed, as a bundle
-   writer would, so that memory stays bounded); peak memory (ru_maxrss).
+- **plain**: the loop a user would write -- the layer's activations, the 10 scaled copies
+  stacked into one batch, `forward_from`, one `torch.autograd.grad` (value), or one
+  such forward and backward per output (policy: the value and every action);
+- **ours**: `gallery.attribution.integrated_gradients` / `policy_attribution`;
+- **captum**: `captum.attr.IntegratedGradients` with the same semantics (zero baseline at
+  the layer, right Riemann sum, 10 steps), value only;
 
-The process keeps freed memory for reuse (`gallery.allocator`), for Captum and ours alike,
-from the start; `GALLERY_MALLOC=default` runs everything with glibc's defaults instead.
-
-Frames come from saved rollouts (`--rollouts`, collected with the policy on first use, in
-.cache/bench/ by default); `--quick` uses 2 x 64 trajectory frames and 256 observations.
-Timings on a shared CPU vary: each micro-benchmark reports the best of a few runs.
+with the ratios plain/ours and captum/ours (>= 1: ours is as fast or faster) and the
+largest difference from ours, relative to the largest value. The whole analysis
+(`gallery.analysis`, the method's defaults: 8 x 512 frames, 32 x 128 extra observations,
+every layer) is then timed stage by stage, with value and with policy attribution, and
+the peak memory is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gallery import allocator
 from gallery.analysis import (
     AnalysisConfig,
     TrajectoryArrays,
@@ -57,20 +47,7 @@ from gallery.rollouts import ObservationConfig, TrajectoryConfig, load_or_collec
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "coinrun.jd"
 DEFAULT_ROLLOUTS = REPO / ".cache" / "bench" / "coinrun-hard-rollouts.npz"
-
-
-def best_of(repeats: int, fn: Callable[[], object]) -> float:
-    """Smallest wall time of `repeats` calls."""
-    return best_of_both(repeats, fn)[0]
-
-
-def best_of_both(repeats: int, fn: Callable[[], object]) -> tuple[float, float]:
-    """Smallest wall time and smallest process CPU time of `repeats` calls.
-
-    On a shared machine the wall time includes waiting for a core; CPU time divided by
-    the threads estimates the wall time of an idle machine.
-    """
-    return best_of_alternating(repeats, fn)[0]
+STEPS = 10
 
 
 def best_of_alternating(repeats: int, *fns: Callable[[], object]
@@ -90,128 +67,81 @@ def best_of_alternating(repeats: int, *fns: Callable[[], object]
     return [(min(w), min(c)) for w, c in zip(walls, cpus)]
 
 
-def matmul_peak(n: int) -> float:
-    """GFLOP/s of an n x n float32 matmul (best of 5)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    return 2 * n**3 / best_of(5, lambda: a @ b) / 1e9
 
-
-def macs_by_module(policy: torch.nn.Module, layer: str) -> dict[str, int]:
-    """Multiply-accumulates per observation of each convolution and dense layer that runs
-    from `layer` to the outputs (counted from their weights and output sizes)."""
-    counted: dict[str, int] = {}
-    names = {m: n for n, m in policy.named_modules()}
-
-    def hook(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        weight = getattr(module, "weight", None)
-        if weight is None or not isinstance(output, torch.Tensor):
-            return
-        per_output = weight[0].numel()  # in_channels * kh * kw, or in_features
-        counted[names[module]] = output[0].numel() * per_output
-
-    handles = [m.register_forward_hook(hook) for m in policy.modules()
-               if getattr(m, "weight", None) is not None and not list(m.children())]
-    h, w, c = policy.observation_shape
-    obs = torch.rand(1, h, w, c)
-    try:
+def plain_ig(policy: torch.nn.Module, frames: np.ndarray, layer: str, outputs: int = 1,
+             batch: int = 32) -> np.ndarray:
+    """The plain loop: per batch of frames, the 10 scaled copies in one pass through
+    forward_from and one autograd.grad per output ([value, logit_0, ...][:outputs])."""
+    device = next(policy.parameters()).device
+    results = []
+    for start in range(0, len(frames), batch):
+        obs = torch.from_numpy(frames[start:start + batch]).to(device).float() / 255
         with torch.no_grad():
             acts = policy.activations_nchw(obs, layer)
-            counted.clear()
-            try:
-                policy.forward_from_nchw(acts, layer)
-            except Exception:  # not a bottleneck: the whole network runs
-                counted.clear()
-                policy.forward_from_nchw(acts, layer, obs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counted
+        alphas = torch.arange(1, STEPS + 1, device=device).float().view(-1, 1, 1, 1, 1) / STEPS
+        scaled = (alphas * acts).flatten(0, 1).requires_grad_(True)
+        logits, value = policy.forward_from_nchw(scaled, layer,
+                                                 obs.repeat(STEPS, 1, 1, 1))
+        out = torch.cat([value[:, None], logits], 1)
+        grads = [torch.autograd.grad(out[:, o].sum(), scaled, retain_graph=o < outputs - 1)[0]
+                 for o in range(outputs)]
+        results.append(torch.stack([acts * g.unflatten(0, (STEPS, len(acts))).mean(0)
+                                    for g in grads]).permute(0, 1, 3, 4, 2).cpu().numpy())
+    return np.concatenate(results, axis=1)
 
 
-def macs_after(policy: torch.nn.Module, layer: str) -> int:
-    """Multiply-accumulates of the network from `layer` to the outputs, per observation."""
-    return sum(macs_by_module(policy, layer).values())
+def captum_ig(policy: torch.nn.Module, frames: np.ndarray, layer: str) -> np.ndarray:
+    from captum.attr import IntegratedGradients
+
+    device = next(policy.parameters()).device
+    obs = torch.from_numpy(frames).to(device).float() / 255
+    with torch.no_grad():
+        acts = policy.activations_nchw(obs, layer)
+
+    def value(a: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        return policy.forward_from_nchw(a, layer, o)[1]
+
+    attr = IntegratedGradients(value).attribute(
+        acts, baselines=torch.zeros_like(acts), additional_forward_args=(obs,),
+        n_steps=STEPS, method="riemann_right", internal_batch_size=32 * STEPS)
+    return attr.permute(0, 2, 3, 1).detach().cpu().numpy()
 
 
-def split_macs(policy: torch.nn.Module, layer: str) -> tuple[int, int]:
-    """(MACs run per integration step, MACs run once per batch) per observation.
+def per_layer(policy: torch.nn.Module, frames: np.ndarray, repeats: int,
+              policy_frames: int) -> None:
+    print(f"\nvalue attribution, {len(frames)} frames, {STEPS} steps, best of {repeats} "
+          "alternating rounds (seconds; ratio >= 1: ours as fast or faster)")
+    print(f"{'layer':<14}{'plain':>8}{'ours':>8}{'captum':>8}{'plain/ours':>12}"
+          f"{'captum/ours':>13}{'max diff':>10}")
+    totals = np.zeros(3)
+    for layer in policy.layer_names:
+        runs = [lambda: plain_ig(policy, frames, layer),
+                lambda: integrated_gradients(policy, frames, layer, "value", STEPS),
+                lambda: captum_ig(policy, frames, layer)]
+        times = [wall for wall, _ in best_of_alternating(repeats, *runs)]
+        totals += times
+        ours = integrated_gradients(policy, frames, layer, "value", STEPS)
+        scale = np.abs(ours).max()
+        diff = max(np.abs(plain_ig(policy, frames, layer)[0] - ours).max(),
+                   np.abs(captum_ig(policy, frames, layer) - ours).max()) / scale
+        print(f"{layer:<14}{times[0]:>8.2f}{times[1]:>8.2f}{times[2]:>8.2f}"
+              f"{times[0] / times[1]:>12.2f}{times[2] / times[1]:>13.2f}{diff:>10.1e}",
+              flush=True)
+    print(f"{'all':<14}{totals[0]:>8.2f}{totals[1]:>8.2f}{totals[2]:>8.2f}"
+          f"{totals[0] / totals[1]:>12.2f}{totals[2] / totals[1]:>13.2f}")
 
-    When the layer's only consumer is affine (a convolution or dense layer) the
-    attribution evaluates it once per batch, not once per step (`_LayerSplit`)."""
-    from gallery.attribution import _LayerSplit
-    from gallery.networks import _key
-
-    by_module = macs_by_module(policy, layer)
-    total = sum(by_module.values())
-    split = _LayerSplit.find(policy, layer)
-    if split is None or split.kind != "affine":
-        return total, 0
-    name = f"network.layers.{_key(split.start.name)}"
-    once = by_module.get(name, 0)
-    return total - once, once
-
-
-def attribution_flops(policy: torch.nn.Module, layer: str, frames: int, steps: int,
-                      outputs: int = 1) -> float:
-    """FLOPs IG executes: per step one forward pass from the layer (after a hoisted affine
-    consumer) and one backward pass of input gradients per output (a convolution's input
-    gradient costs its forward); a hoisted consumer once forward and once backward per
-    output."""
-    per_step, once = split_macs(policy, layer)
-    return 2.0 * frames * (1 + outputs) * (steps * per_step + once)
-
-
-FMA_KERNEL = r"""
-#include <immintrin.h>
-#include <omp.h>
-#include <stdio.h>
-int main(int argc, char **argv) {
-  long iters = 200000000L / 16;
-  double t0 = omp_get_wtime();
-  float sink = 0;
-  #pragma omp parallel reduction(+:sink)
-  {
-    __m512 a[12], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long k = 0; k < iters; k++)
-      for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], b, c);
-    for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(a[i]);
-  }
-  double t = omp_get_wtime() - t0;
-  printf("%f %d %f\n", t, omp_get_max_threads(), sink);
-  double flops = (double)iters * 12 * 16 * 2 * omp_get_max_threads();
-  printf("%f\n", flops / t / 1e9);
-  return 0;
-}
-"""
-
-
-def fma_peak(threads: int) -> float | None:
-    """GFLOP/s of independent AVX-512 FMA chains on `threads` cores (the machine's fp32
-    roof), from a C kernel compiled here; None without a compiler or AVX-512."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    if shutil.which("gcc") is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        src, exe = Path(tmp) / "fma.c", Path(tmp) / "fma"
-        src.write_text(FMA_KERNEL)
-        build = subprocess.run(["gcc", "-O3", "-funroll-loops", "-mavx512f", "-mfma",
-                                "-fopenmp", str(src), "-o", str(exe)],
-                               capture_output=True, text=True, check=False)
-        if build.returncode != 0:
-            return None
-        best = 0.0
-        for _ in range(3):
-            run = subprocess.run([str(exe)], capture_output=True, text=True, check=False,
-                                 env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-            if run.returncode != 0:
-                return None
-            best = max(best, float(run.stdout.split()[-1]))
-        return best
+    small = frames[:policy_frames]
+    outputs = 1 + policy.num_actions
+    print(f"\npolicy attribution (value + {policy.num_actions} actions + groups), "
+          f"{len(small)} frames, best of {repeats}")
+    print(f"{'layer':<14}{'plain':>8}{'ours':>8}{'plain/ours':>12}{'ours/value':>12}")
+    for layer in policy.layer_names:
+        (plain, _), (ours, _), (value, _) = best_of_alternating(
+            repeats, lambda: plain_ig(policy, small, layer, outputs),
+            lambda: policy_attribution(policy, small, layer, STEPS),
+            lambda: integrated_gradients(policy, small, layer, "value", STEPS))
+        print(f"{layer:<14}{plain:>8.2f}{ours:>8.2f}{plain / ours:>12.2f}"
+              f"{ours / value:>12.2f}", flush=True)
 
 
 def load_frames(args: argparse.Namespace, policy: torch.nn.Module
@@ -245,66 +175,6 @@ class StageClock:
         self.mark = now
 
 
-def micro_benchmarks(policy: torch.nn.Module, frames: np.ndarray, layers: list[str],
-                     peak: float, repeats: int) -> None:
-    threads = torch.get_num_threads()
-    print(f"\nvalue attribution, {len(frames)} frames, 10 steps (best of {repeats}); "
-          f"'cpu' columns use CPU time / {threads} threads")
-    print(f"{'layer':<7}{'MMAC/frame':>11}{'frames/s':>10}{'GFLOP/s':>9}{'of peak':>8}"
-          f"{'cpu GFLOP/s':>12}{'cpu of peak':>12}{'policy/value':>13}{'cpu':>7}")
-    for layer in layers:
-        (wall, cpu), (p_wall, p_cpu) = best_of_alternating(
-            repeats, partial(integrated_gradients, policy, frames, layer),
-            partial(policy_attribution, policy, frames, layer))
-        flops = attribution_flops(policy, layer, len(frames), 10)
-        g_wall, g_cpu = flops / wall / 1e9, flops / (cpu / threads) / 1e9
-        print(f"{layer:<7}{macs_after(policy, layer) / 1e6:>11.1f}{len(frames) / wall:>10.0f}"
-              f"{g_wall:>9.1f}{g_wall / peak:>8.0%}{g_cpu:>12.1f}{g_cpu / peak:>12.0%}"
-              f"{p_wall / wall:>12.1f}x{p_cpu / cpu:>6.1f}x", flush=True)
-
-
-def value_from(policy: torch.nn.Module, layer: str, acts: torch.Tensor) -> torch.Tensor:
-    """The value computed from a layer's activations (NCHW): Captum's forward function."""
-    return policy.forward_from_nchw(acts, layer)[1]
-
-
-def captum_comparison(policy: torch.nn.Module, frames: np.ndarray, layers: list[str],
-                      repeats: int) -> None:
-    try:
-        from captum.attr import IntegratedGradients
-    except ImportError:
-        print("\ncaptum is not installed: skipping the comparison (pip install captum)")
-        return
-    print(f"\nCaptum IntegratedGradients vs ours, value, {len(frames)} frames, 10 steps "
-          f"(best of {repeats}, alternating)")
-    print(f"{'layer':<8}{'captum s':>10}{'ours s':>10}{'speed-up':>10}{'cpu':>7}"
-          f"{'max rel diff':>14}")
-    total_captum = total_ours = 0.0
-    for layer in layers:
-        ig = IntegratedGradients(partial(value_from, policy, layer))
-
-        def run_captum(ig: IntegratedGradients = ig, layer: str = layer) -> torch.Tensor:
-            # from the same uint8 frames as ours: the layer's activations are part of it
-            obs = torch.from_numpy(frames).float().div_(255)
-            with torch.no_grad():
-                acts = policy.activations_nchw(obs, layer)
-            # internal_batch_size bounds memory like our batching does
-            return ig.attribute(acts, baselines=torch.zeros_like(acts), n_steps=10,
-                                method="riemann_right", internal_batch_size=160)
-
-        run_captum()  # (warm-up: the first call of a layer's shapes)
-        (t_captum, c_captum), (t_ours, c_ours) = best_of_alternating(
-            repeats, run_captum, partial(integrated_gradients, policy, frames, layer))
-        total_captum, total_ours = total_captum + t_captum, total_ours + t_ours
-        theirs = run_captum().permute(0, 2, 3, 1).numpy()
-        ours = integrated_gradients(policy, frames, layer)
-        diff = np.abs(ours - theirs).max() / np.abs(theirs).max()
-        print(f"{layer:<8}{t_captum:>10.2f}{t_ours:>10.2f}{t_captum / t_ours:>9.1f}x"
-              f"{c_captum / c_ours:>6.1f}x{diff:>14.1e}", flush=True)
-    print(f"{'all':<8}{total_captum:>10.2f}{total_ours:>10.2f}"
-          f"{total_captum / total_ours:>9.1f}x")
-
-
 def full_analysis(policy: torch.nn.Module, arrays: TrajectoryArrays,
                   observations: np.ndarray, config: AnalysisConfig, label: str) -> float:
     """Run every stage, streaming attributions (each dropped once computed)."""
@@ -328,34 +198,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--rollouts", type=Path, default=DEFAULT_ROLLOUTS)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="small frames counts")
-    parser.add_argument("--skip-full", action="store_true", help="micro-benchmarks only")
-    parser.add_argument("--skip-micro", action="store_true",
-                        help="whole analysis only (no per-layer or Captum figures)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--frames", type=int, default=128, help="frames per layer timing")
+    parser.add_argument("--policy-frames", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small frame counts")
+    parser.add_argument("--skip-full", action="store_true", help="per-layer figures only")
+    parser.add_argument("--skip-layers", action="store_true", help="whole analysis only")
     parser.add_argument("--skip-policy", action="store_true",
-                        help="whole analysis without policy attribution only")
+                        help="whole analysis without policy attribution")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
-    # before anything runs, so that Captum and ours run with the same allocator settings
-    print("allocator: " + ("glibc keeps freed memory (gallery.allocator)" if allocator.keep_freed_memory()
-                           else f"defaults ({allocator.ENV}=default or not glibc)"))
-
-    policy = load_policy(args.checkpoint)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
+          f"{args.device}" + (f" ({torch.cuda.get_device_name(args.device)})"
+                              if args.device.startswith("cuda") else ""))
+    policy = load_policy(args.checkpoint).to(args.device)
     arrays, observations = load_frames(args, policy)
-    layers = list(policy.layer_names)
-    if not args.skip_micro:
-        blas = matmul_peak(2048 if args.quick else 4096)
-        fma = fma_peak(args.threads)
-        print(f"fp32 roofs: AVX-512 FMA kernel {fma or float('nan'):.0f} GFLOP/s "
-              f"({args.threads} threads), large matmul {blas:.0f} GFLOP/s")
-        peak = fma or blas
-        frames = observations[:32 if args.quick else 256]
-        repeats = 2 if args.quick else 3
-        micro_benchmarks(policy, frames, layers, peak, repeats)
-        captum_comparison(policy, frames[:32 if args.quick else 128], layers, repeats + 2)
+    if not args.skip_layers:
+        per_layer(policy, observations[:args.frames], args.repeats, args.policy_frames)
     if not args.skip_full:
         full_analysis(policy, arrays, observations, AnalysisConfig(), "value attribution")
         if not args.skip_policy:
@@ -363,6 +222,8 @@ def main() -> None:
                           AnalysisConfig(policy_attribution=True), "policy attribution")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"\npeak memory (ru_maxrss): {peak_rss:.2f} GB")
+    if args.device.startswith("cuda"):
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated(args.device) / 1024**3:.2f} GB")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .allocator import keep_freed_memory
 from .errors import GalleryError
 
 
@@ -35,7 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    keep_freed_memory()  # every command's tensors (gallery.allocator)
     try:
         return int(args.func(args) or 0)
     except GalleryError as err:
