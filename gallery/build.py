@@ -130,7 +130,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     from .checkpoint import read_checkpoint
     from .environments import EnvSpec
     from .policy import policy_from_checkpoint
-    from .rollouts import TrajectoryConfig, episode_statistics, load_or_collect
+    from .rollouts import TrajectoryConfig, load_or_collect
     from .site.stats import chart_samples
 
     say = progress or (lambda message: None)
@@ -146,7 +146,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
         trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
         observations=None, seed=options.seed, checkpoint_sha256=checkpoint.sha256)
     recorded = rollouts.trajectories
-    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
+    stats = recorded.episodes()
     say("values and advantages")
     values = policy_values(policy, recorded.observations)
     pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
