@@ -129,6 +129,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     """Describe the policy, record its trajectories, make the interface (when asked)."""
     from .checkpoint import read_checkpoint
     from .environments import EnvSpec
+    from .interface import source_date
     from .policy import policy_from_checkpoint
     from .rollouts import TrajectoryConfig, load_or_collect
     from .site.stats import chart_samples
@@ -168,7 +169,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
         steps_recorded=[recorded.num_envs, recorded.num_steps],
         gamma=policy.gamma, lam=policy.lam, values_vs_returns=pairs, advantages=advantages,
         thumbnail=THUMBNAIL_FILE, interface=interface,
-        built_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        built_at=(source_date() or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=time.perf_counter() - start, versions={"gallery": __version__})
 
 
