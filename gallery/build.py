@@ -130,8 +130,9 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
     from .environments import EnvSpec
+    from .interface import source_date
     from .policy import load_policy
-    from .rollouts import TrajectoryConfig, episode_statistics, load_or_collect
+    from .rollouts import TrajectoryConfig, load_or_collect
     from .site.stats import chart_samples
 
     say = progress or (lambda message: None)
@@ -147,7 +148,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
         trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
         observations=None, seed=options.seed, checkpoint_sha256=sha256)
     recorded = rollouts.trajectories
-    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
+    stats = recorded.episodes()
     say("values and advantages")
     values = policy_values(policy, recorded.observations)
     pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
@@ -169,7 +170,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
         steps_recorded=[recorded.num_envs, recorded.num_steps],
         gamma=policy.gamma, lam=policy.lam, values_vs_returns=pairs, advantages=advantages,
         thumbnail=THUMBNAIL_FILE, interface=interface,
-        built_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        built_at=(source_date() or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M UTC"),
         seconds=time.perf_counter() - start, versions={"gallery": __version__})
 
 

@@ -624,18 +624,26 @@ class InterfaceBuilder:
             "gamma": policy.gamma, "lambda": policy.lam,
             "versions": dict(_versions()),
         }
-        epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-        if epoch:
-            try:
-                when = datetime.fromtimestamp(int(epoch), timezone.utc)
-            except ValueError:
-                raise InterfaceError(f"SOURCE_DATE_EPOCH must be an integer number of "
-                                     f"seconds, not {epoch!r}") from None
+        when = source_date()
+        if when is not None:
             out["created"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         else:
             out["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             out["seconds"] = {k: round(v, 1) for k, v in self.timer.seconds.items()}
         return out
+
+
+def source_date() -> datetime | None:
+    """SOURCE_DATE_EPOCH as a UTC date (reproducible builds: the date a build states), or
+    None when it is not set."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not epoch:
+        return None
+    try:
+        return datetime.fromtimestamp(int(epoch), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise InterfaceError(f"SOURCE_DATE_EPOCH must be an integer number of seconds, not "
+                             f"{epoch!r}") from None
 
 
 def _count_kinds(units: Sequence[Unit]) -> list[str]:
@@ -897,8 +905,9 @@ body {{ margin: 0; padding: 0.5em 1em; }}
 <div id="gallery-from-disk" hidden>
 <h1>{title}</h1>
 <p>This interface was opened from disk, where browsers do not let a page load its data.
-View it through any static web server instead, for example:</p>
-<pre>cd {folder}
+View it through any static web server instead, for example, in the folder that holds this
+page:</p>
+<pre>cd <span id="gallery-folder">FOLDER</span>
 python3 -m http.server 8000</pre>
 <p>then open <a href="http://localhost:8000/">http://localhost:8000/</a>.</p>
 </div>
@@ -906,6 +915,10 @@ python3 -m http.server 8000</pre>
 if (location.protocol === "file:") {{
   document.getElementById("app").hidden = true;
   document.getElementById("gallery-from-disk").hidden = false;
+  // the folder as this browser sees it: the page itself holds no path of the machine
+  // that built it
+  document.getElementById("gallery-folder").textContent =
+    decodeURIComponent(location.pathname.replace(/[^/]*$/, ""));
 }} else {{
   const start = document.createElement("script");
   start.type = "module";
@@ -926,8 +939,7 @@ def write_page(output_dir: Path, title: str, viewer: Sequence[Path]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for path in viewer:
         shutil.copyfile(path, target / path.name)
-    page = PAGE.format(title=_html_escape(title), viewer=VIEWER_DIR, bundle=BUNDLE_DIR,
-                       folder=_html_escape(str(output_dir.resolve())))
+    page = PAGE.format(title=_html_escape(title), viewer=VIEWER_DIR, bundle=BUNDLE_DIR)
     (output_dir / "index.html").write_text(page)
 
 

@@ -39,7 +39,7 @@ from .errors import EnvironmentNotAvailable, GalleryError
 log = logging.getLogger(__name__)
 
 #: Version of the saved layout; a change invalidates every saved file.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: `min_episodes` extends a recording by at most this many times `num_steps`.
 MAX_BLOCKS = 64
 #: torch threads while collecting (see `torch_threads`); None leaves torch's setting.
@@ -115,6 +115,12 @@ class Trajectories:
     """(E, T) bool: that action ended the episode (firsts shifted by one, plus the last)."""
     observations_full: np.ndarray | None = None
     """(E, T, H', W', 3) uint8 full-resolution frames, when recorded."""
+    discarded_firsts: np.ndarray | None = None
+    """(E,) bool: the discarded step's observation starts an episode (True after a reset)."""
+    discarded_rewards: np.ndarray | None = None
+    """(E,) float32: the reward the discarded step earned. With `discarded_firsts` it
+    completes the episode in progress when the recording starts (each environment's first),
+    which the (E, T) arrays alone would leave out."""
 
     @property
     def num_envs(self) -> int:
@@ -125,8 +131,20 @@ class Trajectories:
         return int(self.firsts.shape[1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        names = ("observations", "firsts", "actions", "rewards", "dones", "observations_full")
+        names = ("observations", "firsts", "actions", "rewards", "dones", "observations_full",
+                 "discarded_firsts", "discarded_rewards")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def episodes(self) -> EpisodeStatistics:
+        """Returns and lengths of the episodes completed within the recording, the one in
+        progress when it starts included when the discarded step is known (it began there
+        or earlier: it is counted only when it began there)."""
+        if self.discarded_firsts is None or self.discarded_rewards is None:
+            return episode_statistics(self.firsts, self.rewards, self.dones)
+        return episode_statistics(
+            np.concatenate([self.discarded_firsts[:, None], self.firsts], axis=1),
+            np.concatenate([self.discarded_rewards[:, None], self.rewards], axis=1),
+            np.concatenate([self.firsts[:, :1], self.dones], axis=1))
 
 
 @dataclass
@@ -264,12 +282,15 @@ def record_trajectories(env: VecEnv, choose: ChooseActions, num_steps: int, *,
                         progress: Progress | None = None) -> Trajectories:
     """Step `env` with `choose`: one discarded step, then `num_steps` recorded ones
     (repeated up to MAX_BLOCKS times while fewer than `min_episodes` have completed)."""
-    _, obs, _ = env.observe()
+    _, obs, first = env.observe()
     env.act(choose(obs))
+    discarded_reward = env.observe().reward
     blocks: list[Trajectories] = []
     while True:
         blocks.append(_record_block(env, choose, num_steps, full_resolution, progress,
                                     done_before=len(blocks) * num_steps))
+        blocks[0].discarded_firsts = np.asarray(first, bool).copy()
+        blocks[0].discarded_rewards = np.asarray(discarded_reward, np.float32).copy()
         if min_episodes <= episode_count(blocks) or len(blocks) == MAX_BLOCKS:
             break
     if len(blocks) == MAX_BLOCKS and episode_count(blocks) < min_episodes:
@@ -280,9 +301,7 @@ def record_trajectories(env: VecEnv, choose: ChooseActions, num_steps: int, *,
 
 def episode_count(blocks: list[Trajectories]) -> int:
     """Episodes completed within consecutive blocks of one recording."""
-    firsts, rewards, dones = (np.concatenate([getattr(b, name) for b in blocks], axis=1)
-                              for name in ("firsts", "rewards", "dones"))
-    return episode_statistics(firsts, rewards, dones).count
+    return _concatenate(blocks).episodes().count
 
 
 def _record_block(env: VecEnv, choose: ChooseActions, num_steps: int, full_resolution: bool,
@@ -312,8 +331,9 @@ def _record_block(env: VecEnv, choose: ChooseActions, num_steps: int, full_resol
 def _concatenate(blocks: list[Trajectories]) -> Trajectories:
     if len(blocks) == 1:
         return blocks[0]
-    arrays = {name: np.concatenate([b.arrays()[name] for b in blocks], axis=1)
-              for name in blocks[0].arrays()}
+    arrays = {name: (np.concatenate([b.arrays()[name] for b in blocks], axis=1)
+                     if name not in ("discarded_firsts", "discarded_rewards") else value)
+              for name, value in blocks[0].arrays().items()}
     return Trajectories(**arrays)
 
 
@@ -518,8 +538,7 @@ def _metadata(key: str, policy_id: str, checkpoint_sha256: str | None, spec: Env
         "trajectories": asdict(trajectories),
         "observations": None if observations is None else asdict(observations),
         "action_names": list(action_names(spec)),
-        "episodes": episode_statistics(recorded.firsts, recorded.rewards,
-                                       recorded.dones).to_dict(),
+        "episodes": recorded.episodes().to_dict(),
         "collection_seconds": rollouts.metadata.get("collection_seconds"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": dict(_versions()),

@@ -15,6 +15,7 @@ from gallery.commands.rollout import UsageError, parse_overrides
 from gallery.environments import EnvSpec, make_vec_env
 from gallery.errors import EnvironmentNotAvailable
 from gallery.rollouts import (
+    Trajectories,
     ObservationConfig,
     TrajectoryConfig,
     collect_observations,
@@ -136,8 +137,7 @@ def test_min_episodes_extends_the_recording():
     config = small(num_envs=2, num_steps=16, min_episodes=3)
     recorded = collect_trajectories(UniformPolicy(), coinrun(), config, seed=0)
     assert recorded.num_steps % 16 == 0 and recorded.num_steps > 16
-    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
-    assert stats.count >= 3
+    assert recorded.episodes().count >= 3
 
 
 def test_extra_observations_are_kept_every_obs_every_steps():
@@ -180,6 +180,53 @@ def test_episode_statistics_by_hand():
     assert empty.count == 0 and np.isnan(empty.mean_return)
 
 
+def test_each_environments_first_episode_counts():
+    """The episode in progress when the recording starts began at the discarded step (after
+    the reset): counted, with that step's reward and length."""
+    firsts = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    rewards = np.array([[1, 2, 4, 0], [0, 7, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32)
+    dones = np.concatenate([firsts[:, 1:], [[1], [0], [0], [0]]], axis=1)
+    recorded = Trajectories(np.zeros((4, 4, 1, 1, 1), np.uint8), firsts,
+                            np.zeros((4, 4), np.int64), rewards, dones,
+                            discarded_firsts=np.array([1, 1, 1, 0], bool),
+                            discarded_rewards=np.array([0.5, 3, 6, 9], np.float32))
+    stats = recorded.episodes()
+    # row 0: discarded step + steps 0-1 (0.5 + 1 + 2), steps 2-3 (4); row 1: discarded + 0
+    # (3 + 0), 1-3 never ends; row 2: the discarded step alone (6), 0-3 never ends; row 3:
+    # began before the discarded step, so its start is unknown
+    assert stats.returns.tolist() == [3.5, 4, 3, 6] and stats.lengths.tolist() == [3, 2, 2, 1]
+    without = Trajectories(recorded.observations, firsts, recorded.actions, rewards, dones)
+    assert without.episodes().returns.tolist() == [4]  # what the (E, T) arrays alone show
+
+
+def test_recorded_first_episodes_match_a_hand_stepped_environment():
+    """Every episode of every environment, the first included: returns and lengths equal to
+    those counted by stepping the environment by hand from its reset."""
+    spec = EnvSpec.from_args({"env_name": "bigfish"})  # each copy ends an episode by then
+    recorded = collect_trajectories(PreferredActionPolicy(), spec, small(num_steps=150), seed=4)
+    returns, lengths = [], []
+    with make_vec_env(spec, 3, rollout_seeds(4)["trajectory_env"]) as env:
+        assert env.observe().first.all()
+        running, steps = np.zeros(3), np.zeros(3, int)
+        ended: list[list[tuple[float, int]]] = [[], [], []]
+        for _ in range(151):  # the discarded step and the recorded ones
+            env.act(preferred_action(env.observe().obs))
+            reward, _, first = env.observe()
+            running += reward
+            steps += 1
+            for e in np.flatnonzero(first):
+                ended[e].append((float(running[e]), int(steps[e])))
+                running[e], steps[e] = 0, 0
+    for episodes in ended:
+        returns += [r for r, _ in episodes]
+        lengths += [n for _, n in episodes]
+    stats = recorded.episodes()
+    assert min(len(e) for e in ended) >= 1
+    assert stats.returns.tolist() == pytest.approx(returns)
+    assert stats.lengths.tolist() == lengths
+    assert stats.count == recorded.dones.sum() + recorded.firsts[:, 0].sum()
+
+
 # --- saving and reuse ----------------------------------------------------------------------
 
 
@@ -200,7 +247,7 @@ def test_saved_rollouts_are_reused(tmp_path):
     assert meta["checkpoint_sha256"] == "ab" * 32 and meta["seed"] == 0
     assert meta["env"]["options"]["distribution_mode"] == "hard"
     assert meta["trajectories"]["num_steps"] == 8 and meta["observations"]["obs_every"] == 3
-    assert meta["action_names"][4] == "()" and meta["format_version"] == 1
+    assert meta["action_names"][4] == "()" and meta["format_version"] == 2
 
     policy.seen = 0
     again = collect_small(path, policy, checkpoint_sha256="ab" * 32)
@@ -308,6 +355,6 @@ def test_published_coinrun_agent_reaches_the_coin(coinrun_path):
     assert spec.options["distribution_mode"] == "hard" and spec.options["num_levels"] == 0
     config = TrajectoryConfig(num_envs=8, num_steps=512, min_episodes=100)
     recorded = collect_trajectories(policy, spec, config, seed=0)
-    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
+    stats = recorded.episodes()
     assert stats.count >= 100
     assert stats.mean_return >= 8, stats.mean_return

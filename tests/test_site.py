@@ -519,3 +519,56 @@ def test_a_wheel_install_finds_the_static_sources(tmp_path):
                          capture_output=True, env={"PYTHONPATH": str(tmp_path / "target"),
                                                    "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out[0].startswith(str(tmp_path / "target")) and out[1:] == ["True"] * 3
+
+
+# --- reproducible builds --------------------------------------------------------------------
+
+
+def test_demo_site_is_byte_identical_across_caches(tmp_path, monkeypatch):
+    """The demo manifest (two models, one comparison, interfaces on) at tiny settings, built
+    twice with SOURCE_DATE_EPOCH into two output folders from two cache folders: every file
+    of the two sites (pages, bundles, viewer, search index, sitemap.xml.gz) is the same,
+    byte for byte, and none names a folder of the machine that built it."""
+    import shutil
+
+    import yaml
+
+    from gallery.cli import main
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = yaml.safe_load((root / "checkpoints.yaml").read_text())
+    manifest["defaults"] = {
+        "trajectories": {"num_envs": 2, "num_steps": 16, "seed": 0, "bookmarks": 2},
+        "observations": {"num_envs": 4, "num_obs": 16, "obs_every": 4},
+        "layers": {"include": ["2b", "4a"]},
+        "attribution": {"integrate_steps": 2},
+        "nmf": {"features": 4, "integrate_steps": 2},
+    }
+    # the checkpoints beside the manifest, named as the demo names them
+    for model in manifest["models"]:
+        target = tmp_path / "zoo" / model["checkpoint"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / model["checkpoint"], target)
+    (tmp_path / "zoo" / "checkpoints.yaml").write_text(yaml.safe_dump(manifest))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    monkeypatch.delenv("GALLERY_CACHE", raising=False)
+    sites = []
+    for name in ("one", "two"):
+        site = tmp_path / f"site-{name}"
+        assert main(["build", "-m", str(tmp_path / "zoo" / "checkpoints.yaml"), "-o", str(site),
+                     "--cache-dir", str(tmp_path / f"cache-{name}"), "--retries", "0"]) == 0
+        sites.append(site)
+    files = [sorted(p.relative_to(s).as_posix() for p in s.rglob("*") if p.is_file())
+             for s in sites]
+    assert files[0] == files[1]
+    assert any(f.endswith("interface/index.html") for f in files[0])
+    assert "sitemap.xml.gz" in files[0]
+    different = [f for f in files[0] if (sites[0] / f).read_bytes() != (sites[1] / f).read_bytes()]
+    assert not different, different
+    model_page = (sites[0] / "models" / "coinrun-clear" / "index.html").read_text()
+    assert "2023-11-14 22:13 UTC" in model_page  # the model card's "Built" line
+    folders = [str(tmp_path), str(Path.home()), str(root)]
+    for f in files[0]:
+        data = (sites[0] / f).read_bytes()
+        named = [d for d in folders if d.encode() in data]
+        assert not named, (f, named)

@@ -15,7 +15,6 @@ from ..adapters import load_any
 from ..rollouts import (
     ObservationConfig,
     TrajectoryConfig,
-    episode_statistics,
     load_or_collect,
 )
 
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def print_summary(output: str, rollouts: Any) -> None:
     recorded = rollouts.trajectories
-    stats = episode_statistics(recorded.firsts, recorded.rewards, recorded.dones)
+    stats = recorded.episodes()
     steps = recorded.num_envs * recorded.num_steps
     seconds = (rollouts.metadata.get("collection_seconds") or {}).get("trajectories")
     speed = "reused from the saved file" if rollouts.reused else ""

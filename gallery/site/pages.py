@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -158,7 +159,9 @@ def _model_card(entry: ModelEntry, result: ModelResult) -> dict[str, Any]:
         "training_steps": f"{_training_steps(entry):,}" if _training_steps(entry) else None,
         "mean_return": fmt_number(result.episodes.mean_return),
         "mean_length": fmt_number(result.episodes.mean_length, 1),
-        "build_seconds": fmt_seconds(result.seconds),
+        # a duration differs from build to build: reproducible builds (SOURCE_DATE_EPOCH) omit it
+        "build_seconds": (None if os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+                          else fmt_seconds(result.seconds)),
         "layers": layers, "legends": legends,
         "unknown_feature_layers": sorted(set(labels) - layer_names),
         "environment": _flatten(result.environment),

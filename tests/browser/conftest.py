@@ -1,17 +1,24 @@
-"""Fixtures of the browser tests: small interfaces built from the real CoinRun checkpoint,
-a static server, and Chromium pages that fail the test on any console error.
+"""Fixtures of the browser tests: small interfaces built from the project's demo checkpoint
+(gallery/demo/coinrun-clear.jd, a real PPO agent, so they run on every machine), a static
+server, and Chromium pages that fail the test on any console error.
 
 Interfaces (built once per session, about a minute on two CPU cores):
 - `small_interface`: 2 trajectories x 48 steps, 256 extra observations, layers 2b and 4a,
   value attribution, single-feature views;
 - `policy_interface`: 1 trajectory x 24 steps, layer 4a plus the input layer, policy
-  attribution (every action and action group: rows can be added and removed).
+  attribution (every action and action group: rows can be added and removed);
+- `paper_interface`: the paper's own checkpoint (../shared/checkpoints/coinrun.jd, its
+  residual IMPALA network), 1 trajectory x 24 steps, layers 2b and 4a; skipped without it.
+
+Screenshots go to a temporary folder; `GALLERY_SCREENSHOTS=DIR` keeps them in DIR instead
+(scripts/screenshots.sh refreshes docs/screenshots/ that way).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from unittest import mock
 
@@ -23,10 +30,10 @@ from gallery.interface import InterfaceBuilder, InterfaceOptions
 
 from .harness import chromium, chromium_path, serve
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "gallery" / "demo" / "coinrun-clear.jd"
 
 
-def _build(coinrun_path: Path, folder: Path, cache: Path, **options) -> dict:
+def _build(checkpoint: Path, folder: Path, cache: Path, **options) -> dict:
     """Build an interface; `arrays` keeps the reduced attribution (features, residual) of
     every (layer, trajectory, output), for comparison with the reference renderer. They are
     caught where they are encoded and matched to the bundle's files by their sha256."""
@@ -42,7 +49,7 @@ def _build(coinrun_path: Path, folder: Path, cache: Path, **options) -> dict:
         return data
 
     with mock.patch.object(attribution_codec, "encode", keeping):
-        summary = InterfaceBuilder(str(coinrun_path), folder, options, None,
+        summary = InterfaceBuilder(str(checkpoint), folder, options, None,
                                    lambda m: None).run()
     index = json.loads((folder / "bundle" / "bundle.json").read_text())
     arrays = {}
@@ -61,23 +68,25 @@ def rollout_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_interface(coinrun_session_path, tmp_path_factory, rollout_cache) -> dict:
-    return _build(coinrun_session_path, tmp_path_factory.mktemp("small") / "interface",
+def small_interface(tmp_path_factory, rollout_cache) -> dict:
+    return _build(DEMO_CHECKPOINT, tmp_path_factory.mktemp("small") / "interface",
                   rollout_cache, num_envs=2, num_steps=48, layers=("2b", "4a"))
 
 
 @pytest.fixture(scope="session")
-def policy_interface(coinrun_session_path, tmp_path_factory, rollout_cache) -> dict:
-    return _build(coinrun_session_path, tmp_path_factory.mktemp("policy") / "interface",
+def policy_interface(tmp_path_factory, rollout_cache) -> dict:
+    return _build(DEMO_CHECKPOINT, tmp_path_factory.mktemp("policy") / "interface",
                   rollout_cache, num_envs=1, num_steps=24, layers=("4a",), policy=True,
                   input_layer=True)
 
 
 @pytest.fixture(scope="session")
-def coinrun_session_path() -> Path:
+def paper_interface(tmp_path_factory, rollout_cache) -> dict:
     from conftest import shared_path  # tests/conftest.py (tests/ is on sys.path)
 
-    return shared_path("checkpoints", "coinrun.jd")
+    return _build(shared_path("checkpoints", "coinrun.jd"),
+                  tmp_path_factory.mktemp("paper") / "interface", rollout_cache, num_envs=1,
+                  num_steps=24, layers=("2b", "4a"))
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +139,10 @@ def open_page(browser):
 
 
 @pytest.fixture(scope="session")
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path_factory) -> Path:
+    """Where the tests save their screenshots: a temporary folder (tests write nothing into
+    the repository), or $GALLERY_SCREENSHOTS."""
+    chosen = os.environ.get("GALLERY_SCREENSHOTS")
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

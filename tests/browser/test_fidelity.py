@@ -75,3 +75,13 @@ def test_policy_outputs_and_input_gradients_match_reference(policy_interface, op
     results += compare(page, policy_interface["arrays"], "input", 0, "value",
                        sample_frames(24, 3), ["prin", "all"])
     assert_faithful(results)
+
+
+def test_paper_checkpoint_value_attribution_matches_reference(paper_interface, open_page):
+    """The paper's residual IMPALA network (../shared): 2b and 4a, every direction and view."""
+    page = open_page(paper_interface["dir"])
+    results = []
+    for layer in ("2b", "4a"):
+        results += compare(page, paper_interface["arrays"], layer, 0, "value",
+                           sample_frames(24, 3), [str(v) for v in rendering.views(8, True)])
+    assert_faithful(results)

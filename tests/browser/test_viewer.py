@@ -1,6 +1,6 @@
 """Every section and behaviour of interface.md in headless Chromium, on interfaces built
-from the real CoinRun checkpoint. Any console error fails a test (see `open_page`).
-Screenshots of the main views are saved under docs/screenshots/."""
+from the project's demo checkpoint. Any console error fails a test (see `open_page`).
+Screenshots of the main views are saved in the `screenshots` folder (conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gallery import rendering
@@ -410,6 +411,47 @@ def test_switching_never_shows_stale_frames(small_interface, open_page):
     assert last["attr"] and last["obs"] and last["obsStrip"] and last["attrStrip"], last
 
 
+def test_scrubber_strip_shows_only_drawn_frames(small_interface, open_page):
+    """While a trajectory's attribution strip is being drawn, every column of the scrubber
+    row is either what it finally shows or the grey of 'nothing here': a frame not drawn
+    yet is never shown black (which reads as 'no attribution'), for every trajectory."""
+    page = open_page(small_interface["dir"], "#layer=2b&frame=40")
+    captures = page.evaluate("""async () => {
+      const v = window.galleryViewer;
+      const canvas = () => document.querySelectorAll('.strips .scrubber canvas')[1];
+      const beforePaint = () => new Promise((r) => requestAnimationFrame(() => r()));
+      const out = [];
+      for (const [layer, trajectory] of [['2b', 1], ['2b', 0], ['4a', 1], ['4a', 0]]) {
+        v.setState({layer, trajectory, frame: 40});
+        const shots = [];
+        for (let i = 0; i < 600; i++) {
+          await beforePaint();
+          const c = canvas();
+          if (!c.dataset.strip) continue;
+          shots.push({missing: c.dataset.stripMissing, width: c.width, height: c.height,
+                      pixels: Array.from(c.getContext('2d').getImageData(0, 0, c.width,
+                                                                         c.height).data)});
+          if (c.dataset.stripMissing === '0') break;
+        }
+        out.push({layer, trajectory, shots});
+      }
+      return out;
+    }""")
+    grey = np.array([230, 230, 230, 255], np.uint8)  # #e6e6e6
+    for case in captures:
+        shots = case["shots"]
+        assert shots and shots[-1]["missing"] == "0", (case["layer"], case["trajectory"])
+        images = [np.array(s["pixels"], np.uint8).reshape(s["height"], s["width"], 4)
+                  for s in shots]
+        final = images[-1]
+        assert (final[..., :3] < 8).all(axis=(0, 2)).sum() < final.shape[1] // 2  # drawn
+        for image in images:
+            same = (image == final).all(axis=(0, 2))
+            waiting = (image == grey).all(axis=(0, 2))
+            assert (same | waiting).all(), (case["layer"], case["trajectory"],
+                                             np.flatnonzero(~(same | waiting))[:8])
+
+
 def test_attribution_is_overlaid_on_the_observation(small_interface, open_page):
     """As the reference draws it (method.md 6): the observation in grey, fully opaque, and
     the attribution over it at opacity 0.9; where the attribution is transparent, the
@@ -421,6 +463,13 @@ def test_attribution_is_overlaid_on_the_observation(small_interface, open_page):
 
     page = open_page(small_interface["dir"], "#layer=2b&frame=30")
     wait_drawn(page, "2b|0|value|30|abs|all")
+    # a view with transparent parts (the demo agent's 'all' view covers the whole frame)
+    for view in ["all", *map(str, range(8))]:
+        page.evaluate(f"window.galleryViewer.setState({{rows: [{{output: 'value', "
+                      f"direction: 'pos', view: '{view}'}}]}})")
+        wait_drawn(page, f"2b|0|value|30|pos|{view}")
+        if (canvas_pixels(page, "canvas.attr")[..., 3] < 3).mean() > 0.25:
+            break
     style = page.evaluate("""() => {
       const s = (q) => getComputedStyle(document.querySelector(q));
       return {under: s('canvas.under').filter, visible: s('canvas.under').visibility,
@@ -545,6 +594,9 @@ window.parsed = parseDeepLink("#frame=3&rows=value.neg.all");
     disk.goto((folder / "index.html").as_uri())
     assert disk.locator("#gallery-from-disk").is_visible()
     assert "python3 -m http.server" in disk.locator("#gallery-from-disk").inner_text()
+    # the folder named is the one this browser opened; the page file names none
+    assert disk.locator("#gallery-folder").inner_text() == f"{folder.resolve()}/"
+    assert str(folder.resolve()) not in (folder / "index.html").read_text()
     assert not errors
     context.close()
 

@@ -6,9 +6,14 @@
 import { AttributionFile } from "./codec";
 import { FrameRenderer, frameKey, type RenderSpec } from "./render";
 import type { FromWorker, ToWorker } from "./renderer";
+import { stripChunks } from "./strips";
 
 interface FrameJob { channel: string; file: string; t: number; spec: RenderSpec }
-interface StripJob { id: number; file: string; spec: RenderSpec; c0: number; c1: number; next: number }
+interface StripJob {
+  id: number; file: string; spec: RenderSpec; c0: number; c1: number; first: number;
+  /** chunks still to draw, in order (set once the file is known) */
+  chunks: [number, number][] | null;
+}
 
 const scope = self as unknown as {
   onmessage: ((e: MessageEvent<ToWorker>) => void) | null;
@@ -39,7 +44,8 @@ scope.onmessage = (e) => {
     if (m.background) background = [...background.filter((j) => j.channel !== m.channel), ...jobs];
     else frames = [...frames.filter((j) => j.channel !== m.channel), ...jobs];
   } else if (m.kind === "strip") {
-    strips.push({ id: m.id, file: m.file, spec: m.spec, c0: m.c0, c1: m.c1, next: 0 });
+    strips.push({ id: m.id, file: m.file, spec: m.spec, c0: m.c0, c1: m.c1, first: m.first,
+                  chunks: null });
   } else if (m.kind === "cancel-strip") {
     strips = strips.filter((j) => j.id !== m.id);
   }
@@ -71,7 +77,8 @@ function renderFrame(job: FrameJob): void {
                       height: data.header.height, rgba }, [rgba.buffer]);
 }
 
-/** Up to 16 frames of a strip, sent as one chunk (columns [from * sw, to * sw)). */
+/** Up to 16 frames of a strip, sent as one chunk (columns [from * sw, to * sw)); the
+ * chunk on screen first (stripChunks). */
 function renderStrip(job: StripJob): void {
   const data = files.get(job.file);
   if (!data) {
@@ -80,13 +87,13 @@ function renderStrip(job: StripJob): void {
   }
   const { frames: T, height: h } = data.header;
   const sw = job.c1 - job.c0;
-  const from = job.next, to = Math.min(T, from + 16);
+  job.chunks ??= stripChunks(T, job.first, 16);
+  const [from, to] = job.chunks.shift()!;
   const width = (to - from) * sw;
   const rgba = new Uint8ClampedArray(width * h * 4);
   for (let t = from; t < to; t++) {
     renderer.stripFrame(data, t, job.spec, job.c0, job.c1, rgba, width, (t - from) * sw);
   }
-  job.next = to;
-  if (to >= T) strips.shift();
+  if (!job.chunks.length) strips.shift();
   scope.postMessage({ kind: "strip", id: job.id, from, to, width, height: h, rgba }, [rgba.buffer]);
 }

@@ -7,13 +7,15 @@
 import RenderWorker from "./render.worker?worker&inline";
 import type { AttributionFile } from "./codec";
 import { FrameRenderer, frameKey, type RenderSpec } from "./render";
+import { stripChunks } from "./strips";
 
 export type ToWorker =
   | { kind: "file"; file: string; bytes: ArrayBuffer }
   | { kind: "forget"; file: string }
   | { kind: "frames"; channel: string; file: string; frames: number[]; spec: RenderSpec;
       background?: boolean }
-  | { kind: "strip"; id: number; file: string; spec: RenderSpec; c0: number; c1: number }
+  | { kind: "strip"; id: number; file: string; spec: RenderSpec; c0: number; c1: number;
+      first: number }
   | { kind: "cancel-strip"; id: number };
 
 export type FromWorker =
@@ -127,21 +129,22 @@ export class AttributionRenderer {
 
   /**
    * Draw the strip of a file (columns [c0, c1) of every frame), delivered in chunks to
-   * `onChunk`. Returns a function that cancels it.
+   * `onChunk`, from frame `first` (the window on screen) on. Returns a function that
+   * cancels it.
    */
   strip(file: string, data: AttributionFile, bytes: ArrayBuffer | undefined, spec: RenderSpec,
-        c0: number, c1: number, onChunk: StripChunk): () => void {
+        c0: number, c1: number, onChunk: StripChunk, first = 0): () => void {
     const id = this.nextStrip++;
     if (this.worker && bytes) {
       this.send(file, bytes);
       this.strips.set(id, onChunk);
-      this.post({ kind: "strip", id, file, spec: plainSpec(spec), c0, c1 });
+      this.post({ kind: "strip", id, file, spec: plainSpec(spec), c0, c1, first });
       return () => {
         this.strips.delete(id);
         this.post({ kind: "cancel-strip", id });
       };
     }
-    return this.localStrip(data, spec, c0, c1, onChunk);
+    return this.localStrip(data, spec, c0, c1, onChunk, first);
   }
 
   destroy(): void {
@@ -181,23 +184,22 @@ export class AttributionRenderer {
 
   /** The strip drawn here, a few frames per slice of time, when there is no worker. */
   private localStrip(data: AttributionFile, spec: RenderSpec, c0: number, c1: number,
-                     onChunk: StripChunk): () => void {
-    const { frames: T, height: h } = data.header;
+                     onChunk: StripChunk, first: number): () => void {
+    const { height: h } = data.header;
     const sw = c1 - c0;
-    let next = 0;
+    const chunks = stripChunks(data.header.frames, first, 4);
     let timer = 0;
     const work = () => {
       const start = performance.now();
-      while (next < T && performance.now() - start < 4) {
-        const from = next, to = Math.min(T, from + 4);
+      while (chunks.length && performance.now() - start < 4) {
+        const [from, to] = chunks.shift()!;
         const image = new ImageData((to - from) * sw, h);
         for (let t = from; t < to; t++) {
           this.local.stripFrame(data, t, spec, c0, c1, image.data, image.width, (t - from) * sw);
         }
         onChunk(from, to, image);
-        next = to;
       }
-      if (next < T) timer = window.setTimeout(work, 0);
+      if (chunks.length) timer = window.setTimeout(work, 0);
     };
     timer = window.setTimeout(work, 0);
     return () => window.clearTimeout(timer);

@@ -5,3 +5,15 @@
 export function windowStart(frame: number, visible: number): number {
   return frame - Math.floor(visible / 2);
 }
+
+/**
+ * Chunks [from, to) of `size` frames covering 0..frames, in drawing order: the chunk holding
+ * frame `first` (the start of the window on screen), those after it, then those before, so
+ * that the part of a strip on screen is drawn first.
+ */
+export function stripChunks(frames: number, first: number, size: number): [number, number][] {
+  const chunks: [number, number][] = [];
+  for (let from = 0; from < frames; from += size) chunks.push([from, Math.min(frames, from + size)]);
+  const at = Math.min(Math.max(0, Math.floor(first / size)), Math.max(0, chunks.length - 1));
+  return [...chunks.slice(at), ...chunks.slice(0, at)];
+}
