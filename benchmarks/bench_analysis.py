@@ -146,18 +146,22 @@ def per_layer(policy: torch.nn.Module, frames: np.ndarray, repeats: int,
 
 def load_frames(args: argparse.Namespace, policy: torch.nn.Module
                 ) -> tuple[TrajectoryArrays, np.ndarray]:
+    """Recorded CoinRun (hard) frames: the method's default rollouts (8 x 512 trajectory
+    frames, 32 x 128 extra observations every 128 steps), cached in `--rollouts`; with
+    --skip-full only 128 extra observations (8 x 16, every 16 steps) for the per-layer
+    timings."""
     spec = EnvSpec.from_args(policy.args, {"distribution_mode": "hard", "num_levels": 0})
-    rollouts = load_or_collect(args.rollouts, policy, spec,
-                               trajectories=TrajectoryConfig(8, 512),
-                               observations=ObservationConfig(32, 128, 128), seed=0)
+    small = args.skip_full or args.quick
+    path = args.rollouts.with_name(args.rollouts.stem + "-small.npz") if small \
+        else args.rollouts
+    rollouts = load_or_collect(path, policy, spec,
+                               trajectories=TrajectoryConfig(2, 64) if small
+                               else TrajectoryConfig(8, 512),
+                               observations=ObservationConfig(8, 16, 16) if small
+                               else ObservationConfig(32, 128, 128), seed=0)
     traj = rollouts.trajectories
     arrays = TrajectoryArrays(traj.observations, traj.firsts, traj.actions, traj.rewards)
-    observations = rollouts.observations
-    if args.quick:
-        arrays = TrajectoryArrays(traj.observations[:2, :64], traj.firsts[:2, :64],
-                                  traj.actions[:2, :64], traj.rewards[:2, :64])
-        observations = observations[::16]
-    return arrays, observations
+    return arrays, rollouts.observations
 
 
 class StageClock:
