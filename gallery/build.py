@@ -129,6 +129,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 *, progress: StageProgress | None = None, interfaces: bool = False
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
+    from .distributed import current, resolve_device
     from .environments import EnvSpec
     from .interface import source_date
     from .policy import load_policy
@@ -138,6 +139,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     say = progress or (lambda message: None)
     start = time.perf_counter()
     policy = load_policy(checkpoint_path, adapter=settings.adapter, env=settings.env)
+    policy.to(resolve_device(None, current().local_rank))
     sha256 = policy.sha256 or sha256_file(checkpoint_path)
     described = policy.describe()
     env_spec = EnvSpec.from_args(policy.args, settings.env)
@@ -231,14 +233,15 @@ def policy_values(policy: Any, observations: np.ndarray, batch: int = 512) -> np
     """The value estimate of uint8 observations (E, T, H, W, C), as (E, T) float64."""
     import torch
 
+    from .attribution import prepare_observations
     from .rollouts import TORCH_THREADS, torch_threads
 
     flat = observations.reshape(-1, *observations.shape[2:])
     out = []
     with torch.inference_mode(), torch_threads(TORCH_THREADS):
         for i in range(0, len(flat), batch):
-            obs = torch.from_numpy(flat[i:i + batch]).float().div_(255)
-            out.append(policy(obs)[1].double().numpy())
+            obs = prepare_observations(policy, flat[i:i + batch])
+            out.append(policy(obs)[1].double().cpu().numpy())
     return np.concatenate(out).reshape(observations.shape[:2])
 
 
@@ -710,13 +713,16 @@ def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
     import torch
 
     from . import load_policy
+    from .attribution import prepare_observations
+    from .distributed import current, resolve_device
 
     policy = load_policy(checkpoint_path, adapter=spec.adapter, env=spec.env)
+    policy.to(resolve_device(None, current().local_rank))
     if tuple(policy.observation_shape) != tuple(frames.shape[1:]):
         raise ValueError(f"{checkpoint_path.name} takes {tuple(policy.observation_shape)} "
                          f"observations, the shared ones are {tuple(frames.shape[1:])}")
     with torch.inference_mode():
-        logits, value = policy(torch.from_numpy(frames).float().div_(255))
+        logits, value = policy(prepare_observations(policy, frames))
     names = [policy.action_names[i] for i in logits.argmax(-1).tolist()]
     return [round(float(v), 4) for v in value], names
 

@@ -128,14 +128,18 @@ def configure_threads(context: Context, threads: int | None = None) -> int:
     return count
 
 
+#: The process's default device (set by `gallery build --device`, inherited by MPI ranks).
+DEVICE_ENV = "GALLERY_DEVICE"
+
+
 def resolve_device(name: str | None, local_rank: int = 0) -> str:
-    """'cpu' (default), 'cuda' (the GPU of this node's rank: local_rank % GPUs) or
-    'cuda:N'. Refuses cuda when no GPU is visible."""
+    """'cpu', 'cuda' (the GPU of this node's rank: local_rank % GPUs) or 'cuda:N'; None
+    means $GALLERY_DEVICE, else 'cpu'. Refuses cuda when no GPU is visible."""
     import torch
 
     from .errors import UsageError
 
-    name = name or "cpu"
+    name = name or os.environ.get(DEVICE_ENV) or "cpu"
     if name == "cpu":
         return "cpu"
     if not name.startswith("cuda"):

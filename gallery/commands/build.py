@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads per process (default: the cores divided by the MPI "
                    "ranks on this node); run under `mpiexec -n N` to spread the interface "
                    "units of all models over N ranks (docs/scaling.md)")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="torch device of every network: cpu (default), cuda (under MPI each "
+                   "rank takes the GPU local_rank %% GPUs) or cuda:N")
 
 
 def resolve_manifest(option: str | None) -> Path:
@@ -79,6 +83,9 @@ def prepare(args: argparse.Namespace) -> tuple[Manifest, BuildConfig]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "device", None):  # checked now, then the default of every unit
+        distributed.resolve_device(args.device)
+        os.environ[distributed.DEVICE_ENV] = args.device
     # under `mpiexec -n N`, ranks other than 0 compute interface units, rank 0 does the rest
     with distributed.session(getattr(args, "threads", None)) as context:
         return 0 if context is None else _run(args)
