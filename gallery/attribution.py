@@ -202,9 +202,9 @@ def attribution_batches(policy: torch.nn.Module, obs: Any, layer: str, readout: 
 # --- validation -------------------------------------------------------------------------
 
 def policy_device(policy: torch.nn.Module) -> torch.device:
-    """The device of the policy's parameters (CPU for a policy without any)."""
-    parameter = next(policy.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+    """The device of the policy's parameters or buffers (CPU for a policy without any)."""
+    tensor = next(itertools.chain(policy.parameters(), policy.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def prepare_observations(policy: torch.nn.Module, obs: Any) -> Tensor:

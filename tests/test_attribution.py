@@ -123,8 +123,8 @@ def _h(obs: np.ndarray) -> np.ndarray:
 # --- hand-derived values -----------------------------------------------------------------
 
 @pytest.mark.parametrize("steps", [1, 2, 10, 37])
-def test_ig_by_hand(steps):
-    policy, obs = TinyPolicy(), _obs()
+def test_ig_by_hand(steps, device):
+    policy, obs = TinyPolicy().to(device), _obs()
     h = _h(obs)
     n = steps
     assert_allclose(integrated_gradients(policy, obs, "h", "value", steps),
@@ -164,8 +164,8 @@ def test_completeness_converges_like_one_over_n():
     assert errors[0] > 9 * errors[1] > 81 * errors[2] > 729 * errors[3]
 
 
-def test_input_layer_gives_plain_gradients():
-    policy, obs = TinyPolicy(), _obs()
+def test_input_layer_gives_plain_gradients(device):
+    policy, obs = TinyPolicy().to(device), _obs()
     h = _h(obs)
     # d/dobs of sum(h^2)/2 = h * 2 (h = 0 where the ReLU is off)
     assert_allclose(input_gradients(policy, obs), 2 * h, rtol=1e-6)
@@ -174,8 +174,8 @@ def test_input_layer_gives_plain_gradients():
     assert_allclose(input_gradients(policy, obs, 0), 2 * C_VEC * (h > 0), rtol=1e-6)
 
 
-def test_policy_attribution_shares_the_forward_and_sums_groups():
-    policy, obs = TinyPolicy(), _obs(4)
+def test_policy_attribution_shares_the_forward_and_sums_groups(device):
+    policy, obs = TinyPolicy().to(device), _obs(4)
     result = policy_attribution(policy, obs, "h", steps=10)
     assert result.actions.shape == (5, 4, 2, 3, 2)
     assert_allclose(result.value, integrated_gradients(policy, obs, "h"), rtol=1e-6)
@@ -192,8 +192,8 @@ def test_policy_attribution_shares_the_forward_and_sums_groups():
                         result.actions[list(group.actions)].sum(0), rtol=1e-6)
 
 
-def test_batching_does_not_change_results():
-    policy, obs = TinyPolicy(), _obs(7)
+def test_batching_does_not_change_results(device):
+    policy, obs = TinyPolicy().to(device), _obs(7)
     readout = readout_matrix(policy, ["value", 1, [0, 3]])
     whole = np.concatenate([b for _, b in attribution_batches(policy, obs, "h", readout, 10)],
                            axis=1)
@@ -204,17 +204,17 @@ def test_batching_does_not_change_results():
     assert_allclose(np.concatenate(pieces, axis=1), whole, rtol=1e-6)
 
 
-def test_non_bottleneck_layers_get_the_observations():
-    policy, obs = SkipPolicy(), _obs()
+def test_non_bottleneck_layers_get_the_observations(device):
+    policy, obs = SkipPolicy().to(device), _obs()
     # value = sum(h * obs) is linear in h: IG = h * obs exactly, for any number of steps
     assert_allclose(integrated_gradients(policy, obs, "h", "value", 3), _h(obs) * obs,
                     rtol=1e-6, atol=1e-8)
 
 
-def test_multi_path_attribution():
+def test_multi_path_attribution(device):
     from gallery.nmf import LayerNMF
 
-    policy, obs = TinyPolicy(), _obs()
+    policy, obs = TinyPolicy().to(device), _obs()
     h = _h(obs)
     nmf = LayerNMF(np.array([[1.0, 0.5], [0.0, 1.0]]))
     # a linear output: every path gives c * h exactly
