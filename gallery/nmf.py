@@ -114,8 +114,10 @@ class LayerNMF:
                 residual.to(torch.float32).cpu().numpy())
 
     def _tensor(self, x: np.ndarray | torch.Tensor, device: Any) -> torch.Tensor:
-        x = torch.as_tensor(x).to(_device(device) if device is not None else self.device,
-                                  torch.float32)
+        with warnings.catch_warnings():  # read-only arrays (unit stores): only read here
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.as_tensor(x)
+        x = x.to(_device(device) if device is not None else self.device, torch.float32)
         if x.ndim < 1 or x.shape[-1] != self.components.shape[1]:
             raise AnalysisError(f"expected {self.components.shape[1]} channels, got "
                                 f"shape {tuple(x.shape)}")

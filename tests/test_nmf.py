@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,11 @@ def test_transform_of_real_activations_is_scikit_learns(coinrun_layer, device):
     # a tensor on the device in, the same numpy out; an argument overrides the attribute
     assert_allclose(nmf.transform(torch.from_numpy(acts).to(device)), amounts)
     assert_allclose(LayerNMF(model.components_).transform(acts, device=device), amounts)
+    read_only = acts.copy()
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_allclose(nmf.transform(read_only), amounts)
 
 
 def test_reduction_of_real_attribution_is_scikit_learns(coinrun_layer, device):
