@@ -171,10 +171,13 @@ def main() -> None:
           f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}); best of {args.repeats}, wall "
           "and CPU seconds, plain/side time ratios (wall, CPU)")
     for layer in args.layers or list(policy.layer_names):
+        start = time.perf_counter()
         attr = integrated_gradients(policy, frames, layer, "value", 10)
+        seconds = time.perf_counter() - start  # the rest of an interface's NMF unit
         acts = _activations(policy, frames, layer)
         rows = signed_rows(attr)
-        print(f"\n{layer}: attribution {attr.shape}, {len(rows):,} signed rows")
+        print(f"\n{layer}: attribution {attr.shape} ({seconds:.1f} s, once), "
+              f"{len(rows):,} signed rows")
 
         def fit_one_thread() -> NMF:
             with threadpool_limits(1, user_api="blas"):
