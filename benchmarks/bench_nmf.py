@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_nmf.py [--frames 128] [--repeats 3]
         [--layers 1a 2a 2b 3a 4a] [--paper | --checkpoint PATH] [--device cuda]
-        [--rev GIT-REVISION]
+        [--rev GIT-REVISION] [--stages fit transform reduce]
 
 The data is what an interface feeds NMF: CoinRun frames recorded with the policy
 (gallery.rollouts, extra observations of 32 environments, one every 128 steps; saved in
@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="also run gallery.nmf's transforms there")
     parser.add_argument("--rev", default=None, help="also gallery/nmf.py at this git revision")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stages", nargs="+", default=["fit", "transform", "reduce"],
+                        choices=["fit", "transform", "reduce"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
@@ -179,53 +181,74 @@ def main() -> None:
         print(f"\n{layer}: attribution {attr.shape} ({seconds:.1f} s, once), "
               f"{len(rows):,} signed rows")
 
-        def fit_one_thread() -> NMF:
+        if "fit" in args.stages:
+            h = fit_stage(args.repeats, rows, attr, modules)
+        else:  # the components the other stages use
             with threadpool_limits(1, user_api="blas"):
-                return plain_model().fit(rows)
-
-        sides = {"plain": lambda: plain_model().fit(rows), "plain, 1 BLAS thread": fit_one_thread}
-        for label, module in modules.items():
-            sides[f"{label}.fit_nmf"] = lambda module=module: module.fit_nmf(attr)
-        times, done = timed_alternating(args.repeats, sides)
-        h = done["plain"].components_
+                h = plain_model().fit(rows).components_
         model = plain_model(h)
-        print("  fit")
-        for name, result in done.items():
-            components = result.components_ if isinstance(result, NMF) else result.components
-            n_iter = result.n_iter_ if isinstance(result, NMF) else result.n_iter
-            amounts = plain_model(components).transform(rows)
-            row(name, times[name], None if name == "plain" else times["plain"],
-                f"{n_iter:3d} it, H vs plain {relative(components, h):.1e}, "
-                f"loss {loss(rows, amounts, components):.6f}")
-
-        flat = acts.reshape(-1, acts.shape[-1])
         layer_nmfs = {label: module.LayerNMF(h) for label, module in modules.items()}
-        sides = {"plain": lambda: model.transform(flat)}
-        for label, layer_nmf in layer_nmfs.items():
-            sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.transform(acts)
-        if args.device:
-            sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs["gallery.nmf"].transform(
-                acts, device=args.device)
-        times, done = timed_alternating(args.repeats, sides)
-        print("  transform (activations)")
-        for name, result in done.items():
-            result = result.reshape(-1, K)
-            row(name, times[name], None if name == "plain" else times["plain"],
-                f"vs plain {relative(result, done['plain']):.1e}, "
-                f"loss {loss(flat, result, h):.6f}")
+        if "transform" in args.stages:
+            transform_stage(args, acts, model, layer_nmfs)
+        if "reduce" in args.stages:
+            reduce_stage(args, attr, model, layer_nmfs)
 
-        sides = {"plain": lambda: plain_reduce(model, attr)}
-        for label, layer_nmf in layer_nmfs.items():
-            sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.reduce_attribution(attr)
-        if args.device:
-            sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs[
-                "gallery.nmf"].reduce_attribution(attr, device=args.device)
-        times, done = timed_alternating(args.repeats, sides)
-        print("  reduce (attribution)")
-        for name, (features, residual) in done.items():
-            row(name, times[name], None if name == "plain" else times["plain"],
-                f"features vs plain {relative(features, done['plain'][0]):.1e}, "
-                f"residual {relative(residual, done['plain'][1]):.1e}")
+
+def fit_stage(repeats: int, rows: np.ndarray, attr: np.ndarray,
+              modules: dict[str, types.ModuleType]) -> np.ndarray:
+    """Times and compares the fits; plain's components."""
+    def fit_one_thread() -> NMF:
+        with threadpool_limits(1, user_api="blas"):
+            return plain_model().fit(rows)
+
+    sides = {"plain": lambda: plain_model().fit(rows), "plain, 1 BLAS thread": fit_one_thread}
+    for label, module in modules.items():
+        sides[f"{label}.fit_nmf"] = lambda module=module: module.fit_nmf(attr)
+    times, done = timed_alternating(repeats, sides)
+    h = done["plain"].components_
+    print("  fit")
+    for name, result in done.items():
+        components = result.components_ if isinstance(result, NMF) else result.components
+        n_iter = result.n_iter_ if isinstance(result, NMF) else result.n_iter
+        amounts = plain_model(components).transform(rows)
+        row(name, times[name], None if name == "plain" else times["plain"],
+            f"{n_iter:3d} it, H vs plain {relative(components, h):.1e}, "
+            f"loss {loss(rows, amounts, components):.6f}")
+    return h
+
+
+def transform_stage(args: argparse.Namespace, acts: np.ndarray, model: NMF,
+                    layer_nmfs: dict[str, object]) -> None:
+    flat = acts.reshape(-1, acts.shape[-1])
+    sides = {"plain": lambda: model.transform(flat)}
+    for label, layer_nmf in layer_nmfs.items():
+        sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.transform(acts)
+    if args.device:
+        sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs["gallery.nmf"].transform(
+            acts, device=args.device)
+    times, done = timed_alternating(args.repeats, sides)
+    print("  transform (activations)")
+    for name, result in done.items():
+        result = result.reshape(-1, K)
+        row(name, times[name], None if name == "plain" else times["plain"],
+            f"vs plain {relative(result, done['plain']):.1e}, "
+            f"loss {loss(flat, result, model.components_):.6f}")
+
+
+def reduce_stage(args: argparse.Namespace, attr: np.ndarray, model: NMF,
+                 layer_nmfs: dict[str, object]) -> None:
+    sides = {"plain": lambda: plain_reduce(model, attr)}
+    for label, layer_nmf in layer_nmfs.items():
+        sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.reduce_attribution(attr)
+    if args.device:
+        sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs[
+            "gallery.nmf"].reduce_attribution(attr, device=args.device)
+    times, done = timed_alternating(args.repeats, sides)
+    print("  reduce (attribution)")
+    for name, (features, residual) in done.items():
+        row(name, times[name], None if name == "plain" else times["plain"],
+            f"features vs plain {relative(features, done['plain'][0]):.1e}, "
+            f"residual {relative(residual, done['plain'][1]):.1e}")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,13 @@ The fit is scikit-learn's public `NMF` with the settings of the reference tool, 
 'nndsvd', solver 'cd' (coordinate descent), Frobenius loss, tol 1e-4, max_iter 200. They
 are passed explicitly: today's default init, 'nndsvda', fits something else. BLAS runs on
 one thread during the fit: OpenBLAS splits the tall-and-thin products of the coordinate
-descent across threads so badly that two threads were 3 to 7 times slower
-(benchmarks/bench_nmf.py).
+descent across threads so badly that two threads made the fit 3 to 8 times slower on a
+2-core machine (benchmarks/bench_nmf.py).
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
-(`_coordinate_descent`), written in torch so that they run on any torch device.
+(`_coordinate_descent`), written in torch so that they run on any torch device; on the
+CPU they were 2 to 5 times faster than `NMF.transform` (benchmarks/bench_nmf.py).
 """
 
 from __future__ import annotations
