@@ -14,8 +14,11 @@ descent across threads so badly that two threads made the fit 3 to 8 times slowe
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
-(`_coordinate_descent`), written in torch so that they run on any torch device; on the
-CPU they were 2 to 5 times faster than `NMF.transform` (benchmarks/bench_nmf.py).
+(`_coordinate_descent`), written in torch so that they run on any torch device. On the
+CPU they are faster than `NMF.transform` at the large layers and as fast at the small ones
+(benchmarks/bench_nmf.py). They are thousands of small operations, each a fork and join of
+torch's threads: on a CPU that other processes keep busy, set OMP_WAIT_POLICY=passive (or
+fewer torch threads), else each join can wait for a descheduled thread.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class LayerNMF:
     def _tensor(self, x: np.ndarray | torch.Tensor, device: Any) -> torch.Tensor:
         with warnings.catch_warnings():  # read-only arrays (unit stores): only read here
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-            x = torch.as_tensor(x)
+            x = torch.as_tensor(x).detach()
         x = x.to(_device(device) if device is not None else self.device, torch.float32)
         if x.ndim < 1 or x.shape[-1] != self.components.shape[1]:
             raise AnalysisError(f"expected {self.components.shape[1]} channels, got "
