@@ -2,13 +2,53 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose
 from sklearn.decomposition import NMF
 
-from gallery.attribution import AnalysisError
-from gallery.nmf import LayerNMF, NMFSettings, fit_nmf, nndsvd, signed_rows
+from gallery.attribution import AnalysisError, integrated_gradients, prepare_observations
+from gallery.nmf import LayerNMF, NMFSettings, fit_nmf, signed_rows
+from gallery.policy import load_policy
+
+TESTS = Path(__file__).resolve().parent
+DEMO = TESTS.parent / "gallery" / "demo" / "coinrun-clear.jd"
+COINRUN_FRAMES = TESTS / "fixtures" / "parity" / "coinrun_real.npz"
+
+
+def _reference_model(components: np.ndarray | None = None, k: int = 8) -> NMF:
+    """scikit-learn's NMF with the reference settings, fitted to `components` if given."""
+    k = k if components is None else components.shape[0]
+    model = NMF(n_components=k, init="nndsvd", solver="cd", beta_loss="frobenius", tol=1e-4,
+                max_iter=200, random_state=0)
+    if components is not None:
+        model.components_ = components
+        model.n_components_, model.n_features_in_ = components.shape
+    return model
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request) -> str:
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU is visible to torch")
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def coinrun_layer() -> tuple[np.ndarray, np.ndarray, NMF]:
+    """Value attribution and activations of 16 recorded CoinRun frames at layer 2a of the
+    demo checkpoint, and scikit-learn's NMF fitted to the attribution as an interface
+    fits it."""
+    policy = load_policy(DEMO)
+    frames = np.load(COINRUN_FRAMES)["obs"]
+    attr = integrated_gradients(policy, frames, "2a", "value", 10)
+    with torch.inference_mode():
+        acts = policy.activations(prepare_observations(policy, frames), "2a").numpy()
+    return attr, acts, _reference_model().fit(signed_rows(attr))
 
 
 def _low_rank_attribution(seed: int = 0, k: int = 3, c: int = 6) -> np.ndarray:
@@ -30,41 +70,10 @@ def test_signed_rows_stack_positive_then_negative_parts():
 def test_fit_matches_scikit_learn_with_the_reference_settings():
     attr = _low_rank_attribution()
     ours = fit_nmf(attr, NMFSettings(n_features=3))
-    reference = NMF(n_components=3, init="nndsvd", solver="cd", beta_loss="frobenius",
-                    tol=1e-4, max_iter=200, random_state=0).fit(signed_rows(attr))
-    # all-zero rows are dropped before fitting: the same components, to float rounding
-    assert_allclose(ours.components, reference.components_, rtol=1e-4, atol=1e-5)
+    reference = _reference_model(k=3).fit(signed_rows(attr))
+    assert_allclose(ours.components, reference.components_, rtol=1e-5, atol=1e-7)
+    assert ours.n_iter == reference.n_iter_
     assert ours.converged
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_coordinate_descent_is_scikit_learns_algorithm(threads, monkeypatch):
-    from sklearn.decomposition._nmf import _fit_coordinate_descent  # the reference loop
-
-    import gallery.nmf as nmf_module
-
-    monkeypatch.setattr(nmf_module, "FIT_CHUNK_ROWS", 64)  # many chunks on both threads
-    rows = signed_rows(_low_rank_attribution(seed=5, k=4, c=10)).astype(np.float64)
-    rows = rows[rows.max(axis=1) > 0]
-    rows += 0.05 * np.random.default_rng(0).random(rows.shape)  # not exactly low rank
-    w, h = nndsvd(rows, 4)
-    _, h_ref, n_ref = _fit_coordinate_descent(rows, w.copy(), h.copy(), tol=1e-4,
-                                                  max_iter=200, shuffle=False)
-    h_ours, n_ours = nmf_module.coordinate_descent(rows, w.copy(), h.copy(), threads=threads)
-    # float64 on both sides: only the order of the sums differs
-    assert n_ours == n_ref > 5
-    assert_allclose(h_ours, h_ref, rtol=1e-9, atol=1e-12)
-
-
-def test_exact_nndsvd_equals_scikit_learns_randomized_one():
-    from sklearn.decomposition._nmf import _initialize_nmf  # the reference construction
-
-    rows = signed_rows(_low_rank_attribution(seed=3, k=4, c=10))
-    rows = rows[rows.max(axis=1) > 0]
-    w, h = nndsvd(rows, 4)
-    w_ref, h_ref = _initialize_nmf(rows, 4, init="nndsvd", random_state=0)
-    assert_allclose(h, h_ref, rtol=1e-3, atol=1e-5)
-    assert_allclose(w, w_ref, rtol=1e-3, atol=1e-5)
 
 
 def test_other_inits_are_left_to_scikit_learn():
@@ -96,14 +105,52 @@ def test_transform_is_scikit_learns_transform():
     attr = _low_rank_attribution(seed=2)
     nmf = fit_nmf(attr, NMFSettings(3))
     rows = signed_rows(attr)
-    reference = NMF(n_components=3, init="nndsvd", random_state=0)
-    reference.components_ = nmf.components
-    reference.n_features_in_ = rows.shape[1]
+    reference = _reference_model(nmf.components)
     assert_allclose(nmf.transform(rows), reference.transform(rows), rtol=1e-5, atol=1e-7)
     # N-D in, N-D out; zero rows give zero amounts
     amounts = nmf.transform(np.maximum(attr, 0))
     assert amounts.shape == attr.shape[:-1] + (3,)
     assert_allclose(amounts[np.maximum(attr, 0).max(-1) == 0], 0)
+
+
+def test_transform_of_real_activations_is_scikit_learns(coinrun_layer, device):
+    _, acts, model = coinrun_layer
+    reference = model.transform(acts.reshape(-1, acts.shape[-1])).reshape(acts.shape[:-1] + (8,))
+    nmf = LayerNMF(model.components_, device=device)
+    amounts = nmf.transform(acts)
+    assert isinstance(amounts, np.ndarray) and amounts.shape == reference.shape
+    assert_allclose(amounts, reference, rtol=1e-4, atol=1e-6 * reference.max())
+    # a tensor on the device in, the same numpy out; an argument overrides the attribute
+    assert_allclose(nmf.transform(torch.from_numpy(acts).to(device)), amounts)
+    assert_allclose(LayerNMF(model.components_).transform(acts, device=device), amounts)
+    read_only = acts.copy()
+    read_only.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_allclose(nmf.transform(read_only), amounts)
+
+
+def test_reduction_of_real_attribution_is_scikit_learns(coinrun_layer, device):
+    attr, _, model = coinrun_layer
+    flat = attr.reshape(-1, attr.shape[-1])
+    reduced = model.transform(np.maximum(flat, 0)) - model.transform(np.maximum(-flat, 0))
+    norms = model.components_.sum(axis=1)
+    features, residual = LayerNMF(model.components_, device=device).reduce_attribution(attr)
+    assert features.shape == attr.shape[:-1] + (8,) and residual.shape == attr.shape[:-1]
+    scale = np.abs(reduced * norms).max()
+    assert_allclose(features.reshape(-1, 8), reduced * norms, rtol=1e-4, atol=1e-6 * scale)
+    assert_allclose(residual.ravel(), flat.sum(-1, dtype=np.float64) - reduced @ norms,
+                    rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_bad_devices():
+    with pytest.raises(AnalysisError, match="unknown torch device"):
+        LayerNMF(np.eye(3), device="gpu0")
+    with pytest.raises(AnalysisError, match="unknown torch device"):
+        LayerNMF(np.eye(3)).transform(np.ones((2, 3)), device="nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(AnalysisError, match="no CUDA GPU"):
+            LayerNMF(np.eye(3), device="cuda")
 
 
 def test_transform_recovers_exact_amounts():
