@@ -690,12 +690,13 @@ def _stored_rollouts(store: UnitStore, key: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _stored_nmf(store: UnitStore, key: str) -> LayerNMF:
+def _stored_nmf(store: UnitStore, key: str, device: str = "cpu") -> LayerNMF:
     found = store.load(key)
     if found is None:
         raise InterfaceError(f"NMF unit {key[:12]} is missing from {store.root}")
     return LayerNMF(found.arrays["components"], settings=NMFSettings(found.value["features"]),
-                    n_iter=found.value["n_iter"], converged=found.value["converged"])
+                    n_iter=found.value["n_iter"], converged=found.value["converged"],
+                    device=device)
 
 
 def unit_rollouts(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
@@ -764,7 +765,7 @@ def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, 
     and encoded (attribution_codec): the files as they go into the bundle."""
     policy = cached_policy(checkpoint, adapter, device)
     obs = _stored_rollouts(store, rollouts)["trajectories.observations"][trajectory]
-    layer_nmf = _stored_nmf(store, nmf) if nmf is not None else None
+    layer_nmf = _stored_nmf(store, nmf, device) if nmf is not None else None
     targets = [t if not isinstance(t, list) else list(t) for t in targets]
     if multi_path and layer_nmf is not None:
         multi = MultiPath(layer_nmf, max_paths, seed)
@@ -796,7 +797,7 @@ def unit_features(store: UnitStore, *, checkpoint: str, adapter: str | None, dev
     """Legend thumbnails and the feature-view grids of one layer (method.md 7)."""
     policy = cached_policy(checkpoint, adapter, device)
     extra = _stored_rollouts(store, rollouts)["observations"]
-    layer_nmf = _stored_nmf(store, nmf)
+    layer_nmf = _stored_nmf(store, nmf, device)
     with torch.inference_mode():
         acts = np.concatenate([
             policy.activations(prepare_observations(policy, extra[i:i + 256]), layer)
