@@ -27,12 +27,14 @@ def test_unknown_devices_are_refused(name):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
-@pytest.mark.parametrize("command", ["interface", "build"])
+@pytest.mark.parametrize("command", ["interface", "build", "rollout"])
 def test_cuda_without_a_gpu_is_a_clear_error(command, tmp_path):
     args = {"interface": ["interface", "gallery/demo/coinrun-clear.jd", "-o",
                           str(tmp_path / "out")],
             "build": ["build", "-m", "checkpoints.yaml", "-o", str(tmp_path / "site"),
-                      "--cache-dir", str(tmp_path / "cache")]}[command]
+                      "--cache-dir", str(tmp_path / "cache")],
+            "rollout": ["rollout", "gallery/demo/coinrun-clear.jd", "-o",
+                        str(tmp_path / "out")]}[command]
     done = subprocess.run([sys.executable, "-m", "gallery", *args, "--device", "cuda"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from ..distributed import resolve_device
 from ..environments import EnvSpec
 from ..errors import UsageError
 from ..adapters import load_any
@@ -43,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override an environment option of the checkpoint, e.g. "
                    "distribution_mode=easy or env_name=coinrun (repeatable; YAML values)")
     p.add_argument("--force", action="store_true", help="record again even if OUT.npz matches")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="torch device of the policy: cpu (default), cuda or cuda:N; the "
+                   "environments step on the CPU")
     p.set_defaults(func=run)
 
 
@@ -83,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                                         args.episodes)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    device = resolve_device(args.device)  # (checked before anything is loaded)
     policy = load_any(args.checkpoint, adapter=args.adapter, env=parse_overrides(args.env))
+    policy.to(device)
     spec = EnvSpec.from_args(policy.args, parse_overrides(args.env))
     print(f"{args.checkpoint}: {spec.describe()}, {trajectories.num_envs} x "
           f"{trajectories.num_steps} steps, seed {args.seed}", file=sys.stderr)
