@@ -42,7 +42,7 @@ from .attribution import (INPUT_LAYER, MultiPath, action_groups, attribution_bat
                           integrated_gradients, prepare_observations, readout_matrix)
 from .dataset_examples import assign_with_max_repetition, feature_thumbnail, resample_grid
 from .environments import EnvSpec
-from .policy import apply_env
+from .policy import action_names_in
 from .errors import GalleryError
 from .fetch import resolve_cache_dir, sha256_file
 from .distributed import cached_policy
@@ -345,11 +345,11 @@ class InterfaceBuilder:
         self.checkpoint_sha = getattr(policy, "sha256", "") or (
             sha256_file(self.checkpoint) if Path(self.checkpoint).is_file() else "")
         self.fingerprint = policy_fingerprint(policy, self.checkpoint_sha or None)
-        if o.env:  # the environment a file does not name (SB3 zips): its action names
-            apply_env(policy, dict(o.env))
         self.spec = EnvSpec.from_args(policy.args, o.env)
         self.layer_names = select_layers(policy.layer_names, o)
-        names = list(policy.action_names)
+        # the environment a file does not name (SB3 zips) gives the action names; the
+        # cached policy stays as loaded (several models may share it)
+        names = action_names_in(policy, dict(o.env))
         self.group_specs = [bundles.group_output(g.name, g.actions, names)
                             for g in action_groups(names)]
         self.output_specs = [bundles.value_output()]
@@ -518,7 +518,7 @@ class InterfaceBuilder:
         observations = rollouts["trajectories.observations"]
         extra = rollouts.get("observations")
         outputs = get(plan.outputs, "outputs")
-        names = list(self.policy.action_names)
+        names = action_names_in(self.policy, dict(o.env))
         title = o.title or Path(self.checkpoint).stem
         model = {"id": o.model_id or _slug(title), "title": title,
                  "architecture": getattr(self.policy, "architecture", "unknown"),

@@ -311,10 +311,17 @@ def _training_steps(extra: dict[str, Any]) -> int | None:
 
 def apply_env(policy: PolicyBase, env: dict[str, Any]) -> None:
     """Merge `env` into the policy's args; generic action names become the game's."""
+    policy.action_names = action_names_in(policy, env)
     policy.args = {**policy.args, **env}
+
+
+def action_names_in(policy: PolicyBase, env: dict[str, Any]) -> list[str]:
+    """The policy's action names, the game's where the file named none and `env` names
+    the game (without changing the policy, which may be shared by several models)."""
     generic = [f"action {i}" for i in range(policy.num_actions)]
     if list(policy.action_names) == generic:
-        policy.action_names = default_action_names(policy.args, policy.num_actions)
+        return default_action_names({**policy.args, **env}, policy.num_actions)
+    return list(policy.action_names)
 
 
 def _fetch_url(url: str, sha256: str | None, cache_dir: str | Path | None) -> Path:
