@@ -161,8 +161,9 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="passed to `gallery interface`")
     parser.add_argument("--policy-layer", metavar="LAYER",
                         help="attribute every action and group too, at this layer only")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="GALLERY_WORKERS for the builds (default: the command's own)")
+    parser.add_argument("--workers", default=None, metavar="N[,M..]",
+                        help="GALLERY_WORKERS for the builds (default: the command's own); "
+                        "several values: HEAD is built once with each")
     parser.add_argument("--commit", metavar="REV",
                         help="also build from a git worktree of REV and compare")
     parser.add_argument("--first", choices=["HEAD", "REV"], default="REV",
@@ -188,23 +189,28 @@ def main() -> None:
     results = []
     try:
         with contextlib.ExitStack() as stack:
-            runs = [("HEAD", ROOT)]
+            counts = ([None] if args.workers is None
+                      else [int(w) for w in args.workers.split(",")])
+            runs = [("HEAD" if len(counts) == 1 else f"HEAD-w{w}", ROOT, w) for w in counts]
             if args.commit:
                 other = stack.enter_context(worktree(args.commit, scratch))
-                runs.insert(0 if args.first == "REV" else 1, (args.commit, other))
-            for name, tree in runs:
+                runs.insert(0 if args.first == "REV" else len(runs),
+                            (args.commit, other, counts[0]))
+            for name, tree, workers in runs:
                 print(f"--- {name} ({tree})", flush=True)
                 results.append(build(tree, args.checkpoint.resolve(), options, scratch, name,
-                                     args.workers, args.quiet))
+                                     workers, args.quiet))
                 print(report(results[-1]), flush=True)
         print("--- summary")
         for result in results:
             print(report(result))
-        if len(results) == 2:
-            head = next(r for r in results if r["name"] == "HEAD")
-            other = next(r for r in results if r["name"] != "HEAD")
-            print(f"{other['name']} / HEAD wall time: {other['wall_s'] / head['wall_s']:.2f}x; "
-                  f"bundles {'identical' if same_bundle(head['output'], other['output']) else 'differ'}")
+        head = results[-1] if args.first == "REV" or not args.commit else results[-2]
+        for other in results:
+            if other is not head:
+                same = same_bundle(head["output"], other["output"])
+                print(f"{other['name']} / {head['name']} wall time: "
+                      f"{other['wall_s'] / head['wall_s']:.2f}x; bundles "
+                      f"{'identical' if same else 'differ'}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
