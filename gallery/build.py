@@ -129,6 +129,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 *, progress: StageProgress | None = None, interfaces: bool = False
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
+    from . import progress as progress_bars
     from .distributed import current, resolve_device
     from .environments import EnvSpec
     from .interface import source_date
@@ -148,7 +149,8 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     rollouts = load_or_collect(
         out_dir / ROLLOUTS_FILE, policy, env_spec,
         trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
-        observations=None, seed=options.seed, checkpoint_sha256=sha256)
+        observations=None, seed=options.seed, checkpoint_sha256=sha256,
+        progress=progress_bars.counter("rollouts"))
     recorded = rollouts.trajectories
     stats = recorded.episodes()
     say("values and advantages")

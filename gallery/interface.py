@@ -51,7 +51,9 @@ from .rollouts import FORMAT_VERSION as ROLLOUTS_FORMAT
 from .rollouts import ObservationConfig, TrajectoryConfig, load_rollouts, metadata_path, \
     policy_fingerprint
 from .rollouts import collect as collect_rollouts
-from .units import RunSummary, StopFlag, Unit, UnitResult, UnitStore, run_units, unit_key
+from . import progress as progress_bars
+from .units import RunSummary, StopFlag, Unit, UnitResult, UnitStore, current_pool, run_units, \
+    unit_key
 
 log = logging.getLogger(__name__)
 
@@ -479,17 +481,30 @@ class InterfaceBuilder:
 
     def compute(self, units: list[Unit], context: distributed.Context) -> RunSummary:
         start = time.perf_counter()
-        where = (f"{context.size} MPI ranks" if context.executor is not None
-                 else "this process")
+        executor, workers = context.executor, context.workers
+        if executor is not None:
+            where = f"{context.size} MPI ranks"
+        else:
+            executor, workers = current_pool()
+            where = f"this process and {workers} worker(s)" if workers else "this process"
         self.say(f"{len(units)} units ({', '.join(_count_kinds(units))}) on {where}; "
                  f"store {self.store.root}")
+        stages = _UnitStages(units, self.store) if progress_bars.active() else None
 
         def progress(unit: Unit, computed: bool, done: int, total: int) -> None:
-            self.say(f"[{done}/{total}] {unit.label}{'' if computed else ' (reused)'}")
+            if stages is not None:
+                stages.finished(unit)
+            else:
+                self.say(f"[{done}/{total}] {unit.label}{'' if computed else ' (reused)'}")
 
-        with StopFlag().installed() as stop:
-            summary = run_units(units, self.store, executor=context.executor,
-                                workers=context.workers, progress=progress, stop=stop)
+        try:
+            with StopFlag().installed() as stop:
+                summary = run_units(units, self.store, executor=executor, workers=workers,
+                                    progress=progress, stop=stop,
+                                    started=stages.started if stages else None)
+        finally:
+            if stages is not None:
+                stages.close()
         self.run_summary = summary
         self.timer.seconds.update(summary.seconds)  # compute seconds of the units run now
         self.say(summary.describe())
@@ -538,17 +553,23 @@ class InterfaceBuilder:
                 vis_expand_mult_default=o.vis_expand_mult_default),
             single_features=o.single_features, image_effort=o.image_effort)
         a = outputs.arrays
+        writing = progress_bars.current().stage(
+            "writing", len(observations) + (extra is not None) + len(plan.features)
+            + sum(len(row) for rows in plan.attribution.values() for row in rows) + 1,
+            "parts")
         for e in range(len(observations)):
             writer.add_trajectory(bundles.TrajectoryData(
                 observations=observations[e], actions=rollouts["trajectories.actions"][e],
                 rewards=rollouts["trajectories.rewards"][e],
                 firsts=rollouts["trajectories.firsts"][e], dones=a["dones"][e],
                 logits=a["logits"][e], values=a["values"][e], advantages=a["advantages"][e]))
+            writing.update()
         writer.set_bookmarks(
             [bundles.BookmarkEntry(*b) for b in outputs.value["high"]],
             [bundles.BookmarkEntry(*b) for b in outputs.value["low"]])
         if extra is not None:
             writer.add_extra_observations(extra)
+            writing.update()
         for name, per_trajectory in plan.attribution.items():
             if name == INPUT_LAYER:
                 h, w, c = self.policy.observation_shape
@@ -568,13 +589,17 @@ class InterfaceBuilder:
                         else:
                             writer.add_encoded_attribution(name, e, output,
                                                            encoded[f"gatr{i}"].tobytes())
+                    writing.update()
             if name in plan.features:
                 self.add_features(writer, name, get(plan.features[name], "features"),
                                   observation_shape=tuple(extra.shape[1:3]))
+                writing.update()
         for kind, seconds in stage_seconds.items():
             self.timer.seconds.setdefault(kind, seconds)
         index = writer.finish(self.provenance(self.checkpoint_sha, self.spec, self.policy))
         write_page(self.output_dir, title, viewer)
+        writing.update()
+        writing.close()
         self.timer.add("write", start)
         sizes = bundles.bundle_sizes(self.output_dir / BUNDLE_DIR,
                                      viewer_bytes=sum(p.stat().st_size for p in viewer))
@@ -646,6 +671,42 @@ def source_date() -> datetime | None:
                              f"{epoch!r}") from None
 
 
+class _UnitStages:
+    """A progress stage per kind of unit (rollouts, NMF, ...), opened when its first unit
+    starts; units already in the store are not counted."""
+
+    NAMES = {"rollouts": "rollouts", "outputs": "outputs", "nmf": "NMF",
+             "features": "feature views", "attribution": "attribution"}
+
+    def __init__(self, units: Sequence[Unit], store: UnitStore):
+        self.totals: dict[str, int] = {}
+        for u in units:
+            if not store.has(u.key):
+                self.totals[u.kind] = self.totals.get(u.kind, 0) + 1
+        self.open: dict[str, Any] = {}
+
+    def stage(self, kind: str) -> Any:
+        found = self.open.get(kind)
+        if found is None:
+            found = self.open[kind] = progress_bars.current().stage(
+                self.NAMES.get(kind, kind), self.totals.get(kind), "units")
+        return found
+
+    def started(self, unit: Unit) -> None:
+        self.stage(unit.kind).begin(unit.label)
+
+    def finished(self, unit: Unit) -> None:
+        stage = self.stage(unit.kind)
+        stage.end(unit.label)
+        stage.update()
+        if stage.total is not None and stage.done >= stage.total:
+            stage.close()
+
+    def close(self) -> None:
+        for stage in self.open.values():
+            stage.close()
+
+
 def _count_kinds(units: Sequence[Unit]) -> list[str]:
     counts: dict[str, int] = {}
     for u in units:
@@ -705,7 +766,9 @@ def unit_rollouts(store: UnitStore, *, checkpoint: str, adapter: str | None, dev
     policy = cached_policy(checkpoint, adapter, device)
     spec = EnvSpec.from_args(policy.args, env)
     recorded = collect_rollouts(policy, spec, TrajectoryConfig(**trajectories),
-                                ObservationConfig(**observations), seed)
+                                ObservationConfig(**observations), seed,
+                                progress_bars.counter("rollouts", {
+                                    "trajectories": "steps", "observations": "policy steps"}))
     arrays = {f"trajectories.{k}": v for k, v in recorded.trajectories.arrays().items()
               if k != "observations_full"}
     if recorded.observations is not None:

@@ -383,18 +383,21 @@ class StopFlag:
 
 ProgressFn = Callable[[Unit, bool, int, int], None]
 """progress(unit, computed_here, done, total) after each unit."""
+StartedFn = Callable[[Unit], None]
+"""started(unit) when a unit is handed to a worker or begun in this process."""
 
 
 def run_units(units: Sequence[Unit], store: UnitStore, *, executor: Any = None,
               workers: int = 0, progress: ProgressFn | None = None,
-              stop: StopFlag | None = None) -> RunSummary:
+              stop: StopFlag | None = None, started: StartedFn | None = None) -> RunSummary:
     """Bring every unit into the store, dependencies first.
 
     Without `executor`, in this process, in list order. With an executor (an
-    mpi4py.futures pool of `workers` processes), ready units are handed to idle workers as
-    they free up; this process computes too whenever every worker is busy. A unit's result
-    never depends on where or when it ran (its inputs are fixed by its key).
-    Raises Interrupted (with the summary) when `stop` is set.
+    mpi4py.futures pool, or `local_pool`, of `workers` processes), ready units are handed
+    to idle workers as they free up; this process computes too whenever every worker is
+    busy, and alone when a unit is the only one that can run (its progress then shows
+    here). A unit's result never depends on where or when it ran (its inputs are fixed by
+    its key). Raises Interrupted (with the summary) when `stop` is set.
     """
     units = list(units)
     check_graph(units)
@@ -431,6 +434,8 @@ def run_units(units: Sequence[Unit], store: UnitStore, *, executor: Any = None,
         for unit in todo:
             if stop:
                 raise stopped()
+            if started:
+                started(unit)
             _, computed, seconds = run_task(str(store.root), unit)
             finished(unit, computed, seconds)
         return summary
@@ -440,16 +445,31 @@ def run_units(units: Sequence[Unit], store: UnitStore, *, executor: Any = None,
     failure: BaseException | None = None
     while waiting or running:
         if not stop and failure is None:
+            startable = [u for u in waiting if ready(u)]
+            if not running and len(startable) == 1:
+                # the only unit that can run (the rollouts, say): here, where its progress
+                # shows; a worker would do nothing else meanwhile
+                local = startable[0]
+                waiting.remove(local)
+                if started:
+                    started(local)
+                _, computed, seconds = run_task(str(store.root), local)
+                finished(local, computed, seconds)
+                continue
             while len(running) < workers:
                 unit = next((u for u in waiting if ready(u)), None)
                 if unit is None:
                     break
                 waiting.remove(unit)
+                if started:
+                    started(unit)
                 running[executor.submit(run_task, str(store.root), unit)] = unit
             local = next((u for u in waiting if ready(u)), None)
             if local is not None and len(running) >= workers:
                 # every worker is busy: compute one here rather than wait idle
                 waiting.remove(local)
+                if started:
+                    started(local)
                 _, computed, seconds = run_task(str(store.root), local)
                 finished(local, computed, seconds)
         complete = [f for f in running if f.done()]
@@ -478,3 +498,79 @@ def run_units(units: Sequence[Unit], store: UnitStore, *, executor: Any = None,
     if stop and len(done) < len(units):
         raise stopped()
     return summary
+
+
+# --- a pool of local worker processes ---------------------------------------------------------
+
+WORKERS_VARIABLE = "GALLERY_WORKERS"
+"""Worker processes beside the main one in a single-process build (default: cores - 1)."""
+
+_POOL: tuple[Any, int] | None = None
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def local_workers(requested: int | None = None) -> int:
+    """Worker processes for a build without MPI: `requested`, else $GALLERY_WORKERS, else
+    one per core beyond the first (the main process computes too)."""
+    if requested is None:
+        text = os.environ.get(WORKERS_VARIABLE, "").strip()
+        if text:
+            try:
+                requested = int(text)
+            except ValueError:
+                raise ValueError(f"{WORKERS_VARIABLE} must be a whole number of worker "
+                                 f"processes, not {text!r}") from None
+    if requested is None:
+        requested = available_cores() - 1
+    if requested < 0:
+        raise ValueError(f"workers must be >= 0, not {requested}")
+    return requested
+
+
+def _worker_init(threads: int) -> None:
+    # the main process decides when to stop (StopFlag); a worker finishes its unit
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def local_pool(workers: int | None = None) -> Iterator[tuple[Any, int]]:
+    """Worker processes for `run_units` on this machine, for the duration of a command:
+    yields (executor, workers) -- (None, 0) with no workers. Units that do not depend on
+    each other then run at once, one per core (each process with cores // processes torch
+    threads), and `current_pool` gives the pool to the builds inside the block."""
+    global _POOL
+    count = local_workers(workers)
+    if count < 1:
+        yield None, 0
+        return
+    import multiprocessing
+
+    import torch
+
+    threads = max(1, available_cores() // (count + 1))
+    # spawn: a fork of a process that has started torch's thread pools can hang
+    executor = futures.ProcessPoolExecutor(
+        count, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+        initargs=(threads,))
+    previous_pool, previous_threads = _POOL, torch.get_num_threads()
+    _POOL = (executor, count)
+    torch.set_num_threads(threads)
+    try:
+        yield executor, count
+    finally:
+        _POOL = previous_pool
+        torch.set_num_threads(previous_threads)
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def current_pool() -> tuple[Any, int]:
+    """The pool of the innermost `local_pool` block: (executor, workers), or (None, 0)."""
+    return _POOL if _POOL is not None else (None, 0)

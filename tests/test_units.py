@@ -349,3 +349,102 @@ def test_policy_is_loaded_once_per_process(coinrun_path):
     first = distributed.cached_policy(str(coinrun_path))
     assert distributed.cached_policy(str(coinrun_path)) is first
     assert Path(str(coinrun_path)).is_file()
+
+
+# --- local worker processes -------------------------------------------------------------
+
+WHERE: list[tuple[str, bool]] = []
+
+
+def where(store: UnitStore, *, name: str, deps: list[str], delay: float = 0.0) -> UnitResult:
+    """A unit that records whether it ran on the main thread."""
+    time.sleep(delay)
+    with ORDER_LOCK:
+        WHERE.append((name, threading.current_thread() is threading.main_thread()))
+    return UnitResult({}, {"pid": os.getpid()})
+
+
+def test_a_unit_that_runs_alone_runs_here_and_every_start_is_reported(tmp_path):
+    WHERE.clear()
+    task = f"{__name__}:where"
+    a = unit_key("w", name="a")
+    bs = [unit_key("w", name=f"b{i}", dep=a) for i in range(3)]
+    units = [Unit(a, "w", "a", (), (task, {"name": "a", "deps": []}))]
+    units += [Unit(k, "w", f"b{i}", (a,), (task, {"name": f"b{i}", "deps": [a],
+                                                   "delay": 0.05}))
+              for i, k in enumerate(bs)]
+    started = []
+    with ThreadPoolExecutor(1) as pool:
+        summary = run_units(units, UnitStore(tmp_path), executor=pool, workers=1,
+                            started=lambda u: started.append(u.label))
+    assert summary.computed == 4
+    assert WHERE[0] == ("a", True)  # alone: computed here, where its progress shows
+    assert sorted(started) == ["a", "b0", "b1", "b2"] and started[0] == "a"
+    # with b0..b2 ready, one goes to the worker and one is computed here
+    assert {here for name, here in WHERE[1:]} == {True, False}
+
+
+def test_local_pool_spreads_units_over_processes(tmp_path, monkeypatch):
+    from gallery.units import current_pool, local_pool, local_workers
+
+    monkeypatch.setenv("GALLERY_WORKERS", "1")
+    assert local_workers() == 1 and local_workers(0) == 0
+    monkeypatch.setenv("GALLERY_WORKERS", "two")
+    with pytest.raises(ValueError, match="GALLERY_WORKERS must be a whole number"):
+        local_workers()
+    with local_pool(0) as (executor, workers):
+        assert executor is None and workers == 0 and current_pool() == (None, 0)
+    store = UnitStore(tmp_path)
+    with local_pool(1) as (executor, workers):
+        assert current_pool() == (executor, 1)
+        summary = run_units(_graph(delay=0.3), store, executor=executor, workers=workers)
+    assert current_pool() == (None, 0)
+    assert summary.computed == 7
+    pids = {e["pid"] for e in store.events() if e["event"] == "computed"}
+    assert len(pids) == 2
+
+
+TINY = ["--num-envs", "2", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "4",
+        "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--fast-images"]
+
+
+def _interface(out: Path, cache: Path, workers: int) -> str:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000", PYTHONUNBUFFERED="1")
+    env.pop("GALLERY_MPI", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "gallery", "interface",
+         str(root / "gallery" / "demo" / "coinrun-clear.jd"), "-o", str(out), *TINY,
+         "--cache-dir", str(cache), "--workers", str(workers)],
+        env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def test_one_and_two_processes_write_the_same_bytes_and_show_each_stage(tmp_path):
+    one = _interface(tmp_path / "one", tmp_path / "cache1", 0)
+    two = _interface(tmp_path / "two", tmp_path / "cache2", 1)
+    assert "on this process;" in one and "on this process and 1 worker(s)" in two
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes()
+                for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "index.html"}
+
+    a, b = files(tmp_path / "one"), files(tmp_path / "two")
+    assert sorted(a) == sorted(b) and len(a) > 10
+    assert [name for name in a if a[name] != b[name]] == []
+    pids = {e["pid"] for e in UnitStore(tmp_path / "cache2" / "units").events()
+            if e["event"] == "computed"}
+    assert len(pids) == 2, "the units should have been spread over both processes"
+    # stderr is not a terminal: plain lines per stage, with counts
+    for text in (one, two):
+        lines = text.splitlines()
+        for expected in ("rollouts: trajectories: 32/32 steps",
+                         "rollouts: observations: 256/256 policy steps",
+                         "NMF: 2/2 units", "feature views: 2/2 units",
+                         "attribution: 4/4 units", "writing: 10/10 parts"):
+            assert any(line.startswith(expected) for line in lines), expected
+        assert "\r" not in text and "\x1b[" not in text

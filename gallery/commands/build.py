@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from .. import distributed
+from ..errors import UsageError
 from ..build import BuildConfig, build_gallery, format_summary
 from ..fetch import Cache, FetchPolicy, resolve_cache_dir
 from ..manifest import Manifest, load_manifest
+from .interface import add_workers_argument, working
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "MkDocs project and build the static site. Without -m, ./checkpoints.yaml, else the "
         "bundled demo.")
     add_build_arguments(p)
+    add_workers_argument(p)
     p.add_argument("-o", "--output", default="site", metavar="DIR",
                    help="folder for the built site (default: site/)")
     p.set_defaults(func=run)
@@ -87,8 +90,14 @@ def run(args: argparse.Namespace) -> int:
         distributed.resolve_device(args.device)
         os.environ[distributed.DEVICE_ENV] = args.device
     # under `mpiexec -n N`, ranks other than 0 compute interface units, rank 0 does the rest
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {workers}")
     with distributed.session(getattr(args, "threads", None)) as context:
-        return 0 if context is None else _run(args)
+        if context is None:
+            return 0
+        with working(context, workers):
+            return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from .. import distributed
+from .. import distributed, progress
 from ..errors import UsageError
 from ..interface import InterfaceError, InterfaceOptions, generate_interface, options_from
-from ..units import Interrupted
+from ..units import Interrupted, local_pool
 from .rollout import parse_overrides
 
 DEFAULTS = InterfaceOptions()
@@ -87,7 +89,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default); under MPI each rank takes its node's GPU by local rank")
     g.add_argument("--threads", type=int, metavar="N", help="torch threads per process "
                    "(default: the cores divided by the MPI ranks on this node)")
+    add_workers_argument(g)
     p.set_defaults(func=run)
+
+
+def add_workers_argument(g: Any) -> None:
+    g.add_argument("--workers", type=int, metavar="N", help="worker processes beside this "
+                   "one, computing units that do not depend on each other at once (default: "
+                   "$GALLERY_WORKERS, else the cores less one; 0: one process; ignored under "
+                   "MPI). The output is the same with any number")
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -106,6 +116,21 @@ OPTION_NAMES = ("num_envs", "num_steps", "seed", "obs_num_envs", "num_obs", "obs
                 "video_speed", "title", "image_effort")
 
 
+@contextlib.contextmanager
+def working(context: distributed.Context, workers: int | None) -> Iterator[None]:
+    """Progress bars on stderr and, without MPI, the local worker processes."""
+    with progress.installed(progress.Reporter(sys.stderr)):
+        if context.executor is not None:
+            yield
+            return
+        try:
+            pool = local_pool(workers)
+        except ValueError as err:  # a bad $GALLERY_WORKERS
+            raise UsageError(str(err)) from None
+        with pool:
+            yield
+
+
 def run(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {name: getattr(args, name) for name in OPTION_NAMES}
     values["env"] = parse_overrides(args.env)
@@ -119,12 +144,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be a positive integer, not {args.threads}")
+    if args.workers is not None and args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, not {args.workers}")
     with distributed.session(args.threads) as context:
         if context is None:  # an MPI worker rank: it served units; rank 0 reports
             return 0
         try:
-            summary = generate_interface(args.checkpoint, args.output, adapter=args.adapter,
-                                         config=options, progress=say, device=args.device)
+            with working(context, args.workers):
+                summary = generate_interface(args.checkpoint, args.output,
+                                             adapter=args.adapter, config=options,
+                                             progress=say, device=args.device)
         except Interrupted as stop:
             print(f"gallery interface: stopped; {stop.summary.describe()}. Run the same "
                   "command again to finish: finished units are kept.", file=sys.stderr)
