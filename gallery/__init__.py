@@ -1,8 +1,17 @@
 """gallery: interactive explanations of reinforcement-learning vision agents, as a website."""
 
-from .attribution import integrated_gradients, policy_attribution
-from .errors import CheckpointError, GalleryError
-from .policy import Policy, load_policy
+import os
+
+# MKL's matrix products split their sums differently with the thread count when a matrix
+# is thin (a dense layer over one frame's 10 integration steps): strict conditional
+# numerical reproducibility makes them bit-identical whatever the threads, so that a build
+# gives the same bytes on one process, a worker pool or MPI ranks (tests/test_devices.py).
+# Read by MKL at its first product, so it works after `import torch` too.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+from .attribution import integrated_gradients, policy_attribution  # noqa: E402
+from .errors import CheckpointError, GalleryError  # noqa: E402
+from .policy import Policy, load_policy  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -64,3 +64,32 @@ def test_rollout_sampling_follows_the_policy_device(device):
     assert moved.shape == (len(frames),) and moved.dtype == on_cpu.dtype
     if device == "cpu":
         np.testing.assert_array_equal(moved, on_cpu)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """A build gives the same bytes on one process, a worker pool or MPI ranks, whose
+    processes run different torch thread counts: one frame's attribution (a thin matrix
+    product in the dense layers, which MKL splits by thread count unless told not to)
+    is bit-identical on 1 and 2 threads."""
+    import numpy as np
+
+    from gallery.attribution import integrated_gradients
+    from gallery.policy import load_policy
+
+    policy = load_policy("gallery/demo/coinrun-clear.jd")
+    frame = np.load("tests/fixtures/parity/coinrun_real.npz")["obs"][:1]
+    rng = torch.Generator().manual_seed(0)
+    thin, weights = torch.randn(10, 256, generator=rng), torch.randn(256, 2048, generator=rng)
+    threads = torch.get_num_threads()
+    try:
+        results, products = [], []
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            products.append(thin @ weights)
+            results.append([integrated_gradients(policy, frame, layer)
+                            for layer in policy.layer_names])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*products)
+    for layer, one, two in zip(policy.layer_names, *results):
+        np.testing.assert_array_equal(one, two, err_msg=layer)
