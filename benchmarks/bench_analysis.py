@@ -39,7 +39,7 @@ from gallery.analysis import (
     layer_features,
     select_layers,
 )
-from gallery.attribution import integrated_gradients, policy_attribution
+from gallery.attribution import _needs_observations, integrated_gradients, policy_attribution
 from gallery.environments import EnvSpec
 from gallery.policy import load_policy
 from gallery.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
@@ -73,6 +73,8 @@ def plain_ig(policy: torch.nn.Module, frames: np.ndarray, layer: str, outputs: i
     """The plain loop: per batch of frames, the 10 scaled copies in one pass through
     forward_from and one autograd.grad per output ([value, logit_0, ...][:outputs])."""
     device = next(policy.parameters()).device
+    needs_obs = _needs_observations(policy, layer, torch.zeros(1, *policy.observation_shape,
+                                                                device=device))
     results = []
     for start in range(0, len(frames), batch):
         obs = torch.from_numpy(frames[start:start + batch]).to(device).float() / 255
@@ -80,8 +82,8 @@ def plain_ig(policy: torch.nn.Module, frames: np.ndarray, layer: str, outputs: i
             acts = policy.activations_nchw(obs, layer)
         alphas = torch.arange(1, STEPS + 1, device=device).float().view(-1, 1, 1, 1, 1) / STEPS
         scaled = (alphas * acts).flatten(0, 1).requires_grad_(True)
-        logits, value = policy.forward_from_nchw(scaled, layer,
-                                                 obs.repeat(STEPS, 1, 1, 1))
+        extra = (obs.repeat(STEPS, 1, 1, 1),) if needs_obs else ()  # (not bottlenecks)
+        logits, value = policy.forward_from_nchw(scaled, layer, *extra)
         out = torch.cat([value[:, None], logits], 1)
         grads = [torch.autograd.grad(out[:, o].sum(), scaled, retain_graph=o < outputs - 1)[0]
                  for o in range(outputs)]
