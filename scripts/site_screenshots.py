@@ -3,6 +3,7 @@ the zoo, a model page and a comparison page, into docs/screenshots/ (pages-*.png
 
     gallery build -m checkpoints.yaml -o site/        # or: bash scripts/demo.sh
     .venv/bin/python scripts/site_screenshots.py site/ [--out docs/screenshots]
+        [--page zoo= --page model=models/ID/ --page training=compare/ID/ ...]
 
 Serves the site on 127.0.0.1 and drives Debian's Chromium headless through Playwright
 (as the browser tests do: tests/browser/harness.py). Model and comparison pages are
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("site", type=Path, help="the built site (gallery build -o)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
     parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--page", action="append", default=[], metavar="NAME=PATH",
+                        help="take pages-NAME-<width>.png of the site's PATH (e.g. "
+                             "training=compare/training/; 'zoo=' is the home page); "
+                             "repeatable, replaces the default zoo, model and comparison")
     args = parser.parse_args(argv)
     if not (args.site / "index.html").is_file():
         parser.error(f"{args.site} holds no built site (no index.html); run gallery build")
@@ -41,6 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         path = first_page(args.site, section)
         if path:
             pages[name] = path
+    if args.page:
+        chosen = dict(item.split("=", 1) for item in args.page if "=" in item)
+        if len(chosen) != len(args.page):
+            parser.error("--page takes NAME=PATH, e.g. training=compare/training/")
+        missing = [p for p in chosen.values() if not (args.site / p / "index.html").is_file()]
+        if missing:
+            parser.error(f"no page at {', '.join(missing)} in {args.site}")
+        pages = chosen
     args.out.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with serve(args.site) as base, chromium() as browser:

@@ -59,6 +59,10 @@ def test_one_manifest_builds_three_kinds_of_model(tmp_path, monkeypatch, capsys)
     for model_id in ("clear", "cleanrl"):
         assert (out / "compare" / "coinrun" / "interface" / model_id / "bundle" /
                 "bundle.json").is_file()
+    # two architectures naming their layers differently: matched at their last layers
+    coinrun = (out / "compare" / "coinrun" / "index.html").read_text()
+    assert "Layer <code>4a / out</code>" in coinrun
+    assert coinrun.count('class="gallery-matched__row"') == 4  # K = 4 features of 4a
     # models of different games share their statistics table (returns, lengths, values)
     across = (out / "compare" / "all" / "index.html").read_text()
     assert all(title in across for title in ("rl-clarity", "SB3 PPO", "CleanRL"))
