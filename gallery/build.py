@@ -66,7 +66,7 @@ THUMBNAIL_FILE = "thumbnail.png"
 INTERFACE_DIR = "interface"
 #: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
 SHARED_FRAMES, SHARED_STRIDE = 32, 4
-COMPARISON_FORMAT_VERSION = 3
+COMPARISON_FORMAT_VERSION = 4
 SHARED_ROLLOUTS_FILE = "rollouts.npz"
 MATCHED_DIR = "matched"
 

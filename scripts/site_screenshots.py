@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=900)
     parser.add_argument("--page", action="append", default=[], metavar="NAME=PATH",
                         help="take pages-NAME-<width>.png of the site's PATH (e.g. "
-                             "training=compare/training/; 'zoo=' is the home page); "
+                             "training=compare/training/; 'zoo=' is the home page; "
+                             "PATH#ID scrolls to the element with that id); "
                              "repeatable, replaces the default zoo, model and comparison")
     args = parser.parse_args(argv)
     if not (args.site / "index.html").is_file():
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen = dict(item.split("=", 1) for item in args.page if "=" in item)
         if len(chosen) != len(args.page):
             parser.error("--page takes NAME=PATH, e.g. training=compare/training/")
-        missing = [p for p in chosen.values() if not (args.site / p / "index.html").is_file()]
+        missing = [p for p in chosen.values()
+                   if not (args.site / p.partition("#")[0] / "index.html").is_file()]
         if missing:
             parser.error(f"no page at {', '.join(missing)} in {args.site}")
         pages = chosen
@@ -62,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             page = context.new_page()
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
             page.on("pageerror", lambda e: errors.append(str(e)))
-            for name, path in pages.items():
+            for name, address in pages.items():
+                path, _, anchor = address.partition("#")
                 page.goto(base + path)
                 viewers = page.locator("[data-gallery-viewer]").count()
                 if viewers:
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                     page.evaluate("window.scrollTo(0, document.querySelector("
                                   "'[data-gallery-viewer]').getBoundingClientRect().top"
                                   " + window.scrollY - 60)")
+                    page.wait_for_timeout(300)
+                if anchor:  # PATH#ID: the section with that id, below the header
+                    page.evaluate("id => window.scrollTo(0, document.getElementById(id)"
+                                  ".getBoundingClientRect().top + window.scrollY - 60)", anchor)
                     page.wait_for_timeout(300)
                 target = args.out / f"pages-{name}-{width}.png"
                 page.screenshot(path=str(target))
