@@ -72,13 +72,10 @@ def main(argv: list[str] | None = None) -> int:
                     page.wait_for_function(
                         "n => document.querySelectorAll('[data-gallery-viewer][data-ready]')"
                         ".length === n", arg=viewers, timeout=120_000)
+                if viewers or anchor:  # to PATH#ID's section, else to the first viewer
                     # one scroll down (scrolling up shows Material's back-to-top button)
-                    page.evaluate("window.scrollTo(0, document.querySelector("
-                                  "'[data-gallery-viewer]').getBoundingClientRect().top"
-                                  " + window.scrollY - 60)")
-                    page.wait_for_timeout(300)
-                if anchor:  # PATH#ID: the section with that id, below the header
-                    page.evaluate("id => window.scrollTo(0, document.getElementById(id)"
+                    page.evaluate("id => window.scrollTo(0, (id ? document.getElementById(id)"
+                                  " : document.querySelector('[data-gallery-viewer]'))"
                                   ".getBoundingClientRect().top + window.scrollY - 60)", anchor)
                     page.wait_for_timeout(300)
                 target = args.out / f"pages-{name}-{width}.png"
