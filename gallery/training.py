@@ -92,7 +92,7 @@ class TrainConfig:
     save_every: int = 10
     """Updates between checkpoints."""
     keep_every: int = 0
-    """Updates between kept snapshots checkpoint-<steps>.jd (0: none; a fresh run keeps checkpoint-0.jd, its untrained weights)."""
+    """Updates between kept snapshots checkpoint-<steps>.jd, from checkpoint-0.jd (0: none)."""
     threads: int = 0
     """torch threads (0: leave torch's default)."""
 
