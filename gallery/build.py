@@ -66,7 +66,7 @@ THUMBNAIL_FILE = "thumbnail.png"
 INTERFACE_DIR = "interface"
 #: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
 SHARED_FRAMES, SHARED_STRIDE = 32, 4
-COMPARISON_FORMAT_VERSION = 3
+COMPARISON_FORMAT_VERSION = 4
 SHARED_ROLLOUTS_FILE = "rollouts.npz"
 MATCHED_DIR = "matched"
 
@@ -592,13 +592,18 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
     built = [models[i] for i in spec.models if models[i].ok and i in fetched]
     if len(built) < 2:
         return None, None, "Fewer than two of these models were built."
-    source = next((e for e in built if (e.folder / ROLLOUTS_FILE).is_file()), None)
+    training = spec.kind == "training"
+    # a training run's trajectories are those of its last (trained) checkpoint: an
+    # untrained agent's would show little of the game
+    source = next((e for e in (built[::-1] if training else built)
+                   if (e.folder / ROLLOUTS_FILE).is_file()), None)
     if source is None:
         return None, None, "No model of this comparison has recorded observations."
     key = hashlib.sha256(json.dumps(
         {"models": [e.result.key for e in built], "source": source.spec.id,
          "format": COMPARISON_FORMAT_VERSION, "interfaces": manifest is not None,
-         "bundle_format": bundle_format_version()}, sort_keys=True).encode()).hexdigest()
+         "bundle_format": bundle_format_version(),
+         **({"kind": spec.kind} if training else {})}, sort_keys=True).encode()).hexdigest()
     folder = cache_dir / "comparisons" / key
     saved = folder / "shared.json"
     if saved.is_file():
@@ -618,7 +623,7 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
         if manifest is not None:
             try:
                 side_by_side(manifest, built, fetched, partial, shared, cache_dir,
-                             say or (lambda message: None))
+                             say or (lambda message: None), training=training)
             except Exception as err:  # the statistics stay; the interfaces are reported
                 log.debug("side-by-side interfaces of %s failed", spec.id, exc_info=True)
                 note = f"The interfaces on shared trajectories could not be built: " \
@@ -640,13 +645,17 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
 
 def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str, Fetched],
                  folder: Path, shared: SharedObservations, cache_dir: Path,
-                 say: StageProgress) -> None:
+                 say: StageProgress, training: bool = False) -> None:
     """Every model's interface on ONE set of trajectories and extra observations, into
     `folder/interface/<model id>/`: those recorded (once, one environment seed) by the first
     model's own interface -- rebuilt here from the cached units for free -- which the other
     models' interfaces are given (`InterfaceOptions.rollouts`). Then the features of every
     layer present in all models are matched by the correlation of their activations on the
-    shared frames (gallery.site.matching), with legend thumbnails in `folder/matched/`."""
+    shared frames (gallery.site.matching), with legend thumbnails in `folder/matched/`.
+
+    With `training` (checkpoints of one run, in order), the LAST model records the shared
+    trajectories and its features are the ones matched in every earlier checkpoint; the
+    cells of each row stay in checkpoint order."""
     from .interface import InterfaceBuilder, options_from
     from .rollouts import Rollouts, Trajectories, save_rollouts
     from .site import matching
@@ -654,7 +663,7 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
     del cache_dir  # the interfaces keep their units where the models' interfaces do
     activations, thumbnails = {}, {}
     frames = None
-    for index, entry in enumerate(built):
+    for index, entry in enumerate(built[::-1] if training else built):
         model_id = entry.spec.id
         values = interface_options(ModelSettings.of(manifest, entry.spec))
         values.pop("options", None)
@@ -687,7 +696,29 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
                                                           model_id)
     ids = [e.spec.id for e in built]
     say("matching features")
-    for layer in matching.common_layers([list(activations[i]) for i in ids]):
+    if training:
+        shared.interfaces = {i: shared.interfaces[i] for i in ids}  # checkpoint order
+    layers = matching.common_layers([list(activations[i]) for i in ids])
+    if not layers and all(activations[i] for i in ids):
+        # architectures that name their layers differently: pair the layers nearest the
+        # outputs (each model's last analysed layer)
+        last = {i: list(activations[i])[-1] for i in ids}
+        label = " / ".join(dict.fromkeys(last.values()))
+        activations = {i: {label: activations[i][last[i]]} for i in ids}
+        thumbnails = {i: {label: thumbnails.get(i, {}).get(last[i], [])} for i in ids}
+        layers = [label]
+    for layer in layers:
+        if training:
+            rows = matching.match_training([activations[i][layer] for i in ids])
+            shared.matched.append({"layer": layer, "models": ids, "kind": "training",
+                                   "rows": [{"cells": [
+                {"model": i, "feature": m["feature"], "similarity": m["similarity"],
+                 "image": _thumb(thumbnails, i, layer, m["feature"])}
+                for i, m in zip(ids[:-1], row["matches"], strict=True)]
+                + [{"model": ids[-1], "feature": row["feature"], "similarity": None,
+                    "image": _thumb(thumbnails, ids[-1], layer, row["feature"])}]}
+                for row in rows]})
+            continue
         rows = matching.match_layer([activations[i][layer] for i in ids])
         shared.matched.append({"layer": layer, "models": ids, "rows": [
             {"cells": [{"model": ids[0], "feature": row["feature"], "similarity": None,

@@ -15,7 +15,7 @@ import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -229,7 +229,12 @@ class ComparisonSpec(_Strict):
     title: str = Field(min_length=1, max_length=200)
     models: list[str] = Field(min_length=2)
     description: str = ""
-
+    kind: Literal["models", "training"] = "models"
+    """'models': any models side by side, features matched to the first model's.
+    'training': checkpoints of one training run, listed from the earliest (untrained) to
+    the last; the page follows returns, values and features over training: the shared
+    trajectories are recorded by the last checkpoint, each of its features is matched in
+    every earlier checkpoint, and the columns stay in checkpoint order."""
 
 
 class Manifest(_Strict):

@@ -10,6 +10,10 @@ loss, entropy bonus, per-minibatch advantage normalisation, global gradient clip
 Training is resumable: `checkpoint.jd` (the policy, rl-clarity format) and
 `train_state.pt` (optimizer and counters, loadable with `weights_only=True`) are written
 atomically every `save_every` updates; `train(..., resume=True)` continues from them.
+`keep_every` also keeps snapshots `checkpoint-<steps>.jd` along the run (the untrained
+weights as `checkpoint-0.jd`), so that one run yields the checkpoints of a training
+comparison. `init_from` continues a run whose optimizer state is lost, from the weights and
+step count of a checkpoint this trainer saved (Adam's moments start again from zero).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class TrainConfig:
     """Seeds the environments, the initial weights and the action sampling."""
     save_every: int = 10
     """Updates between checkpoints."""
+    keep_every: int = 0
+    """Updates between kept snapshots checkpoint-<steps>.jd, from checkpoint-0.jd (0: none)."""
     threads: int = 0
     """torch threads (0: leave torch's default)."""
 
@@ -247,8 +253,13 @@ def _collect(policy: Policy, env: Any, cfg: TrainConfig, tracker: EpisodeTracker
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
-          on_update: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """Train with PPO; returns the path of the final checkpoint (out_dir/checkpoint.jd)."""
+          on_update: Callable[[dict[str, Any]], None] | None = None,
+          init_from: str | Path | None = None) -> Path:
+    """Train with PPO; returns the path of the final checkpoint (out_dir/checkpoint.jd).
+
+    `init_from` names a checkpoint written by this trainer whose weights and step count the
+    run continues from, with a fresh optimizer (for a run whose train_state.pt is gone); it
+    is refused when `out_dir` already holds a run to resume."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -257,6 +268,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
     spec = EnvSpec.from_args(cfg.args())
     updates_done, steps_done, elapsed = 0, 0, 0.0
     resumed = resume and ckpt_path.exists() and state_path.exists()
+    if init_from is not None and resumed:
+        raise ValueError(f"{out} already holds a run to resume; drop --init-from to continue "
+                         "it, or use --no-resume to start again from the checkpoint")
     probe = make_vec_env(spec, 1, cfg.seed)
     names = list(probe.action_names)
     probe.close()
@@ -267,6 +281,22 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         updates_done, steps_done = int(saved["updates"]), int(saved["steps"])
         elapsed = float(saved["elapsed"])
         log.info("resuming from update %d (%d steps)", updates_done, steps_done)
+    elif init_from is not None:
+        source = read_checkpoint(init_from)
+        extra = source.extra or {}
+        if "steps" not in extra or "updates" not in extra:
+            raise ValueError(f"{init_from}: not a checkpoint saved by gallery train (its "
+                             "'extra' holds no steps/updates); train from scratch instead")
+        if source.args.get("cnn") != cfg.cnn:
+            raise ValueError(f"{init_from} holds a {source.args.get('cnn')!r} network, "
+                             f"the run asks for --cnn {cfg.cnn}")
+        policy = policy_from_checkpoint(source)
+        policy.args = cfg.args()
+        policy.action_names = names
+        updates_done, steps_done = int(extra["updates"]), int(extra["steps"])
+        elapsed = float(extra.get("elapsed_s", 0.0))
+        log.info("continuing %s from update %d (%d steps) with a fresh optimizer",
+                 init_from, updates_done, steps_done)
     else:
         policy = fresh_policy(cfg, spec, names)
     for p in policy.parameters():
@@ -287,14 +317,20 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
         writer.writerow(["update", "steps", "elapsed_s", "steps_per_s", "episodes",
                          "mean_return", "mean_length", "pg_loss", "vf_loss", "entropy"])
 
-    def save() -> None:
+    def save(keep: bool = False, state: bool = True) -> None:
         extra = {"steps": steps_done, "updates": updates_done, "mean_return": tracker.mean_return(),
-                 "episodes": tracker.count, "config": asdict(cfg)}
+                 "episodes": tracker.count, "elapsed_s": round(elapsed, 1), "config": asdict(cfg)}
+        if keep:
+            save_checkpoint(policy, out / f"checkpoint-{steps_done}.jd", extra)
+        if not state:
+            return
         save_checkpoint(policy, ckpt_path, extra)
         torch.save({"optimizer": optim.state_dict(), "updates": updates_done,
                     "steps": steps_done, "elapsed": elapsed}, state_path.with_suffix(".tmp"))
         os.replace(state_path.with_suffix(".tmp"), state_path)
 
+    if cfg.keep_every and not resumed and init_from is None:
+        save(keep=True, state=False)  # the untrained weights, checkpoint-0.jd
     try:
         while updates_done < total_updates:
             start = time.perf_counter()
@@ -316,8 +352,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True,
             log_file.flush()
             if on_update:
                 on_update(row)
-            if updates_done % cfg.save_every == 0 or updates_done == total_updates:
-                save()
+            keep = bool(cfg.keep_every) and updates_done % cfg.keep_every == 0
+            if keep or updates_done % cfg.save_every == 0 or updates_done == total_updates:
+                save(keep=keep)
     finally:
         log_file.close()
         env.close()

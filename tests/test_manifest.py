@@ -200,14 +200,13 @@ def test_shipped_manifests_are_valid():
     assert [m.id for m in example.models] == ["coinrun-openai", "coinrun-openai-easy"]
     assert example.models[0].sha256 == (
         "18818904a32842cc177dd3c666b0229a657d0e96b9a7f2be197d6c7f4431a1ac")
-    demo = (REPO / "checkpoints.yaml").read_text()
-    if (REPO / "gallery" / "demo" / "coinrun-clear.jd").is_file():
-        assert load_manifest(REPO / "checkpoints.yaml").comparisons[0].id == "easy-vs-hard"
-    else:  # the demo checkpoint is not trained yet: only that file may be missing
-        with pytest.raises(ManifestError) as caught:
-            parse_manifest(demo, REPO / "checkpoints.yaml")
-        assert {p.key for p in caught.value.problems} == {"models[0].checkpoint",
-                                                           "models[1].checkpoint"}
+    shipped = load_manifest(REPO / "checkpoints.yaml")  # every demo model is in the repository
+    assert [(c.id, c.kind) for c in shipped.comparisons] == [("training", "training"),
+                                                             ("architectures", "models")]
+    assert [m.id for m in shipped.models] == ["coinrun-untrained", "coinrun-early",
+                                              "coinrun-final", "coinrun-sb3"]
+    for model in shipped.models:  # at most 5 MB each
+        assert (REPO / model.checkpoint).stat().st_size <= 5_000_000, model.checkpoint
 
 
 def test_cli_exits_2_with_every_problem_before_any_work(folder, tmp_path, capsys,

@@ -86,3 +86,57 @@ def test_train_command(tmp_path, capsys):
                  "--num-envs", "2", "--num-steps", "16", "--minibatches", "1", "--epochs", "1"])
     assert code == 0
     assert (tmp_path / "checkpoint.jd").exists()
+
+
+def test_kept_snapshots_along_one_run(tmp_path):
+    """keep_every keeps checkpoint-<steps>.jd: the untrained weights, then every k updates;
+    each snapshot is the run's weights at that step (the last equals checkpoint.jd)."""
+    cfg = TrainConfig(env_name="coinrun", total_steps=4 * 4 * 16, num_envs=4, num_steps=16,
+                      minibatches=1, epochs=1, save_every=3, keep_every=2, seed=5)
+    path = train(cfg, tmp_path)
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-*.jd"))
+    assert kept == ["checkpoint-0.jd", "checkpoint-128.jd", "checkpoint-256.jd"]
+    untrained = read_checkpoint(tmp_path / "checkpoint-0.jd")
+    assert untrained.extra["steps"] == 0 and untrained.extra["updates"] == 0
+    fresh = initial_params(5)  # the run's seed: the same orthogonal initial weights
+    for name, value in untrained.params.items():
+        np.testing.assert_array_equal(value, fresh(name, value.shape))
+    middle = read_checkpoint(tmp_path / "checkpoint-128.jd")
+    last = read_checkpoint(tmp_path / "checkpoint-256.jd")
+    assert middle.extra["updates"] == 2 and last.extra["updates"] == 4
+    final = read_checkpoint(path)
+    assert all(np.array_equal(final.params[k], last.params[k]) for k in final.params)
+    assert not all(np.array_equal(middle.params[k], last.params[k]) for k in last.params)
+    assert load_policy(tmp_path / "checkpoint-128.jd").architecture == "clear"
+
+
+def test_init_from_continues_a_run_without_its_train_state(tmp_path):
+    cfg = TrainConfig(env_name="coinrun", total_steps=2 * 4 * 16, num_envs=4, num_steps=16,
+                      minibatches=1, epochs=1, seed=2)
+    first = train(cfg, tmp_path / "a")
+    before = read_checkpoint(first)
+    cfg.total_steps = 3 * 4 * 16
+    path = train(cfg, tmp_path / "b", init_from=first)  # no train_state.pt in b/
+    after = read_checkpoint(path)
+    assert after.extra["updates"] == 3 and after.extra["steps"] == 192
+    changed = [k for k in before.params if not np.array_equal(before.params[k],
+                                                              after.params[k])]
+    assert changed, "the continued update did not change the weights"
+    assert (tmp_path / "b" / "train_state.pt").exists()
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg, tmp_path / "b", init_from=first)
+    with pytest.raises(ValueError, match="network"):
+        train(TrainConfig(env_name="coinrun", cnn="impala", total_steps=64, num_envs=4,
+                          num_steps=16), tmp_path / "c", init_from=first)
+
+
+def test_train_command_keeps_snapshots_and_continues(tmp_path):
+    base = ["train", "--env", "coinrun", "--num-envs", "2", "--num-steps", "16",
+            "--minibatches", "1", "--epochs", "1"]
+    assert main([*base, "-o", str(tmp_path / "a"), "--total-steps", "32",
+                 "--keep-every", "1"]) == 0
+    assert (tmp_path / "a" / "checkpoint-0.jd").exists()
+    assert (tmp_path / "a" / "checkpoint-32.jd").exists()
+    assert main([*base, "-o", str(tmp_path / "b"), "--total-steps", "64",
+                 "--init-from", str(tmp_path / "a" / "checkpoint-32.jd")]) == 0
+    assert read_checkpoint(tmp_path / "b" / "checkpoint.jd").extra["steps"] == 64

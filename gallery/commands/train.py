@@ -18,6 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for checkpoint.jd and logs")
     p.add_argument("--no-resume", action="store_true",
                    help="start afresh even if the folder holds a run")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="continue from the weights and step count of a checkpoint saved by "
+                        "gallery train whose train_state.pt is gone (fresh optimizer)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "env_name":
             continue
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                  "entropy %.3f", row["update"], row["steps"], row["steps_per_s"],
                  row["episodes"], row["mean_return"], row["entropy"])
 
-    path = train(cfg, args.output, resume=not args.no_resume, on_update=report)
+    path = train(cfg, args.output, resume=not args.no_resume, on_update=report,
+                 init_from=args.init_from)
     log.info("checkpoint: %s", path)
     return 0

@@ -74,6 +74,16 @@ def match_layer(activations: Sequence[np.ndarray]) -> list[dict[str, Any]]:
     return rows
 
 
+def match_training(activations: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """Rows of matched features for one layer of checkpoints of one run, in checkpoint order
+    (activations[-1]: the last checkpoint). Each feature of the LAST checkpoint is matched
+    in every earlier one (where did the trained agent's feature come from?): {"feature": i
+    of the last, "matches": [{"feature": j, "similarity": r} for each earlier checkpoint,
+    in checkpoint order]}, best-matched rows first (as `match_layer`)."""
+    anchored = match_layer([activations[-1], *activations[:-1]])
+    return [{"feature": row["feature"], "matches": row["matches"]} for row in anchored]
+
+
 def common_layers(layers: Sequence[Sequence[str]]) -> list[str]:
     """The layer names present in every list, in the first list's order."""
     rest = [set(names) for names in layers[1:]]

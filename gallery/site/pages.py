@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
@@ -228,15 +229,25 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         shared = {"frames": s.frames, "stride": s.stride,
                   "count": len(next(iter(s.values.values()), [])),
                   "source_title": source_title, "steps": s.shared_steps}
-        viewers = [{"id": i, "title": models[i].spec.title, "folder": folder}
+        viewers = [{"id": i, "title": models[i].spec.title, "folder": folder,
+                    "group": f"compare-{spec.id}"}
                    for i, folder in s.interfaces.items() if i in models]
+        if len({_analysed_layers(models[v["id"]]) for v in viewers}) > 1:
+            # viewers in one group share their layer: models analysed at different layers
+            # (other architectures) play on their own
+            for v in viewers:
+                v["group"] = f"compare-{spec.id}-{v['id']}"
         matched = _matched_rows(s.matched, models)
-    body = _env.get_template("comparison.md.j2").render(
+    training = getattr(spec, "kind", "models") == "training"
+    if training:
+        charts.update(_training_charts(comparison, built))
+    body = _env.get_template("comparison.md.j2").render(training=training,
         title=spec.title, description=Markup(render_markdown(spec.description)),
         models=rows, failed=[e.spec.title for e in entries if not e.ok], charts=charts,
         shared=shared, shared_note=comparison.note, features=matched_features(entries),
         viewers=viewers, matched=matched, viewer_js=f"../../{VIEWER_JS}",
-        viewer_css=f"../../{VIEWER_CSS}", group=f"compare-{spec.id}",
+        viewer_css=f"../../{VIEWER_CSS}",
+        in_step=len({v["group"] for v in viewers}) == 1,
         same_checkpoint=len(built) > 1 and len({e.result.checkpoint_sha256
                                                 for e in built}) == 1)
     summary = plain_text(spec.description) or spec.title
@@ -267,6 +278,59 @@ def _matched_rows(matched: list[dict[str, Any]], models: dict[str, ModelEntry]
             rows.append(cells)
         out.append({"layer": layer["layer"], "titles": [models[i].spec.title for i in ids],
                     "rows": rows})
+    return out
+
+
+def _analysed_layers(entry: ModelEntry) -> tuple[str, ...]:
+    """The layers a model's interface shows (the manifest's include, else every one)."""
+    include = ((entry.result.settings if entry.result else {}).get("layers") or {}).get(
+        "include")
+    if include:
+        return tuple(include)
+    return tuple(str(layer.get("name")) for layer in (entry.result.layers if entry.result
+                                                      else []))
+
+
+def _training_charts(comparison: ComparisonEntry, built: list[ModelEntry]
+                     ) -> dict[str, Markup]:
+    """A training comparison's charts over its checkpoints (in the manifest's order): mean
+    return, mean value on the shared observations, and per layer the mean similarity of the
+    last checkpoint's features to their best matches in each checkpoint. The x axis is
+    the training steps when every checkpoint states them, else the checkpoint's rank."""
+    steps = [_training_steps(e) for e in built]
+    if all(s is not None for s in steps) and steps == sorted(set(steps)):
+        xs, x_label = [float(s) for s in steps], "training steps"
+    else:
+        xs, x_label = [float(i) for i in range(len(built))], "checkpoint (training order)"
+    returns = [(x, e.result.episodes.mean_return) for x, e in zip(xs, built, strict=True)
+               if e.result.episodes.mean_return is not None]
+    out = {"over_returns": Markup(line_chart(
+        "Mean episode return over training", [Series("mean return", [x for x, _ in returns],
+                                                     [y for _, y in returns])],
+        x_label, "mean return"))}
+    shared = comparison.shared
+    if shared:
+        values = [(x, float(np.mean(shared.values[e.spec.id])))
+                  for x, e in zip(xs, built, strict=True) if shared.values.get(e.spec.id)]
+        out["over_values"] = Markup(line_chart(
+            "Mean value on the shared observations", [Series(
+                "mean value", [x for x, _ in values], [y for _, y in values])],
+            x_label, "mean value estimate"))
+        at = {e.spec.id: x for x, e in zip(xs, built, strict=True)}
+        series = []
+        for layer in shared.matched:
+            ids = layer["models"]
+            if layer.get("kind") != "training" or not layer["rows"] or \
+                    any(i not in at for i in ids):
+                continue
+            means = [1.0 if k == len(ids) - 1 else float(np.mean(
+                [row["cells"][k]["similarity"] for row in layer["rows"]]))
+                for k in range(len(ids))]
+            series.append(Series(f"layer {layer['layer']}", [at[i] for i in ids], means))
+        if series:
+            out["over_features"] = Markup(line_chart(
+                "Features of the last checkpoint, found earlier", series, x_label,
+                "mean similarity of the best match"))
     return out
 
 
