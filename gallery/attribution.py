@@ -204,21 +204,27 @@ def attribution_batches(policy: torch.nn.Module, obs: Any, layer: str, readout: 
 
 def policy_device(policy: torch.nn.Module) -> torch.device:
     """The device of the policy's parameters or buffers (CPU for a policy without any)."""
+    return _policy_tensor_kind(policy)[0]
+
+
+def _policy_tensor_kind(policy: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, floating-point type) of the policy's first parameter or buffer: CPU and
+    float32 for a policy without any (or with integer ones only)."""
     tensor = next(itertools.chain(policy.parameters(), policy.buffers()), None)
-    return tensor.device if tensor is not None else torch.device("cpu")
+    if tensor is None:
+        return torch.device("cpu"), torch.float32
+    return tensor.device, tensor.dtype if tensor.is_floating_point() else torch.float32
 
 
 def prepare_observations(policy: torch.nn.Module, obs: Any) -> Tensor:
     """Observations as an NHWC tensor in [0, 1] on the policy's device and in its
     floating-point type (float32, or float64 for a policy made `.double()`), checked
     against the policy. uint8 is divided by 255; floats must lie in [0, 1]."""
-    parameter = next(policy.parameters(), None)
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() \
-        else torch.float32
+    device, dtype = _policy_tensor_kind(policy)
     array = _validated_observations(policy, obs)
     if array.dtype == np.uint8:  # divided in the policy's type, on its device
-        return torch.from_numpy(array).to(policy_device(policy)).to(dtype) / 255
-    return torch.from_numpy(array).to(policy_device(policy), dtype)
+        return torch.from_numpy(array).to(device).to(dtype) / 255
+    return torch.from_numpy(array).to(device, dtype)
 
 
 def _validated_observations(policy: torch.nn.Module, obs: Any) -> np.ndarray:
@@ -298,7 +304,6 @@ def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, reado
     h, w, c = layer_shape(policy, layer)
     copies = 1 if layer == INPUT_LAYER else steps  # scaled copies of each frame
     needs_obs = layer != INPUT_LAYER and _needs_observations(policy, layer, obs)
-    readout = readout.to(obs.device)
     start = 0
     while start < len(obs):
         items = max(1, elements_per_pass // (h * w * c))
@@ -339,10 +344,8 @@ def _integrated_gradients(policy: torch.nn.Module, obs: Tensor, layer: str, read
         extra = (obs.repeat(len(alphas), 1, 1, 1),) if needs_obs else ()
         with torch.enable_grad():
             logits, value = policy.forward_from_nchw(scaled, layer, *extra)
-            rows = torch.cat([value[:, None], logits], dim=1) @ readout.to(value.dtype).T
-            for o in range(len(readout)):  # one backward pass per output, summed at once
-                (grad,) = torch.autograd.grad(rows[:, o].sum(), scaled,
-                                              retain_graph=o < len(readout) - 1)
+            outputs = torch.cat([value[:, None], logits], dim=1)
+            for o, grad in enumerate(_readout_gradients(outputs, scaled, readout)):
                 total[o] += grad.unflatten(0, (len(alphas), len(acts))).sum(dim=0)
     return (acts * total / steps).permute(0, 1, 3, 4, 2)
 
@@ -352,16 +355,18 @@ def _gradients(policy: torch.nn.Module, obs: Tensor, readout: Tensor) -> Tensor:
     x = obs.clone().requires_grad_(True)
     with torch.enable_grad():
         logits, value = policy(x)
-        return _readout_gradients(torch.cat([value[:, None], logits], dim=1), x, readout)
+        return torch.stack(list(_readout_gradients(torch.cat([value[:, None], logits], dim=1),
+                                                   x, readout)))
 
 
-def _readout_gradients(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Tensor:
-    """(O,) + inputs.shape: the gradient of sum_batch(outputs @ readout[o]) for every row o,
-    one backward pass per row over the one forward graph."""
-    rows = outputs @ readout.to(outputs.dtype).T  # (batch, O)
-    return torch.stack([
-        torch.autograd.grad(rows[:, o].sum(), inputs, retain_graph=o < len(readout) - 1)[0]
-        for o in range(len(readout))])
+def _readout_gradients(outputs: Tensor, inputs: Tensor, readout: Tensor) -> Iterator[Tensor]:
+    """For every row o of `readout`, the gradient (inputs.shape) of sum_batch(outputs @
+    readout[o]): one backward pass per row over the one forward graph, yielded as it comes
+    (a caller that sums them holds one at a time)."""
+    rows = outputs @ readout.to(device=outputs.device, dtype=outputs.dtype).T  # (batch, O)
+    for o in range(len(readout)):
+        yield torch.autograd.grad(rows[:, o].sum(), inputs,
+                                  retain_graph=o < len(readout) - 1)[0]
 
 
 def _needs_observations(policy: torch.nn.Module, layer: str, obs: Tensor) -> bool:
@@ -422,8 +427,8 @@ def _gradient_at(policy: torch.nn.Module, layer: str, point_nhwc: np.ndarray, re
     x = x.contiguous().requires_grad_(True)
     with torch.enable_grad():
         logits, value = policy.forward_from_nchw(x, layer, *(() if obs is None else (obs,)))
-        grad = _readout_gradients(torch.cat([value[:, None], logits], dim=1), x,
-                                  readout[None].to(x.device))[0]
+        (grad,) = _readout_gradients(torch.cat([value[:, None], logits], dim=1), x,
+                                     readout[None])
     return grad.permute(0, 2, 3, 1).cpu().numpy()
 
 

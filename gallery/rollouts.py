@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .attribution import policy_device
 from .environments import EnvSpec, VecEnv, action_names, make_vec_env
 from .errors import EnvironmentNotAvailable, GalleryError
 
@@ -230,8 +231,7 @@ class PolicySampler:
     def logits(self, obs: np.ndarray) -> torch.Tensor:
         """(N, A) float32 logits on the CPU for uint8 observations (N, H, W, C); the policy
         runs on its own device, every environment's observation in one batch."""
-        parameter = next(self.policy.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
+        device = policy_device(self.policy)
         with torch.inference_mode():
             return torch.cat([self.policy(torch.from_numpy(obs[i:i + self.batch_size])
                                           .to(device).float().div_(255))[0].float().cpu()
