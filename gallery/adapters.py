@@ -239,8 +239,7 @@ def check_adapter(policy: AdapterPolicy, frames: Tensor | None = None,
             else:
                 passed.append(f"{layer}: non-negative on {len(frames)} real frames "
                               f"(mean {float(acts.mean()):.4g})")
-            l2, v2 = policy.forward_from_nchw(acts, layer, frames)
-            gap = max(float((l2 - logits).abs().max()), float((v2 - value).abs().max()))
+            gap = _output_gap(policy, acts, layer, frames, logits, value)
             if gap > tolerance:
                 problems.append(f"layer {layer!r}: the outputs with the layer replaced by its "
                                 f"own activations differ from the module's by {gap:.3g}: the "
@@ -252,9 +251,7 @@ def check_adapter(policy: AdapterPolicy, frames: Tensor | None = None,
             if layer in policy.model.partial_layers:
                 passed.append(f"{layer}: declared partial (observations passed too)")
                 continue
-            blank = torch.zeros_like(frames)
-            l3, v3 = policy.forward_from_nchw(acts, layer, blank)
-            gap = max(float((l3 - logits).abs().max()), float((v3 - value).abs().max()))
+            gap = _output_gap(policy, acts, layer, torch.zeros_like(frames), logits, value)
             if gap > tolerance:
                 problems.append(f"layer {layer!r} is not a bottleneck: given the layer, the "
                                 f"outputs still depend on the observations (by {gap:.3g}), "
@@ -267,6 +264,15 @@ def check_adapter(policy: AdapterPolicy, frames: Tensor | None = None,
         raise AdapterError(f"{policy.source}: {len(problems)} problem(s) with the offered "
                            "layers:\n  " + "\n  ".join(problems))
     return passed
+
+
+def _output_gap(policy: AdapterPolicy, acts: Tensor, layer: str, obs: Tensor, logits: Tensor,
+                value: Tensor) -> float:
+    """Largest difference between the module's outputs and those computed from `layer`'s
+    activations `acts` with observations `obs` beside them."""
+    other_logits, other_value = policy.forward_from_nchw(acts, layer, obs)
+    return max(float((other_logits - logits).abs().max()),
+               float((other_value - value).abs().max()))
 
 
 def environment_frames(policy: PolicyBase, num_envs: int = 2, steps: int = 16,
