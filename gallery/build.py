@@ -130,17 +130,14 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
     from . import progress as progress_bars
-    from .distributed import current, resolve_device
     from .environments import EnvSpec
     from .interface import source_date
-    from .policy import load_policy
     from .rollouts import TrajectoryConfig, load_or_collect
     from .site.stats import chart_samples
 
     say = progress or (lambda message: None)
     start = time.perf_counter()
-    policy = load_policy(checkpoint_path, adapter=settings.adapter, env=settings.env)
-    policy.to(resolve_device(None, current().local_rank))
+    policy = _load_on_device(checkpoint_path, settings.adapter, settings.env)
     sha256 = policy.sha256 or sha256_file(checkpoint_path)
     described = policy.describe()
     env_spec = EnvSpec.from_args(policy.args, settings.env)
@@ -741,16 +738,23 @@ def _shared_frames(rollouts_path: Path) -> np.ndarray:
     return observations[0, ::SHARED_STRIDE][:SHARED_FRAMES]
 
 
+def _load_on_device(checkpoint_path: Path, adapter: str | None, env: Any) -> Any:
+    """The model (gallery.load_policy) on the build's device ($GALLERY_DEVICE, set by
+    `gallery build --device`; under MPI the rank's GPU)."""
+    from .distributed import current, resolve_device
+    from .policy import load_policy
+
+    return load_policy(checkpoint_path, adapter=adapter, env=env).to(
+        resolve_device(None, current().local_rank))
+
+
 def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
               ) -> tuple[list[float], list[str]]:
     import torch
 
-    from . import load_policy
     from .attribution import prepare_observations
-    from .distributed import current, resolve_device
 
-    policy = load_policy(checkpoint_path, adapter=spec.adapter, env=spec.env)
-    policy.to(resolve_device(None, current().local_rank))
+    policy = _load_on_device(checkpoint_path, spec.adapter, spec.env)
     if tuple(policy.observation_shape) != tuple(frames.shape[1:]):
         raise ValueError(f"{checkpoint_path.name} takes {tuple(policy.observation_shape)} "
                          f"observations, the shared ones are {tuple(frames.shape[1:])}")

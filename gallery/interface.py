@@ -351,7 +351,7 @@ class InterfaceBuilder:
         self.layer_names = select_layers(policy.layer_names, o)
         # the environment a file does not name (SB3 zips) gives the action names; the
         # cached policy stays as loaded (several models may share it)
-        names = action_names_in(policy, dict(o.env))
+        names = self.action_names = action_names_in(policy, dict(o.env))
         self.group_specs = [bundles.group_output(g.name, g.actions, names)
                             for g in action_groups(names)]
         self.output_specs = [bundles.value_output()]
@@ -533,7 +533,7 @@ class InterfaceBuilder:
         observations = rollouts["trajectories.observations"]
         extra = rollouts.get("observations")
         outputs = get(plan.outputs, "outputs")
-        names = action_names_in(self.policy, dict(o.env))
+        names = self.action_names
         title = o.title or Path(self.checkpoint).stem
         model = {"id": o.model_id or _slug(title), "title": title,
                  "architecture": getattr(self.policy, "architecture", "unknown"),
