@@ -1,4 +1,4 @@
-"""Attribution speed: the plain autograd loop, gallery.attribution and Captum, per layer,
+"""Attribution speed: the plain autograd loop, gallery.method.attribution and Captum, per layer,
 on the same recorded CoinRun frames in one run; then the whole default analysis.
 
     .venv/bin/python benchmarks/bench_analysis.py [--frames 128] [--device cpu|cuda]
@@ -9,13 +9,13 @@ Per layer it prints the best wall time of `--repeats` alternating rounds of
 - **plain**: the loop a user would write -- the layer's activations, the 10 scaled copies
   stacked into one batch, `forward_from`, one `torch.autograd.grad` (value), or one
   such forward and backward per output (policy: the value and every action);
-- **ours**: `gallery.attribution.integrated_gradients` / `policy_attribution`;
+- **ours**: `gallery.method.attribution.integrated_gradients` / `policy_attribution`;
 - **captum**: `captum.attr.IntegratedGradients` with the same semantics (zero baseline at
   the layer, right Riemann sum, 10 steps), value only;
 
 with the ratios plain/ours and captum/ours (>= 1: ours is as fast or faster) and the
 largest difference from ours, relative to the largest value. The whole analysis
-(`gallery.analysis`, the method's defaults: 8 x 512 frames, 32 x 128 extra observations,
+(`benchmarks/analysis.py`, the method's defaults: 8 x 512 frames, 32 x 128 extra observations,
 every layer) is then timed stage by stage, with value and with policy attribution, and
 the peak memory is printed.
 """
@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from gallery.analysis import (
+from analysis import (
     AnalysisConfig,
     TrajectoryArrays,
     analyze_trajectories,
@@ -39,10 +38,11 @@ from gallery.analysis import (
     layer_features,
     select_layers,
 )
-from gallery.attribution import _needs_observations, integrated_gradients, policy_attribution
+
 from gallery.environments import EnvSpec
-from gallery.policy import load_policy
-from gallery.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from gallery.environments.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from gallery.method.attribution import _needs_observations, integrated_gradients, policy_attribution
+from gallery.models.policy import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO.parent / "shared" / "checkpoints" / "coinrun.jd"

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gallery import bundle as bundles
-from gallery.interface import BUNDLE_DIR, InterfaceBuilder, InterfaceOptions, viewer_assets
+from gallery.pipeline.interface import BUNDLE_DIR, InterfaceBuilder, InterfaceOptions, viewer_assets
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "coinrun.jd"
 MB = 1e6
@@ -54,14 +54,14 @@ class RecordingBuilder(InterfaceBuilder):
 def reencode(interface: Path, arrays: Path) -> None:
     """Re-encode the saved arrays into the bundle's attribution files (same names).
 
-    A file is encoded again only if its arrays or gallery/attribution_codec.py changed
+    A file is encoded again only if its arrays or gallery/bundle/codec.py changed
     since it was last encoded here (the key is kept next to the arrays): re-encoding all
     of them takes about 20 minutes on one core."""
     root = interface / BUNDLE_DIR
     index = json.loads((root / bundles.INDEX_FILE).read_text())
     import hashlib
 
-    from gallery import attribution_codec
+    from gallery.bundle import codec as attribution_codec
     source = hashlib.sha256(Path(attribution_codec.__file__).read_bytes()).hexdigest()
     for layer in index["layers"]:
         folder = arrays / layer["name"].replace("/", "_")
@@ -170,14 +170,14 @@ def reference_bytes(index: dict, arrays: Path, trajectories: int = 1) -> dict:
     Per (layer, trajectory, output) it saved one PNG strip of all frames per (direction,
     view) -- 3 x (K + 3) of them with single-feature views -- and one of the scrubber
     columns; per trajectory an observation strip and its scrubber. We render those strips
-    with gallery.rendering from the saved arrays of the first `trajectories` trajectories,
+    with gallery.method.rendering from the saved arrays of the first `trajectories` trajectories,
     encode them as PNG (Pillow's defaults, as lucid's `save` did) and scale to all of them.
     """
     import io
 
     from PIL import Image
 
-    from gallery import rendering
+    from gallery.method import rendering
 
     measured = 0
     for layer in index["layers"]:

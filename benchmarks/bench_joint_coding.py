@@ -25,7 +25,8 @@ import sys
 import numpy as np
 from bench_policy_bundle import decoded_reduced, layer_sample, sample_arguments
 
-from gallery import attribution_codec, rendering
+from gallery.bundle import codec as attribution_codec
+from gallery.method import rendering
 
 
 def main() -> int:

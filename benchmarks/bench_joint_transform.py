@@ -31,7 +31,8 @@ import time
 import numpy as np
 from bench_policy_bundle import layer_sample, sample_arguments  # run as a script
 
-from gallery import attribution_codec, rendering
+from gallery.bundle import codec as attribution_codec
+from gallery.method import rendering
 
 MAE_TARGET = 1.0 / 255
 

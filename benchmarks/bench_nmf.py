@@ -1,11 +1,11 @@
-"""NMF stages of an interface: scikit-learn's public NMF against gallery.nmf, on real frames.
+"""NMF stages of an interface: scikit-learn's public NMF against gallery.method.nmf, on real frames.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_nmf.py [--frames 128] [--repeats 3]
         [--layers 1a 2a 2b 3a 4a] [--paper | --checkpoint PATH] [--device cuda]
         [--rev GIT-REVISION] [--stages fit transform reduce]
 
 The data is what an interface feeds NMF: CoinRun frames recorded with the policy
-(gallery.rollouts, extra observations of 32 environments, one every 128 steps; saved in
+(gallery.environments.rollouts, extra observations of 32 environments, one every 128 steps; saved in
 .cache/bench/ and reused), the value attribution of those frames at each layer
 (integrated gradients, 10 steps) and the layer's activations. The checkpoint is the
 project's demo, gallery/demo/coinrun-clear.jd; `--paper` takes ../shared's coinrun.jd.
@@ -16,7 +16,7 @@ less):
 
 - fit: `NMF(n_components=8, init='nndsvd', solver='cd', beta_loss='frobenius',
   tol=1e-4, max_iter=200, random_state=0).fit(signed_rows(attr))` ("plain"), the same
-  with BLAS on one thread ("plain, 1 BLAS thread"), and `gallery.nmf.fit_nmf(attr)`;
+  with BLAS on one thread ("plain, 1 BLAS thread"), and `gallery.method.nmf.fit_nmf(attr)`;
   the components' relative difference from plain's and each one's relative
   reconstruction loss ||X - W H|| / ||X|| (W by scikit-learn's transform).
 - transform (feature views): the activations through `NMF.transform` with plain's
@@ -24,7 +24,7 @@ less):
 - reduce (attribution): `reduce_attribution` of the attribution written with two
   `NMF.transform` calls, against `LayerNMF.reduce_attribution` (and on `--device`).
 
-`--rev` adds gallery/nmf.py at a git revision as further sides (for example 18a1591, the
+`--rev` adds gallery/method/nmf.py at a git revision as further sides (for example 18a1591, the
 hand-organised fit and transform this file was written to judge).
 An interface at its defaults fits on 4096 extra observations: 2 x 4096 x h x w rows
 (1a: 33.6M x 16; 2a and 2b: 8.4M x 32; 3a: 2.1M x 32; 4a: 0.5M x 32).
@@ -45,15 +45,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from analysis import _activations
 from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from gallery.analysis import _activations
-from gallery.attribution import integrated_gradients
 from gallery.environments import EnvSpec
-from gallery.policy import load_policy
-from gallery.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from gallery.environments.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from gallery.method.attribution import integrated_gradients
+from gallery.models.policy import load_policy
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "gallery" / "demo" / "coinrun-clear.jd"
@@ -88,15 +88,16 @@ def plain_reduce(model: NMF, attr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nmf_module(rev: str | None) -> types.ModuleType:
-    """gallery.nmf, or its text at git revision `rev` loaded as a module of gallery."""
+    """gallery.method.nmf, or its text at git revision `rev` loaded as a module of gallery."""
     if rev is None:
-        import gallery.nmf
-        return gallery.nmf
-    source = subprocess.check_output(["git", "-C", str(REPO), "show", f"{rev}:gallery/nmf.py"])
+        import gallery.method.nmf
+        return gallery.method.nmf
+    source = subprocess.check_output(["git", "-C", str(REPO), "show",
+                                      f"{rev}:gallery/method/nmf.py"])
     module = types.ModuleType(f"gallery._nmf_{rev}")
-    module.__package__ = "gallery"
+    module.__package__ = "gallery.method"
     sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:gallery/nmf.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:gallery/method/nmf.py", "exec"), module.__dict__)
     return module
 
 
@@ -154,8 +155,10 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=None)
     parser.add_argument("--checkpoint", type=Path, default=DEMO)
     parser.add_argument("--paper", action="store_true", help=f"use {PAPER}")
-    parser.add_argument("--device", default=None, help="also run gallery.nmf's transforms there")
-    parser.add_argument("--rev", default=None, help="also gallery/nmf.py at this git revision")
+    parser.add_argument("--device", default=None,
+                        help="also run gallery.method.nmf's transforms there")
+    parser.add_argument("--rev", default=None,
+                        help="also gallery/method/nmf.py at this git revision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", nargs="+", default=["fit", "transform", "reduce"],
                         choices=["fit", "transform", "reduce"])
@@ -163,9 +166,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
     checkpoint = PAPER if args.paper else args.checkpoint
-    modules = {"gallery.nmf": nmf_module(None)}
+    modules = {"gallery.method.nmf": nmf_module(None)}
     if args.rev:
-        modules[f"gallery.nmf@{args.rev}"] = nmf_module(args.rev)
+        modules[f"gallery.method.nmf@{args.rev}"] = nmf_module(args.rev)
     policy = load_policy(checkpoint)
     frames = record_frames(policy, checkpoint, args.frames)
     print(f"{checkpoint.name}, {len(frames)} frames, torch {torch.__version__} "
@@ -224,7 +227,8 @@ def transform_stage(args: argparse.Namespace, acts: np.ndarray, model: NMF,
     for label, layer_nmf in layer_nmfs.items():
         sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.transform(acts)
     if args.device:
-        sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs["gallery.nmf"].transform(
+        ours = layer_nmfs["gallery.method.nmf"]
+        sides[f"gallery.method.nmf {args.device}"] = lambda: ours.transform(
             acts, device=args.device)
     times, done = timed_alternating(args.repeats, sides)
     print("  transform (activations)")
@@ -241,8 +245,8 @@ def reduce_stage(args: argparse.Namespace, attr: np.ndarray, model: NMF,
     for label, layer_nmf in layer_nmfs.items():
         sides[label] = lambda layer_nmf=layer_nmf: layer_nmf.reduce_attribution(attr)
     if args.device:
-        sides[f"gallery.nmf {args.device}"] = lambda: layer_nmfs[
-            "gallery.nmf"].reduce_attribution(attr, device=args.device)
+        sides[f"gallery.method.nmf {args.device}"] = lambda: layer_nmfs[
+            "gallery.method.nmf"].reduce_attribution(attr, device=args.device)
     times, done = timed_alternating(args.repeats, sides)
     print("  reduce (attribution)")
     for name, (features, residual) in done.items():

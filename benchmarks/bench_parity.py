@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gallery.policy import load_policy
+from gallery.models.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,16 +34,18 @@ import sys
 import time
 from pathlib import Path
 
+import analysis
 import numpy as np
 import torch
 from bench_bundle import DEFAULT_CHECKPOINT, MB, report  # the same directory: run as a script
 
-from gallery import analysis, attribution_codec, rendering
 from gallery import bundle as bundles
-from gallery.attribution import integrated_gradients
-from gallery.interface import BUNDLE_DIR
-from gallery.nmf import NMFSettings, fit_nmf
-from gallery.policy import load_policy
+from gallery.bundle import codec as attribution_codec
+from gallery.method import rendering
+from gallery.method.attribution import integrated_gradients
+from gallery.method.nmf import NMFSettings, fit_nmf
+from gallery.models.policy import load_policy
+from gallery.pipeline.interface import BUNDLE_DIR
 
 BUDGET = 200 * MB
 

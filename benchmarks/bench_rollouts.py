@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_rollouts.py [--checkpoint PATH] [--steps N]
 
 Prints one line per case: Procgen and Atari stepped with uniformly random actions
-(environment only), then the real policy sampling its actions the way `gallery.rollouts`
+(environment only), then the real policy sampling its actions the way
+`gallery.environments.rollouts`
 records trajectories (8 environments) and gathers extra observations (32 environments).
 Counts are environment steps of all copies together.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gallery.environments import EnvSpec, make_vec_env
-from gallery.rollouts import PolicySampler, record_trajectories, torch_threads
+from gallery.environments.rollouts import PolicySampler, record_trajectories, torch_threads
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "coinrun.jd"
 

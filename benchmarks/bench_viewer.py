@@ -18,7 +18,7 @@ viewer as built now (gallery/viewer_dist). Measures:
   p95 <= 8 ms), frames due against frames shown, dropped frames (shown more than one frame
   interval after they were due), animation frames longer than 50 ms, display frames missed;
 - fidelity: every direction and view of sampled frames of every layer, read back from the
-  canvas and compared with gallery.rendering (MAE <= 1/255, PSNR >= 40 dB per image).
+  canvas and compared with gallery.method.rendering (MAE <= 1/255, PSNR >= 40 dB per image).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from browser.harness import chromium, premultiply, read_attribution, serve  # noqa: E402
 
-from gallery import rendering  # noqa: E402
-from gallery.attribution_codec import image_errors, premultiplied_uint8  # noqa: E402
-from gallery.interface import viewer_assets, write_page  # noqa: E402
+from gallery.bundle.codec import image_errors, premultiplied_uint8  # noqa: E402
+from gallery.method import rendering  # noqa: E402
+from gallery.pipeline.interface import viewer_assets, write_page  # noqa: E402
 
 SETUP = """async ({layer, frame}) => {
   const v = window.galleryViewer;

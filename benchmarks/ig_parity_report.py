@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from gallery.attribution import integrated_gradients  # noqa: E402
-from gallery.policy import load_policy  # noqa: E402
+from gallery.method.attribution import integrated_gradients  # noqa: E402
+from gallery.models.policy import load_policy  # noqa: E402
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint  # noqa: E402
 from tests.reference.tf_networks import tf_integrated_gradients  # noqa: E402
 

@@ -9,9 +9,9 @@ import os
 # Read by MKL at its first product, so it works after `import torch` too.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
-from .attribution import integrated_gradients, policy_attribution  # noqa: E402
-from .errors import CheckpointError, GalleryError  # noqa: E402
-from .policy import Policy, load_policy  # noqa: E402
+from gallery.errors import CheckpointError, GalleryError  # noqa: E402
+from gallery.method.attribution import integrated_gradients, policy_attribution  # noqa: E402
+from gallery.models.policy import Policy, load_policy  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -8,8 +8,8 @@ import logging
 import pkgutil
 import sys
 
-from . import __version__, commands
-from .errors import GalleryError
+from gallery import __version__, commands
+from gallery.errors import GalleryError
 
 
 def build_parser() -> argparse.ArgumentParser:

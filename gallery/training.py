@@ -34,11 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import ARG_DEFAULTS
-from .environments import EnvSpec, make_vec_env
-from .networks import build_network, export_params
-from .policy import Policy, policy_from_checkpoint
-from .checkpoint import read_checkpoint
+from gallery.environments import EnvSpec, make_vec_env
+from gallery.models.checkpoint import ARG_DEFAULTS, read_checkpoint
+from gallery.models.networks import build_network, export_params
+from gallery.models.policy import Policy, policy_from_checkpoint
 
 log = logging.getLogger(__name__)
 

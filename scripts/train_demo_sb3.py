@@ -10,7 +10,7 @@ architecture than the clear CNN); the hyperparameters are Procgen's PPO ones (ga
 lambda 0.95, 3 epochs, 8 minibatches, lr 5e-4, entropy 0.01) at 16 x 128 steps a batch,
 and the feature extractor is 256 wide (not 512), which keeps the zip (weights and Adam's
 state) under the zoo's 5 MB per model. The zip is SB3's own format, which the gallery reads
-natively (gallery/sb3.py).
+natively (gallery/models/sb3.py).
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ from torch import nn
 
 from examples.adapters import cleanrl_atari, cleanrl_procgen, procgen_tools_impala
 from gallery import load_policy
-from gallery.adapters import (
+from gallery.cli import main
+from gallery.environments import PROCGEN_COMBOS, combo_name
+from gallery.models.adapters import (
     AdapterError,
     ExternalModel,
     check_adapter,
     environment_frames,
     load_any,
 )
-from gallery.cli import main
-from gallery.environments import PROCGEN_COMBOS, combo_name
 
 SPEC = "examples.adapters.cleanrl_procgen:make"
 
@@ -93,7 +93,7 @@ def test_examples_pass_the_checks_on_real_frames(tmp_path, name):
 def test_the_procgen_example_makes_an_interface_on_real_rollouts(agent_file, tmp_path):
     """The example used to stop after NMF ('NMF transforms finite non-negative values
     only'): it offered pre-ReLU residual outputs."""
-    from gallery.interface import generate_interface
+    from gallery.pipeline.interface import generate_interface
 
     _, path = agent_file
     out = tmp_path / "interface"

@@ -7,14 +7,14 @@ import pytest
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gallery.advantages import (
+from gallery.method.advantages import (
     Bookmark,
     bookmarks,
     dones_from_firsts,
     gae_advantages,
     policy_outputs,
 )
-from gallery.attribution import AnalysisError, ObservationError
+from gallery.method.attribution import AnalysisError, ObservationError
 from tests.test_attribution import TinyPolicy
 
 

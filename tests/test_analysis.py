@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gallery import rendering
-from gallery.advantages import bookmarks, dones_from_firsts, gae_advantages, policy_outputs
-from gallery.analysis import (
+from benchmarks.analysis import (
     AnalysisConfig,
     TrajectoryArrays,
     analyze,
@@ -16,8 +14,10 @@ from gallery.analysis import (
     outputs_for,
     select_layers,
 )
-from gallery.attribution import AnalysisError, UnknownLayerError, integrated_gradients
-from gallery.dataset_examples import FeatureVisualisationError
+from gallery.method import rendering
+from gallery.method.advantages import bookmarks, dones_from_firsts, gae_advantages, policy_outputs
+from gallery.method.attribution import AnalysisError, UnknownLayerError, integrated_gradients
+from gallery.method.dataset_examples import FeatureVisualisationError
 from tests.test_attribution import TinyPolicy
 
 SMALL = AnalysisConfig(nmf_features=2, subdiv_mults=(1, 2), expand_mults=(1, 2),
@@ -130,7 +130,7 @@ def test_progress_reports_every_stage():
 
 
 def test_streaming_equals_in_memory_and_memory_is_bounded():
-    from gallery.analysis import attribution_bytes, iter_attributions
+    from benchmarks.analysis import attribution_bytes, iter_attributions
 
     policy, traj, obs = TinyPolicy(), _trajectories(), _observations()
     config = AnalysisConfig(**{**SMALL.__dict__, "policy_attribution": True})
@@ -175,7 +175,7 @@ def test_bad_inputs():
 
 
 def test_a_real_network_end_to_end(tmp_path):
-    from gallery.policy import load_policy
+    from gallery.models.policy import load_policy
     from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 
     policy = load_policy(write_checkpoint(tmp_path / "clear.jd", make_checkpoint("clear")))

@@ -16,7 +16,8 @@ import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from torch import nn
 
-from gallery.attribution import (
+from gallery.errors import GalleryError
+from gallery.method.attribution import (
     ActionGroup,
     AnalysisError,
     MultiPath,
@@ -29,7 +30,6 @@ from gallery.attribution import (
     policy_attribution,
     readout_matrix,
 )
-from gallery.errors import GalleryError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "parity"
 RNG = np.random.default_rng(1234)
@@ -197,7 +197,7 @@ def test_batching_does_not_change_results(device):
     readout = readout_matrix(policy, ["value", 1, [0, 3]])
     whole = np.concatenate([b for _, b in attribution_batches(policy, obs, "h", readout, 10)],
                            axis=1)
-    from gallery import attribution
+    from gallery.method import attribution
     pieces = [b for _, b in attribution._attribution_batches(
         policy, torch.from_numpy(obs), "h", readout, 10, elements_per_pass=12 * 3)]
     assert len(pieces) > 1
@@ -212,7 +212,7 @@ def test_non_bottleneck_layers_get_the_observations(device):
 
 
 def test_multi_path_attribution(device):
-    from gallery.nmf import LayerNMF
+    from gallery.method.nmf import LayerNMF
 
     policy, obs = TinyPolicy().to(device), _obs()
     h = _h(obs)
@@ -319,7 +319,7 @@ def test_golden_tensorflow_ig(case):
     IMPALA compares per-channel spatial totals: which of tied max-pool inputs gets the
     gradient is implementation-defined.
     """
-    from gallery.policy import load_policy
+    from gallery.models.policy import load_policy
     from tests.reference.checkpoints import shared_checkpoint
 
     spec = MANIFEST["cases"][case]
@@ -353,7 +353,7 @@ def test_live_tensorflow_ig_every_layer(cnn, kwargs, tmp_path):
     TensorFlow's own float32 6.3e-5). Needs .venv-tf."""
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     tf = pytest.importorskip("tensorflow")
-    from gallery.policy import load_policy
+    from gallery.models.policy import load_policy
     from tests.reference.checkpoints import make_checkpoint, write_checkpoint
     from tests.reference.tf_networks import tf_integrated_gradients
 

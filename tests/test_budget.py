@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gallery.build import BuildReport, format_summary
 from gallery.cli import main
-from gallery.deploy import DeployError, deploy
+from gallery.pipeline.build import BuildReport, format_summary
 from gallery.site.budget import SITE_OWNER, measure_site, owner_of
+from gallery.site.deploy import DeployError, deploy
 
 
 def write(path: Path, size: int) -> None:
@@ -113,7 +113,7 @@ def test_deploy_refuses_an_oversized_site_before_pushing(site, remote, tmp_path)
 
 
 def test_deploy_warns_near_the_limits(site, remote, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="gallery.deploy"):
+    with caplog.at_level(logging.WARNING, logger="gallery.site.deploy"):
         result = deploy(site, str(remote), cache_dir=tmp_path / "cache",
                         limits=(60_000, 1 << 30))
     assert result.changed

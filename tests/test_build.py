@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery import build as build_module
-from gallery.build import (
+from gallery.cli import main
+from gallery.models.fetch import FetchPolicy
+from gallery.pipeline import build as build_module
+from gallery.pipeline.build import (
     PAGES_FILE_LIMIT,
     PAGES_SITE_LIMIT,
     BuildConfig,
@@ -29,9 +31,7 @@ from gallery.build import (
     format_summary,
     model_key,
 )
-from gallery.cli import main
-from gallery.fetch import FetchPolicy
-from gallery.manifest import AnalysisOptions, load_manifest
+from gallery.pipeline.manifest import AnalysisOptions, load_manifest
 from gallery.site.stats import discounted_returns, gae_advantages
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 from tests.test_site import fake_result
@@ -222,9 +222,9 @@ def test_interface_step_calls_generate_interface_when_it_exists(tmp_path, monkey
         Path(output_dir).mkdir(parents=True)
         (Path(output_dir) / "index.html").write_text("ui")
 
-    fake = types.ModuleType("gallery.interface")
+    fake = types.ModuleType("gallery.pipeline.interface")
     fake.generate_interface = generate_interface
-    monkeypatch.setitem(sys.modules, "gallery.interface", fake)
+    monkeypatch.setitem(sys.modules, "gallery.pipeline.interface", fake)
     monkeypatch.setattr(build_module.importlib.util, "find_spec", lambda name: object())
     options = AnalysisOptions.model_validate({"trajectories": {"num_envs": 3}})
     folder = build_interface(tmp_path / "m.jd", tmp_path / "interface",
@@ -314,7 +314,7 @@ def test_official_model_offline_from_a_seeded_cache(coinrun_path, tmp_path, monk
 
 
 def test_serve_hook_refreshes_the_project_then_settles(zoo, monkeypatch):
-    from gallery.build import project_dir_for
+    from gallery.pipeline.build import project_dir_for
     from gallery.site import serve_hook
 
     build(zoo, FakeBuilder())  # results cached: refreshing builds nothing
@@ -371,7 +371,7 @@ def test_no_interfaces_builds_statistics_only(tmp_path, monkeypatch, capsys):
 
 
 def test_stats_gae_is_the_analysis_gae():
-    from gallery.advantages import gae_advantages as analysis_gae
+    from gallery.method.advantages import gae_advantages as analysis_gae
 
     rng = np.random.default_rng(0)
     rewards, values = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
@@ -387,7 +387,7 @@ def test_load_policy_from_a_url_through_the_cache(tmp_path, caplog):
 
     from gallery import load_policy
     from gallery.errors import GalleryError
-    from gallery.fetch import sha256_file
+    from gallery.models.fetch import sha256_file
 
     folder = tmp_path / "served"
     folder.mkdir()

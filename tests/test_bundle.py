@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from gallery import attribution_codec as codec
 from gallery import bundle as bundles
-from gallery import rendering
+from gallery.bundle import codec
+from gallery.method import rendering
 from tests.bundle_helpers import synthetic_attribution, write_small_bundle
 
 # --- levels and error diffusion --------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from gallery import bundle as bundles
-from gallery import dataset_examples as examples
-from gallery import rendering
+from gallery.method import dataset_examples as examples
+from gallery.method import rendering
 from tests.bundle_helpers import write_small_bundle
 
 # --- helpers ------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def _observations(n: int, side: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("case", ["smooth", "one-bright-cell", "sparse"])
 def test_drawn_views_are_within_one_level_of_the_exact(case):
     """Every expand_mult of every grid, drawn from the decoded grid, against the view drawn
-    from the exact one (gallery.dataset_examples.render_grid, 8 bits): the same colours, and
+    from the exact one (gallery.method.dataset_examples.render_grid, 8 bits): the same colours, and
     alpha within 1/255 (the quantisation's bound; most pixels equal)."""
     h = w = 8
     acts = _smooth_acts(60, h, w, seed=4)

@@ -15,8 +15,8 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from gallery.attribution import integrated_gradients, readout_matrix
-from gallery.policy import load_policy
+from gallery.method.attribution import integrated_gradients, readout_matrix
+from gallery.models.policy import load_policy
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 
 if os.environ.get("CI") == "true":

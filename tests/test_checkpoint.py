@@ -6,9 +6,9 @@ import joblib
 import numpy as np
 import pytest
 
-from gallery.checkpoint import read_checkpoint
 from gallery.errors import CheckpointError
-from gallery.policy import load_policy, policy_from_checkpoint
+from gallery.models.checkpoint import read_checkpoint
+from gallery.models.policy import load_policy, policy_from_checkpoint
 from tests.reference.checkpoints import make_checkpoint
 
 

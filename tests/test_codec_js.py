@@ -2,7 +2,7 @@
 
 The browser fidelity test (tests/browser/test_fidelity.py) checks what the viewer draws;
 this checks, frame by frame and code by code, that the TypeScript decoder reads what
-`gallery.attribution_codec` writes: every context model, escaped codes up to the last
+`gallery.bundle.codec` writes: every context model, escaped codes up to the last
 level, frames without escapes, float16 totals, and a damaged stream.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import attribution_codec as codec
+from gallery.bundle import codec
 from tests.bundle_helpers import synthetic_attribution
 
 ROOT = Path(__file__).resolve().parent.parent

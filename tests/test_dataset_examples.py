@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gallery.dataset_examples import (
+from gallery.method.dataset_examples import (
     FeatureVisualisationError,
     assign_with_max_repetition,
     extract_patch,
@@ -222,7 +222,7 @@ def test_resampling_is_scipys_zoom(shape, subdiv):
 @pytest.mark.parametrize("subdiv, expand", [(1, 1), (2, 3), (0.5, 8), (2, 1)])
 def test_vectorised_view_equals_patch_by_patch(frames_hw, layer_hw, subdiv, expand):
     """Non-integer cells (84 / 20 = 4.2 pixels) and odd expansions included."""
-    from gallery.dataset_examples import extract_patch, feature_grid, patch_bounds
+    from gallery.method.dataset_examples import extract_patch, feature_grid, patch_bounds
 
     rng = np.random.default_rng(1)
     n = 30
@@ -274,7 +274,7 @@ def test_bad_inputs():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_ranking_prefix_changes_nothing(seed, monkeypatch):
-    import gallery.dataset_examples as de
+    import gallery.method.dataset_examples as de
 
     rng = np.random.default_rng(seed)
     scores = rng.integers(0, 4, size=(30, 200)).astype(np.float32)  # many ties

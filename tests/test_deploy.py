@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gallery.cli import main
-from gallery.deploy import DeployError, deploy
+from gallery.site.deploy import DeployError, deploy
 
 
 def git(*args: str, cwd: Path | None = None) -> str:

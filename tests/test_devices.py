@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from gallery import distributed
 from gallery.errors import GalleryError
+from gallery.pipeline import distributed
 
 
 def test_cpu_is_the_default(monkeypatch):
@@ -54,8 +54,8 @@ def test_rollout_sampling_follows_the_policy_device(device):
     same seed gives the same actions on every device (for these well-separated logits)."""
     import numpy as np
 
-    from gallery.policy import load_policy
-    from gallery.rollouts import PolicySampler
+    from gallery.environments.rollouts import PolicySampler
+    from gallery.models.policy import load_policy
 
     policy = load_policy("gallery/demo/coinrun-clear.jd")
     frames = np.load("tests/fixtures/parity/coinrun_real.npz")["obs"]
@@ -73,8 +73,8 @@ def test_results_do_not_depend_on_the_thread_count():
     is bit-identical on 1 and 2 threads."""
     import numpy as np
 
-    from gallery.attribution import integrated_gradients
-    from gallery.policy import load_policy
+    from gallery.method.attribution import integrated_gradients
+    from gallery.models.policy import load_policy
 
     policy = load_policy("gallery/demo/coinrun-clear.jd")
     frame = np.load("tests/fixtures/parity/coinrun_real.npz")["obs"][:1]

@@ -1,4 +1,5 @@
-"""Distributed, resumable, deterministic interface builds (gallery.units, gallery.distributed).
+"""Distributed, resumable, deterministic interface builds (gallery.pipeline.units,
+gallery.pipeline.distributed).
 
 A tiny interface of the demo checkpoint (2 trajectories x 16 steps, 64 extra observations,
 layers 3a and 4a: 10 units) is built in subprocesses: under `mpiexec -n 1/2/3`, killed
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery.units import EVENTS_FILE, UnitStore
+from gallery.pipeline.units import EVENTS_FILE, UnitStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "gallery" / "demo" / "coinrun-clear.jd"
@@ -278,7 +279,7 @@ def test_a_builder_subclass_still_sees_the_reduced_arrays(tmp_path):
     import numpy as np
 
     from gallery import bundle as bundles
-    from gallery.interface import InterfaceBuilder, InterfaceOptions
+    from gallery.pipeline.interface import InterfaceBuilder, InterfaceOptions
 
     seen = []
 

@@ -3,7 +3,7 @@
 The reference is float64 autograd through the same network, written as plainly as
 possible: for every integration step k and every output f, the gradient of f at
 (k/n) * activations, one backward pass each, summed in float64. The engine
-(`gallery.attribution`: steps batched, outputs sharing one forward pass) runs in the
+(`gallery.method.attribution`: steps batched, outputs sharing one forward pass) runs in the
 policy's own floating-point type, and is checked on every offered layer of the clear,
 IMPALA and Nature networks, for three random-weight networks of each, the project's demo
 checkpoint and (where ../shared is present) the paper's CoinRun model, for the value and
@@ -29,9 +29,13 @@ import numpy as np
 import pytest
 import torch
 
-from gallery.attribution import (attribution_batches, integrated_gradients, policy_attribution,
-                                 readout_matrix)
-from gallery.policy import load_policy
+from gallery.method.attribution import (
+    attribution_batches,
+    integrated_gradients,
+    policy_attribution,
+    readout_matrix,
+)
+from gallery.models.policy import load_policy
 from tests.conftest import shared_path
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gallery.fetch import (
+from gallery.models.fetch import (
     Cache,
     FetchError,
     FetchPolicy,

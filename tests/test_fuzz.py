@@ -47,11 +47,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gallery import attribution_codec as codec
 from gallery import bundle as bundles
-from gallery.checkpoint import read_checkpoint
+from gallery.bundle import codec
 from gallery.errors import CheckpointError, GalleryError
-from gallery.manifest import ManifestError, load_manifest, parse_manifest
+from gallery.models.checkpoint import read_checkpoint
+from gallery.pipeline.manifest import ManifestError, load_manifest, parse_manifest
 from tests.bundle_helpers import synthetic_attribution, write_small_bundle
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 

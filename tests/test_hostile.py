@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 from joblib.numpy_pickle import NumpyArrayWrapper
 
-from gallery import attribution_codec as codec
 from gallery import bundle as bundles
-from gallery.checkpoint import read_checkpoint
+from gallery.bundle import codec
 from gallery.errors import CheckpointError
-from gallery.manifest import ManifestError, parse_manifest
-from gallery.safe_pickle import DEFAULT_MAX_BYTES, MAX_LINE_BYTES, MAX_OPCODES
+from gallery.models.checkpoint import read_checkpoint
+from gallery.models.safe_pickle import DEFAULT_MAX_BYTES, MAX_LINE_BYTES, MAX_OPCODES
+from gallery.pipeline.manifest import ManifestError, parse_manifest
 from tests.reference.checkpoints import make_checkpoint
 
 GB = 1024**3
@@ -265,9 +265,9 @@ def test_bomb_stops_at_the_stream_limit(tmp_path):
 
 
 def _bundle(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    from tests.test_fuzz import bundle_base
-
     import shutil
+
+    from tests.test_fuzz import bundle_base
 
     root = tmp_path / "bundle"
     shutil.copytree(bundle_base(), root)

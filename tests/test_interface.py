@@ -10,7 +10,7 @@ import pytest
 
 from gallery import bundle as bundles
 from gallery.cli import main
-from gallery.interface import (
+from gallery.pipeline.interface import (
     InterfaceError,
     InterfaceOptions,
     generate_interface,
@@ -70,7 +70,7 @@ def test_layer_selection():
 
 
 def test_site_builder_keywords_are_accepted():
-    """gallery.build passes these keywords (filtered by the signature)."""
+    """gallery.pipeline.build passes these keywords (filtered by the signature)."""
     parameters = inspect.signature(generate_interface).parameters
     for name in ("env", "num_envs", "num_steps", "seed", "bookmarks", "obs_num_envs",
                  "num_obs", "obs_every", "layers", "discard_first_n", "input_layer",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gallery.layers import LayerOptions, bottlenecks
-from gallery.policy import Policy, policy_from_checkpoint
-from gallery.checkpoint import Checkpoint, ARG_DEFAULTS
+from gallery.models.checkpoint import ARG_DEFAULTS, Checkpoint
+from gallery.models.layers import LayerOptions, bottlenecks
+from gallery.models.policy import Policy, policy_from_checkpoint
 from tests.reference.checkpoints import make_checkpoint
 
 

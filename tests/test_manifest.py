@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gallery.cli import main
-from gallery.manifest import AnalysisOptions, ManifestError, load_manifest, parse_manifest
+from gallery.pipeline.manifest import AnalysisOptions, ManifestError, load_manifest, parse_manifest
 
 SHA = "ab" * 32
 REPO = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import torch
 from numpy.testing import assert_allclose
 from sklearn.decomposition import NMF
 
-from gallery.attribution import AnalysisError, integrated_gradients, prepare_observations
-from gallery.nmf import LayerNMF, NMFSettings, fit_nmf, signed_rows
-from gallery.policy import load_policy
+from gallery.method.attribution import AnalysisError, integrated_gradients, prepare_observations
+from gallery.method.nmf import LayerNMF, NMFSettings, fit_nmf, signed_rows
+from gallery.models.policy import load_policy
 
 TESTS = Path(__file__).resolve().parent
 DEMO = TESTS.parent / "gallery" / "demo" / "coinrun-clear.jd"

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import torch
 
-from gallery.policy import load_policy
+from gallery.models.policy import load_policy
 from tests.reference import ATOL64, float32_bound
 from tests.reference.checkpoints import shared_checkpoint
 

@@ -25,9 +25,9 @@ import torch  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 
-from gallery.networks import build_network  # noqa: E402
-from gallery.policy import load_policy  # noqa: E402
-from gallery.safe_pickle import safe_load  # noqa: E402
+from gallery.models.networks import build_network  # noqa: E402
+from gallery.models.policy import load_policy  # noqa: E402
+from gallery.models.safe_pickle import safe_load  # noqa: E402
 from tests.reference import ATOL64, float32_bound  # noqa: E402
 from tests.reference.checkpoints import (  # noqa: E402
     make_checkpoint,

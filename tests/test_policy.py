@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gallery.checkpoint import ARG_DEFAULTS, Checkpoint
-from gallery.networks import l2_pool, max_pool_same, same_padding
-from gallery.policy import load_policy, policy_from_checkpoint
+from gallery.models.checkpoint import ARG_DEFAULTS, Checkpoint
+from gallery.models.networks import l2_pool, max_pool_same, same_padding
+from gallery.models.policy import load_policy, policy_from_checkpoint
 from tests.reference.checkpoints import make_checkpoint
 
 CASES = [("clear", {}), ("impala", {}), ("impala", {"stack_channels": "8_16", "emb_size": 64}),
@@ -60,7 +60,7 @@ def test_forward_from_uses_the_given_activations():
 
 
 def test_non_bottleneck_layer_needs_observations():
-    from gallery.layers import LayerOptions
+    from gallery.models.layers import LayerOptions
     raw = make_checkpoint("impala", stack_channels="8")
     p = policy_from_checkpoint(Checkpoint("m", "", raw["params"], {**ARG_DEFAULTS, **raw["args"]}),
                                LayerOptions(bottleneck_only=False))

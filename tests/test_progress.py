@@ -1,4 +1,4 @@
-"""gallery.progress: per-stage progress with counts, rate and time left; plain lines when
+"""gallery.pipeline.progress: per-stage progress with counts, rate and time left; plain lines when
 the output is not a terminal; no open stage silent for longer than the interval."""
 
 from __future__ import annotations
@@ -6,13 +6,12 @@ from __future__ import annotations
 import io
 import re
 import time
-
 from pathlib import Path
 
-from gallery import progress
 from gallery.environments import EnvSpec
-from gallery.policy import load_policy
-from gallery.rollouts import ObservationConfig, TrajectoryConfig, collect
+from gallery.environments.rollouts import ObservationConfig, TrajectoryConfig, collect
+from gallery.models.policy import load_policy
+from gallery.pipeline import progress
 
 DEMO = Path(__file__).resolve().parents[1] / "gallery" / "demo" / "coinrun-clear.jd"
 

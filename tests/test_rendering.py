@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from gallery import rendering as r
+from gallery.method import rendering as r
 
 S2 = math.sqrt(2) / 2
 

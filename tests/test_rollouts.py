@@ -1,4 +1,5 @@
-"""gallery.rollouts: recording semantics against hand-stepped real environments, seeding,
+"""gallery.environments.rollouts: recording semantics against hand-stepped real environments,
+seeding,
 saved files and their reuse; the `gallery rollout` command; the published CoinRun agent."""
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from torch import nn
 from gallery.cli import main as gallery_main
 from gallery.commands.rollout import UsageError, parse_overrides
 from gallery.environments import EnvSpec, make_vec_env
-from gallery.errors import EnvironmentNotAvailable
-from gallery.rollouts import (
-    Trajectories,
+from gallery.environments.rollouts import (
     ObservationConfig,
+    Trajectories,
     TrajectoryConfig,
     collect_observations,
     collect_trajectories,
@@ -25,6 +25,7 @@ from gallery.rollouts import (
     metadata_path,
     rollout_seeds,
 )
+from gallery.errors import EnvironmentNotAvailable
 
 
 class UniformPolicy(nn.Module):

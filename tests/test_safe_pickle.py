@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gallery.errors import CheckpointError, UnsafeCheckpointError
-from gallery.safe_pickle import safe_load
+from gallery.models.safe_pickle import safe_load
 
 DATA = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": [1, (2.5, "x"), None, True],
         "c": np.float64(3.0), "f": np.asfortranarray(np.ones((2, 3)))}

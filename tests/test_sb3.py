@@ -1,6 +1,6 @@
 """Stable-Baselines3 zips, trained here with SB3 itself on real Atari Breakout frames.
 
-The gallery reads them natively (gallery.sb3) without unpickling anything; its policy must
+The gallery reads them natively (gallery.models.sb3) without unpickling anything; its policy must
 give SB3's own logits and values on real frames, and every kind of zip it cannot explain
 must be refused with an error naming the file and the fix.
 """
@@ -21,9 +21,9 @@ sb3 = pytest.importorskip("stable_baselines3")
 from stable_baselines3.common.vec_env import DummyVecEnv, VecFrameStack  # noqa: E402
 
 from gallery import load_policy  # noqa: E402
-from gallery.adapters import load_any  # noqa: E402
 from gallery.environments import EnvSpec, make_atari_env  # noqa: E402
 from gallery.errors import CheckpointError, GalleryError  # noqa: E402
+from gallery.models.adapters import load_any  # noqa: E402
 
 BREAKOUT = {"env_kind": "atari", "env_id": "BreakoutNoFrameskip-v4"}
 

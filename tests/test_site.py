@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from PIL import Image
 
-from gallery.manifest import parse_manifest
+from gallery.pipeline.manifest import parse_manifest
 from gallery.site import (
     BuildInfo,
     ComparisonEntry,
@@ -454,8 +454,7 @@ def test_tag_filter_in_a_real_browser(built):
 def test_features_matched_by_correlation():
     import numpy as np
 
-    from gallery.site.matching import common_layers, feature_similarity, match_layer, \
-        sample_frames
+    from gallery.site.matching import common_layers, feature_similarity, match_layer, sample_frames
 
     rng = np.random.default_rng(0)
     a = rng.random((6, 4, 4, 3))                      # 6 frames, 4 x 4 positions, K = 3

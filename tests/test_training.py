@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gallery.checkpoint import read_checkpoint
 from gallery.cli import main
-from gallery.policy import load_policy
+from gallery.models.checkpoint import read_checkpoint
+from gallery.models.policy import load_policy
 from gallery.training import EpisodeTracker, TrainConfig, gae, initial_params, train
 
 

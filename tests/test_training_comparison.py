@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gallery.cli import main
-from gallery.manifest import ManifestError, load_manifest
+from gallery.pipeline.manifest import ManifestError, load_manifest
 from gallery.site.matching import match_training
 from gallery.training import TrainConfig, train
 from tests.test_build import TINY_DEFAULTS

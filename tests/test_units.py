@@ -1,4 +1,4 @@
-"""gallery.units: keys, the persisted store (atomic, checksummed, locked), scheduling."""
+"""gallery.pipeline.units: keys, the persisted store (atomic, checksummed, locked), scheduling."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import distributed
-from gallery.units import (
+from gallery.pipeline import distributed
+from gallery.pipeline.units import (
     EVENTS_FILE,
     Interrupted,
     RunSummary,
@@ -24,8 +24,8 @@ from gallery.units import (
     check_graph,
     run_task,
     run_units,
-    unit_key,
     unique_units,
+    unit_key,
 )
 
 # --- keys -------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_a_unit_that_runs_alone_runs_here_and_every_start_is_reported(tmp_path):
 
 
 def test_local_pool_spreads_units_over_processes(tmp_path, monkeypatch):
-    from gallery.units import current_pool, local_pool, local_workers
+    from gallery.pipeline.units import current_pool, local_pool, local_workers
 
     monkeypatch.setenv("GALLERY_WORKERS", "1")
     assert local_workers() == 1 and local_workers(0) == 0

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from test_site import fake_folder, fake_result  # tests/ is on sys.path (conftest)
 
-from gallery.manifest import parse_manifest
+from gallery.pipeline.manifest import parse_manifest
 from gallery.site import BuildInfo, ModelEntry, SiteBuildError, build_site, plan_project
 from gallery.site.project import write_project
-from test_site import fake_folder, fake_result  # tests/ is on sys.path (conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 INFO = BuildInfo("2024-01-02", "0.1.0")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gallery.adapters import ExternalModel
 from gallery.environments import atari_action_names
+from gallery.models.adapters import ExternalModel
 
 ENV_ID = "BreakoutNoFrameskip-v4"
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gallery.adapters import ExternalModel
 from gallery.environments import PROCGEN_COMBOS, combo_name
+from gallery.models.adapters import ExternalModel
 
 
 class ResidualBlock(nn.Module):

@@ -8,12 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from .. import distributed
-from ..errors import UsageError
-from ..build import BuildConfig, build_gallery, format_summary
-from ..fetch import Cache, FetchPolicy, resolve_cache_dir
-from ..manifest import Manifest, load_manifest
-from .interface import add_workers_argument, working
+from gallery.commands.interface import add_workers_argument, working
+from gallery.errors import UsageError
+from gallery.models.fetch import Cache, FetchPolicy, resolve_cache_dir
+from gallery.pipeline import distributed
+from gallery.pipeline.build import BuildConfig, build_gallery, format_summary
+from gallery.pipeline.manifest import Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import __version__
-from ..deploy import deploy
-from ..site.budget import mb
-from ..fetch import resolve_cache_dir
+from gallery import __version__
+from gallery.models.fetch import resolve_cache_dir
+from gallery.site.budget import mb
+from gallery.site.deploy import deploy
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

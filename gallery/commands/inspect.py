@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-
 from pathlib import Path
 
-from ..adapters import ADAPTER_PATTERN, AdapterPolicy, check_adapter, load_any
-from .rollout import parse_overrides
+from gallery.commands.rollout import parse_overrides
+from gallery.models.adapters import ADAPTER_PATTERN, AdapterPolicy, check_adapter, load_any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

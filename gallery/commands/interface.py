@@ -8,11 +8,16 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .. import distributed, progress
-from ..errors import UsageError
-from ..interface import InterfaceError, InterfaceOptions, generate_interface, options_from
-from ..units import Interrupted, local_pool
-from .rollout import parse_overrides
+from gallery.commands.rollout import parse_overrides
+from gallery.errors import UsageError
+from gallery.pipeline import distributed, progress
+from gallery.pipeline.interface import (
+    InterfaceError,
+    InterfaceOptions,
+    generate_interface,
+    options_from,
+)
+from gallery.pipeline.units import Interrupted, local_pool
 
 DEFAULTS = InterfaceOptions()
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import yaml
 
-from ..distributed import resolve_device
-from ..environments import EnvSpec
-from ..errors import UsageError
-from ..adapters import load_any
-from ..rollouts import (
+from gallery.environments import EnvSpec
+from gallery.environments.rollouts import (
     ObservationConfig,
     TrajectoryConfig,
     load_or_collect,
 )
+from gallery.errors import UsageError
+from gallery.models.adapters import load_any
+from gallery.pipeline.distributed import resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

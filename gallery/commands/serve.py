@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from ..build import build_gallery, format_summary, project_dir_for
-from .build import add_build_arguments, prepare
+from gallery.commands.build import add_build_arguments, prepare
+from gallery.pipeline.build import build_gallery, format_summary, project_dir_for
 
 HOOK = os.path.join(os.path.dirname(os.path.dirname(__file__)), "site", "serve_hook.py")
 
@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mkdocs.commands.serve import serve
 
-    from ..site.project import SITE_SRC, THEME_DIR
+    from gallery.site.project import SITE_SRC, THEME_DIR
 
     manifest, config = prepare(args)
     report = build_gallery(manifest, config)

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import logging
 
-from ..training import TrainConfig, train
+from gallery.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
 

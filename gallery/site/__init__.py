@@ -6,8 +6,8 @@ MkDocs + Material.
     build_site(project_dir, output)                                   # mkdocs build --strict
 """
 
-from .pages import BuildInfo
-from .project import (
+from gallery.site.pages import BuildInfo
+from gallery.site.project import (
     ProjectPlan,
     SiteBuildError,
     build_site,
@@ -15,7 +15,7 @@ from .project import (
     plan_project,
     write_project,
 )
-from .results import (
+from gallery.site.results import (
     ComparisonEntry,
     EpisodeSummary,
     ModelEntry,

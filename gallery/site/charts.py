@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .sanitize import escape
+from gallery.site.sanitize import escape
 
 WIDTH, HEIGHT = 640, 320
 MARGIN = {"left": 64, "right": 16, "top": 28, "bottom": 48}

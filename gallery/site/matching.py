@@ -3,7 +3,7 @@ shared set of recorded trajectories.
 
 Every model of a comparison gets an interface built on the SAME rollouts (trajectories and
 extra observations recorded once, from one environment seed, by the comparison's first
-model; `gallery.interface.InterfaceOptions.rollouts`). Each model's NMF features, read
+model; `gallery.pipeline.interface.InterfaceOptions.rollouts`). Each model's NMF features, read
 back from the interface's unit store, are applied to a sample of the shared frames
 (`feature_activations`); for every layer present in all models, each feature of the first
 model is paired with the most similar feature of each other model, by the Pearson
@@ -134,12 +134,12 @@ def model_legends(interface_dir: Path, folder: Path) -> dict[str, list[Path]]:
 
 def feature_activations(builder: Any, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Per layer, the NMF feature activations (N, h, w, K) of `frames` (N, H, W, C) uint8,
-    for a `gallery.interface.InterfaceBuilder` that has run: its layers' NMF components
+    for a `gallery.pipeline.interface.InterfaceBuilder` that has run: its layers' NMF components
     are read back from its unit store (`plan().nmf`: layer -> unit key)."""
     import torch
 
-    from ..attribution import prepare_observations
-    from ..nmf import LayerNMF
+    from gallery.method.attribution import prepare_observations
+    from gallery.method.nmf import LayerNMF
 
     plan = builder.plan()
     out = {}

@@ -20,9 +20,9 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
-from .charts import Series, bar_chart, histogram_series, line_chart, scatter_chart
-from .results import ComparisonEntry, ModelEntry, ModelResult
-from .sanitize import escape, plain_text, render_markdown
+from gallery.site.charts import Series, bar_chart, histogram_series, line_chart, scatter_chart
+from gallery.site.results import ComparisonEntry, ModelEntry, ModelResult
+from gallery.site.sanitize import escape, plain_text, render_markdown
 
 #: Folder of a model page holding its legend thumbnails (one PNG per NMF feature).
 LEGENDS_DIR = "features"

@@ -20,10 +20,18 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import GalleryError
-from .pages import (LEGENDS_DIR, VIEWER_CSS, VIEWER_JS, BuildInfo, comparison_page, mkdocs_config,
-                    model_page, zoo_page)
-from .results import ComparisonEntry, ModelEntry
+from gallery.errors import GalleryError
+from gallery.site.pages import (
+    LEGENDS_DIR,
+    VIEWER_CSS,
+    VIEWER_JS,
+    BuildInfo,
+    comparison_page,
+    mkdocs_config,
+    model_page,
+    zoo_page,
+)
+from gallery.site.results import ComparisonEntry, ModelEntry
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """MkDocs hook used by `gallery serve` only: before each rebuild, bring the generated
 project up to date with the manifest (new or changed models are built; unchanged files are
 not rewritten, so the rebuild this triggers settles at once). Thin: the work is
-`gallery.build.refresh_project`."""
+`gallery.pipeline.build.refresh_project`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ def on_pre_build(config: object) -> None:
     state = os.environ.get("GALLERY_SERVE")
     if not state:
         return
-    from gallery.build import refresh_project
     from gallery.errors import GalleryError
+    from gallery.pipeline.build import refresh_project
 
     try:
         changed = refresh_project(**json.loads(state))

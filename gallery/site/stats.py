@@ -1,8 +1,9 @@
 """Numbers the site's charts show about recorded trajectories: discounted returns and GAE
 advantages (method.md section 2), and small subsamples of them that fit in a page.
 
-Arrays are (E, T): trajectories x steps, as gallery.rollouts records them. Pure functions;
-the advantages are those of gallery.advantages (the interface's), not a second copy.
+Arrays are (E, T): trajectories x steps, as gallery.environments.rollouts records them. Pure
+functions;
+the advantages are those of gallery.method.advantages (the interface's), not a second copy.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ def discounted_returns(rewards: np.ndarray, dones: np.ndarray, gamma: float
 
 def gae_advantages(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, gamma: float,
                    lam: float) -> np.ndarray:
-    """GAE advantages (E, T) as the interface computes them (`gallery.advantages`, method.md
+    """GAE advantages (E, T) as the interface computes them (`gallery.method.advantages`, method.md
     section 2), with this module's argument order."""
-    from ..advantages import gae_advantages as analysis_gae
+    from gallery.method.advantages import gae_advantages as analysis_gae
 
     return analysis_gae(np.asarray(values, np.float64), np.asarray(rewards, np.float64),
                         np.asarray(dones, np.float64), gamma=gamma, lam=lam)

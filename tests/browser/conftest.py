@@ -25,8 +25,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from gallery import attribution_codec
-from gallery.interface import InterfaceBuilder, InterfaceOptions
+from gallery.bundle import codec as attribution_codec
+from gallery.pipeline.interface import InterfaceBuilder, InterfaceOptions
 
 from .harness import chromium, chromium_path, serve
 

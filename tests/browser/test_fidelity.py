@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallery import rendering
-from gallery.attribution_codec import image_errors, premultiplied_uint8
+from gallery.bundle.codec import image_errors, premultiplied_uint8
+from gallery.method import rendering
 
 from .harness import premultiply, read_attribution
 

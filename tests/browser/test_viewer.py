@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gallery import rendering
+from gallery.method import rendering
 
 
 def state(page) -> dict:
@@ -274,7 +274,7 @@ def feature_detail(interface: dict, layer: str, feature: int) -> dict:
 
 def expected_cell(detail: dict, grid: dict, expand: float, fx: float, fy: float) -> int:
     """The observation under (fx, fy) of a view, from the layout of dataset_examples."""
-    from gallery.dataset_examples import patch_bounds
+    from gallery.method.dataset_examples import patch_bounds
 
     (H, W), (h, w) = detail["observation_shape"], detail["layer_shape"]
     heights = [b - a for a, b in (patch_bounds(c, H / h, expand) for c in grid["centre_rows"])]
@@ -286,12 +286,12 @@ def expected_cell(detail: dict, grid: dict, expand: float, fx: float, fy: float)
 
 
 def test_feature_view_matches_dataset_examples(small_interface, open_page):
-    """The popup's layout of patches equals gallery.dataset_examples.feature_view."""
+    """The popup's layout of patches equals gallery.method.dataset_examples.feature_view."""
     import numpy as np
 
-    from gallery import rendering
-    from gallery.dataset_examples import FeatureGrid as ExampleGrid
-    from gallery.dataset_examples import render_grid, rescale_opacity
+    from gallery.method import rendering
+    from gallery.method.dataset_examples import FeatureGrid as ExampleGrid
+    from gallery.method.dataset_examples import render_grid, rescale_opacity
 
     page = open_page(small_interface["dir"], "#layer=4a&feature=1")
     wait_view(page, "1|4|faded")
@@ -307,7 +307,7 @@ def test_feature_view_matches_dataset_examples(small_interface, open_page):
     assert rescale_opacity is not None
     alpha = got[..., 3].astype(float) / 255
     assert alpha.min() >= 15 / 255 - 1 / 255 and alpha.max() == 1.0
-    # every pixel as gallery.dataset_examples draws the decoded grid from the extra
+    # every pixel as gallery.method.dataset_examples draws the decoded grid from the extra
     # observations as Pillow decodes their atlases (AVIF): Chromium decodes them alike
     expected = rendering.to_uint8(render_grid(ExampleGrid(
         1, np.reshape(grid["indices"], grid["shape"]), grid["alphas"],
@@ -339,7 +339,7 @@ def extra_observations(interface: dict):
 
 
 def _bounds(detail, grid, expand, axis):
-    from gallery.dataset_examples import patch_bounds
+    from gallery.method.dataset_examples import patch_bounds
 
     size = detail["observation_shape"][axis] / detail["layer_shape"][axis]
     centres = grid["centre_rows"] if axis == 0 else grid["centre_cols"]

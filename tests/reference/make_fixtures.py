@@ -197,7 +197,7 @@ def _sha256(path: Path) -> str:
 
 def build_case(case: Case, frames: dict[str, np.ndarray], out: Path) -> dict[str, Any]:
     """Write one case's files; return its manifest entry."""
-    from gallery.safe_pickle import safe_load
+    from gallery.models.safe_pickle import safe_load
 
     entry: dict[str, Any] = {"cnn": case.cnn, "frames": case.frames,
                              "ig": {"layer": case.ig_layer, "target": case.ig_target,

@@ -1,4 +1,4 @@
-// Decoder of the attribution files written by gallery/attribution_codec.py (docs/bundle.md).
+// Decoder of the attribution files written by gallery/bundle/codec.py (docs/bundle.md).
 // A file holds, per frame, 2 (K + 1) planes of codes (P of each feature, P of the residual,
 // then N of each feature, N of the residual) coded with rANS against static frequency
 // tables. Each code is first coded as min(code, ESCAPE) with a table chosen by its context
@@ -16,7 +16,7 @@ export const ESCAPE = 3;
 export const LOCAL_CONTEXTS = 18;
 export const PLANE_CLASSES = 4;
 /** The context models a file may use ([per plane, density buckets, activity buckets]),
- * as gallery/attribution_codec.py's CONTEXT_MODELS; no other is read. */
+ * as gallery/bundle/codec.py's CONTEXT_MODELS; no other is read. */
 export const CONTEXT_MODELS: number[][] = [[0, 5, 3], [1, 1, 3], [0, 1, 3], [1, 3, 1], [1, 1, 1]];
 /** The causal neighbours (dy, dx) of the density count: the cell (i - dy, j - dx). */
 export const NEIGHBOURS: [number, number][] = [[0, 1], [0, 2], [1, -2], [1, -1], [1, 0], [1, 1],

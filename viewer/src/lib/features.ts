@@ -1,5 +1,5 @@
 // Full feature views laid out from their grids (method.md 7), as
-// gallery.dataset_examples.feature_view assembles them: one patch per grid cell, centred on
+// gallery.method.dataset_examples.feature_view assembles them: one patch per grid cell, centred on
 // the cell, `expand_mult` cells wide, taken from the extra observation the grid names, on a
 // light checkerboard where it leaves the frame; alpha = activation / the largest, then
 // rescaled so that weak patches stay visible (rescale_opacity, max_scale 10).

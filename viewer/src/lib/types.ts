@@ -1,4 +1,4 @@
-// The bundle index (bundle.json), as written by gallery/bundle.py; see docs/bundle.md.
+// The bundle index (bundle.json), as written by gallery/bundle/__init__.py; see docs/bundle.md.
 
 export const FORMAT_NAME = "gallery-interface-bundle";
 export const FORMAT_VERSION = 2;

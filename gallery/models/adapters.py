@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import GalleryError
-from .policy import LayerError, PolicyBase
+from gallery.errors import GalleryError
+from gallery.models.policy import LayerError, PolicyBase
 
 ADAPTER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -193,13 +193,13 @@ def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
                            f"{str(err)[:300]}; run it in Python to see the traceback") from err
     if not isinstance(model, ExternalModel):
         raise AdapterError(f"adapter {spec} returned {type(model).__name__}, "
-                           "expected gallery.adapters.ExternalModel")
+                           "expected gallery.models.adapters.ExternalModel")
     unknown = [p for p in model.partial_layers if p not in model.layers]
     if unknown:
         raise AdapterError(f"adapter {spec}: partial_layers {unknown} are not in layers")
     sha = ""
     if checkpoint and Path(checkpoint).is_file():
-        from .checkpoint import sha256_of
+        from gallery.models.checkpoint import sha256_of
         sha = sha256_of(checkpoint)
     return AdapterPolicy(model, source=checkpoint or spec, sha256=sha)
 
@@ -208,7 +208,7 @@ def load_any(target: str | None, adapter: str | None = None,
              env: dict[str, Any] | None = None) -> PolicyBase:
     """A checkpoint (rl-clarity .jd or SB3 zip) path, or `module:factory`, or a checkpoint
     read through `adapter` (gallery.load_policy, the one entrance)."""
-    from .policy import load_policy
+    from gallery.models.policy import load_policy
 
     if not adapter and target and ADAPTER_PATTERN.match(target) and not Path(target).exists():
         return load_policy(None, adapter=target, env=env)
@@ -278,7 +278,7 @@ def _output_gap(policy: AdapterPolicy, acts: Tensor, layer: str, obs: Tensor, lo
 def environment_frames(policy: PolicyBase, num_envs: int = 2, steps: int = 16,
                        seed: int = 0) -> Tensor:
     """Observations (N, H, W, C) in [0, 1] from running `policy` in its environment."""
-    from .environments import EnvSpec, make_vec_env
+    from gallery.environments import EnvSpec, make_vec_env
 
     spec = EnvSpec.from_args(policy.args)
     frames = []

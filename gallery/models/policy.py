@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import Checkpoint, read_checkpoint
-from .environments import PROCGEN_COMBOS, atari_action_names, combo_name
-from .errors import CheckpointError, GalleryError
-from .layers import LayerOptions, bottlenecks, offered_layers
-from .networks import GraphNetwork, Node, build_network
+from gallery.environments import PROCGEN_COMBOS, atari_action_names, combo_name
+from gallery.errors import CheckpointError, GalleryError
+from gallery.models.checkpoint import Checkpoint, read_checkpoint
+from gallery.models.layers import LayerOptions, bottlenecks, offered_layers
+from gallery.models.networks import GraphNetwork, Node, build_network
 
 COINRUN_OLD_ACTIONS = ("()", "RIGHT", "LEFT", "UP", "RIGHT+UP", "LEFT+UP", "DOWN", "A", "B")
 
@@ -230,19 +230,19 @@ def load_policy(path: str | Path | None, layer_options: LayerOptions = LayerOpti
     {"env_kind": "atari", "env_id": "BreakoutNoFrameskip-v4"}; it is merged into the
     policy's `args` and gives its action names.
 
-    A URL is fetched into the gallery's content-addressed cache (gallery.fetch: `cache_dir`,
+    A URL is fetched into the gallery's content-addressed cache (gallery.models.fetch: `cache_dir`,
     else $GALLERY_CACHE, else the user cache folder). With `sha256` the file is verified and,
     once cached, loaded without network; without it the download is not verified (a warning
     says so) and is fetched again each time."""
     local = None if path is None else _local_file(str(path), sha256, cache_dir)
     if adapter:
-        from .adapters import load_adapter
+        from gallery.models.adapters import load_adapter
 
         policy: PolicyBase = load_adapter(adapter, None if local is None else str(local))
     elif local is None:
         raise CheckpointError("(none)", "no checkpoint given; name a file, or an adapter")
     else:
-        from .sb3 import is_sb3_zip, load_sb3
+        from gallery.models.sb3 import is_sb3_zip, load_sb3
 
         if is_sb3_zip(local):
             policy = load_sb3(local, env)
@@ -264,7 +264,7 @@ def _local_file(text: str, sha256: str | None, cache_dir: str | Path | None) -> 
         raise CheckpointError(text, "only paths, file://, http:// and https:// URLs are "
                               "supported")
     if sha256:
-        from .fetch import sha256_file
+        from gallery.models.fetch import sha256_file
 
         actual = sha256_file(text)
         if actual != sha256.lower():
@@ -325,12 +325,12 @@ def action_names_in(policy: PolicyBase, env: dict[str, Any]) -> list[str]:
 
 
 def _fetch_url(url: str, sha256: str | None, cache_dir: str | Path | None) -> Path:
-    """The local, cached copy of the checkpoint at `url` (gallery.fetch)."""
+    """The local, cached copy of the checkpoint at `url` (gallery.models.fetch)."""
     import logging
     import tempfile
     import urllib.request
 
-    from .fetch import Cache, FetchError, FetchPolicy, download, resolve_cache_dir
+    from gallery.models.fetch import Cache, FetchError, FetchPolicy, download, resolve_cache_dir
 
     cache = Cache(resolve_cache_dir(cache_dir))
     if sha256:

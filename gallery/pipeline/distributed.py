@@ -137,7 +137,7 @@ def resolve_device(name: str | None, local_rank: int = 0) -> str:
     means $GALLERY_DEVICE, else 'cpu'. Refuses cuda when no GPU is visible."""
     import torch
 
-    from .errors import UsageError
+    from gallery.errors import UsageError
 
     name = name or os.environ.get(DEVICE_ENV) or "cpu"
     if name == "cpu":
@@ -164,7 +164,7 @@ def cached_policy(checkpoint: str, adapter: str | None = None, device: str = "cp
     key = (checkpoint, adapter, device)
     policy = _POLICIES.get(key)
     if policy is None:
-        from .adapters import load_any
+        from gallery.models.adapters import load_any
 
         policy = load_any(checkpoint, adapter=adapter)
         policy.eval()

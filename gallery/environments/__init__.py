@@ -47,7 +47,7 @@ from typing import Any, NamedTuple
 import gymnasium
 import numpy as np
 
-from .errors import EnvironmentNotAvailable
+from gallery.errors import EnvironmentNotAvailable
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
-from .attribution import AnalysisError
+from gallery.method.attribution import AnalysisError
 
 
 @dataclass(frozen=True)

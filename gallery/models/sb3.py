@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from gallery.errors import CheckpointError
 
 #: SB3's activation classes as the readable JSON names them (policy_kwargs.activation_fn).
 ACTIVATIONS = {"Tanh": nn.Tanh, "ReLU": nn.ReLU, "LeakyReLU": nn.LeakyReLU, "ELU": nn.ELU,
@@ -290,9 +290,9 @@ def _load_checked(path: str, model: SB3ActorCritic, state: dict[str, Tensor], cl
 def load_sb3(path: str | Path, env: dict[str, Any] | None = None) -> Any:
     """The gallery policy of an SB3 PPO/A2C CnnPolicy zip; `env` names its environment
     (the zip does not)."""
-    from .adapters import AdapterPolicy, ExternalModel
-    from .checkpoint import sha256_of
-    from .policy import default_action_names
+    from gallery.models.adapters import AdapterPolicy, ExternalModel
+    from gallery.models.checkpoint import sha256_of
+    from gallery.models.policy import default_action_names
 
     path = str(path)
     data, state = read_sb3_zip(path)

@@ -19,8 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import GalleryError
-from .site.budget import PAGES_FILE_LIMIT, PAGES_SITE_LIMIT, SizeReport, measure_site
+from gallery.errors import GalleryError
+from gallery.site.budget import PAGES_FILE_LIMIT, PAGES_SITE_LIMIT, SizeReport, measure_site
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ per position); this module is what its pixels are compared to. Everything here i
 function of arrays; images are RGBA float64 in [0, 1], NHWC, with `to_uint8` to quantise.
 
 Pipeline for one (layer, trajectory, output), given `features` (T, h, w, K) and
-`residual` (T, h, w) from `gallery.nmf.LayerNMF.reduce_attribution`:
+`residual` (T, h, w) from `gallery.method.nmf.LayerNMF.reduce_attribution`:
 
 1. `attribution_scale`: m = median over frames of the max over (h, w, K) of the features;
    0 -> the overall max; still 0 -> 1. Both arrays are divided by m.

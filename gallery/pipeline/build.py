@@ -1,6 +1,6 @@
 """`gallery build`: manifest -> fetched checkpoints -> one result per model -> MkDocs site.
 
-Stages, per model: **fetch** (gallery.fetch: cache, sha256) then **model** (the per-model
+Stages, per model: **fetch** (gallery.models.fetch: cache, sha256) then **model** (the per-model
 step, `build_model`, cached under a key of the checkpoint's sha256, the model's effective
 settings and the result/bundle format versions). Then, once: **compare** (comparison data),
 **site** (gallery.site: pages, mkdocs.yml, `mkdocs build --strict`) and a **size** check
@@ -15,7 +15,7 @@ The per-model step is any `ModelBuilder`:
 
 It writes its files (thumbnail, interface) into `out_dir`, a fresh folder that is renamed
 into the cache only when the step succeeds. The default one below describes the policy,
-records its trajectories (mean return and length) and, when `gallery.interface` exists,
+records its trajectories (mean return and length) and, when `gallery.pipeline.interface` exists,
 generates the interactive interface -- see `build_interface`, the single place where it is
 called.
 """
@@ -40,10 +40,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import __version__
-from .fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint, sha256_file
-from .manifest import AnalysisOptions, ComparisonSpec, Manifest, ModelSpec
-from .site import (
+from gallery import __version__
+from gallery.models.fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint, sha256_file
+from gallery.pipeline.manifest import AnalysisOptions, ComparisonSpec, Manifest, ModelSpec
+from gallery.site import (
     BuildInfo,
     ComparisonEntry,
     EpisodeSummary,
@@ -55,9 +55,14 @@ from .site import (
     plan_project,
     write_project,
 )
-from .site.budget import (  # noqa: F401 (PAGES_*, WARN_FRACTION: re-exported)
-    PAGES_FILE_LIMIT, PAGES_SITE_LIMIT, WARN_FRACTION, SizeReport, measure_site)
-from .site.results import RESULT_FORMAT_VERSION
+from gallery.site.budget import (  # noqa: F401 (PAGES_*, WARN_FRACTION: re-exported)
+    PAGES_FILE_LIMIT,
+    PAGES_SITE_LIMIT,
+    WARN_FRACTION,
+    SizeReport,
+    measure_site,
+)
+from gallery.site.results import RESULT_FORMAT_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def bundle_format_version() -> int:
     """The interface bundle format version (gallery.bundle), 0 while it does not exist."""
     if importlib.util.find_spec("gallery.bundle") is None:
         return 0
-    from . import bundle  # type: ignore[attr-defined]
+    from gallery import bundle
 
     return int(getattr(bundle, "FORMAT_VERSION", 0))
 
@@ -129,11 +134,11 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 *, progress: StageProgress | None = None, interfaces: bool = False
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
-    from . import progress as progress_bars
-    from .environments import EnvSpec
-    from .interface import source_date
-    from .rollouts import TrajectoryConfig, load_or_collect
-    from .site.stats import chart_samples
+    from gallery.environments import EnvSpec
+    from gallery.environments.rollouts import TrajectoryConfig, load_or_collect
+    from gallery.pipeline import progress as progress_bars
+    from gallery.pipeline.interface import source_date
+    from gallery.site.stats import chart_samples
 
     say = progress or (lambda message: None)
     start = time.perf_counter()
@@ -180,13 +185,14 @@ def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSetting
                     model_id: str | None = None) -> str | None:
     """THE place where a model's interactive interface is generated.
 
-    Calls `gallery.interface.generate_interface(checkpoint, output_dir, **options)` when that
+    Calls `gallery.pipeline.interface.generate_interface(checkpoint, output_dir, **options)` when
+    that
     module exists, and returns the folder's name (its index.html is embedded in the model
     page); returns None while it does not exist (the page then shows a recorded frame).
     """
-    if importlib.util.find_spec("gallery.interface") is None:
+    if importlib.util.find_spec("gallery.pipeline.interface") is None:
         return None
-    from .interface import generate_interface  # type: ignore[attr-defined]
+    from gallery.pipeline.interface import generate_interface  # type: ignore[attr-defined]
 
     say("interface")
     options = interface_options(settings)
@@ -232,8 +238,8 @@ def policy_values(policy: Any, observations: np.ndarray, batch: int = 512) -> np
     """The value estimate of uint8 observations (E, T, H, W, C), as (E, T) float64."""
     import torch
 
-    from .attribution import prepare_observations
-    from .rollouts import TORCH_THREADS, torch_threads
+    from gallery.environments.rollouts import TORCH_THREADS, torch_threads
+    from gallery.method.attribution import prepare_observations
 
     flat = observations.reshape(-1, *observations.shape[2:])
     out = []
@@ -375,7 +381,7 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
     entries, fetched, outcomes = prepare_models(manifest, config, builder, report)
     for entry in entries:  # legend thumbnails, shown with the feature labels on model pages
         if entry.ok and entry.result.interface and entry.folder:
-            from .site.matching import model_legends
+            from gallery.site.matching import model_legends
 
             try:
                 entry.legends = model_legends(entry.folder / entry.result.interface,
@@ -394,7 +400,7 @@ def generate_project(manifest: Manifest, config: BuildConfig, project: Path,
 def refresh_project(manifest: str, cache_dir: str, project: str, retries: int = 3,
                     interfaces: bool = True) -> int:
     """Bring a generated project up to date with its manifest (for `gallery serve`)."""
-    from .manifest import load_manifest
+    from gallery.pipeline.manifest import load_manifest
 
     loaded = load_manifest(manifest)
     config = BuildConfig(output=Path(project) / "unused", cache_dir=Path(cache_dir),
@@ -409,7 +415,7 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
                                               list[ModelOutcome]]:
     """Fetch and build each model in turn; a failure stays with its model.
 
-    Under MPI (`mpiexec -n N gallery build`, gallery.distributed), the interface units of
+    Under MPI (`mpiexec -n N gallery build`, gallery.pipeline.distributed), the interface units of
     every model to build are first computed together on all ranks (`pool_interface_units`);
     each model's build then only assembles its bundle from the unit store, on rank 0."""
     cache = Cache(config.cache_dir)
@@ -453,13 +459,13 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
     process, where each model computes its own units in turn. Returns the RunSummary, or
     None when there was nothing to pool. A model whose units cannot be planned or computed
     is left to its own build, which reports the failure."""
-    from . import distributed
+    from gallery.pipeline import distributed
 
     context = context or distributed.current()
-    if context.executor is None or importlib.util.find_spec("gallery.interface") is None:
+    if context.executor is None or importlib.util.find_spec("gallery.pipeline.interface") is None:
         return None
-    from .interface import generate_interface, interface_builder
-    from .units import Interrupted, StopFlag, run_units, unique_units
+    from gallery.pipeline.interface import generate_interface, interface_builder
+    from gallery.pipeline.units import Interrupted, StopFlag, run_units, unique_units
 
     cache = Cache(config.cache_dir)
     units = []
@@ -529,7 +535,7 @@ def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config:
 
 
 def _describe(err: BaseException) -> str:
-    from .errors import GalleryError
+    from gallery.errors import GalleryError
 
     if isinstance(err, GalleryError):
         return str(err)
@@ -653,9 +659,9 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
     With `training` (checkpoints of one run, in order), the LAST model records the shared
     trajectories and its features are the ones matched in every earlier checkpoint; the
     cells of each row stay in checkpoint order."""
-    from .interface import InterfaceBuilder, options_from
-    from .rollouts import Rollouts, Trajectories, save_rollouts
-    from .site import matching
+    from gallery.environments.rollouts import Rollouts, Trajectories, save_rollouts
+    from gallery.pipeline.interface import InterfaceBuilder, options_from
+    from gallery.site import matching
 
     del cache_dir  # the interfaces keep their units where the models' interfaces do
     activations, thumbnails = {}, {}
@@ -741,8 +747,8 @@ def _shared_frames(rollouts_path: Path) -> np.ndarray:
 def _load_on_device(checkpoint_path: Path, adapter: str | None, env: Any) -> Any:
     """The model (gallery.load_policy) on the build's device ($GALLERY_DEVICE, set by
     `gallery build --device`; under MPI the rank's GPU)."""
-    from .distributed import current, resolve_device
-    from .policy import load_policy
+    from gallery.models.policy import load_policy
+    from gallery.pipeline.distributed import current, resolve_device
 
     return load_policy(checkpoint_path, adapter=adapter, env=env).to(
         resolve_device(None, current().local_rank))
@@ -752,7 +758,7 @@ def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
               ) -> tuple[list[float], list[str]]:
     import torch
 
-    from .attribution import prepare_observations
+    from gallery.method.attribution import prepare_observations
 
     policy = _load_on_device(checkpoint_path, spec.adapter, spec.env)
     if tuple(policy.observation_shape) != tuple(frames.shape[1:]):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attribution import AnalysisError
+from gallery.method.attribution import AnalysisError
 
 #: Lowest opacity of a shown patch after `rescale_opacity`.
 MIN_OPACITY = 15 / 255

@@ -7,11 +7,12 @@ The folder is viewable from any static server:
     DIR/bundle/           the data: bundle.json and the files it names (docs/bundle.md)
 
 Stages: load the policy; record trajectories and extra observations (reused from the
-cache when nothing changed, `gallery.rollouts.load_or_collect`); outputs, advantages and
+cache when nothing changed, `gallery.environments.rollouts.load_or_collect`); outputs, advantages
+and
 bookmarks (method.md 2); per layer: NMF features fitted on value attribution of the extra
 observations (5), attribution of every (trajectory, output) reduced to the features and
 written to the bundle as it is computed (4, 6), and the feature visualisation (7).
-Numerical work lives in gallery.attribution / nmf / advantages / dataset_examples; this
+Numerical work lives in gallery.method.attribution / nmf / advantages / dataset_examples; this
 module only sequences it and writes files.
 """
 
@@ -34,26 +35,51 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import attribution_codec, distributed
-from . import bundle as bundles
-from .advantages import bookmarks as find_bookmarks
-from .advantages import gae_advantages, policy_outputs
-from .attribution import (INPUT_LAYER, MultiPath, action_groups, attribution_batches,
-                          integrated_gradients, prepare_observations, readout_matrix)
-from .dataset_examples import assign_with_max_repetition, feature_thumbnail, resample_grid
-from .environments import EnvSpec
-from .policy import action_names_in
-from .errors import GalleryError
-from .fetch import resolve_cache_dir, sha256_file
-from .distributed import cached_policy
-from .nmf import LayerNMF, NMFSettings, fit_nmf
-from .rollouts import FORMAT_VERSION as ROLLOUTS_FORMAT
-from .rollouts import ObservationConfig, TrajectoryConfig, load_rollouts, metadata_path, \
-    policy_fingerprint
-from .rollouts import collect as collect_rollouts
-from . import progress as progress_bars
-from .units import RunSummary, StopFlag, Unit, UnitResult, UnitStore, current_pool, run_units, \
-    unit_key
+from gallery import bundle as bundles
+from gallery.bundle import codec as attribution_codec
+from gallery.environments import EnvSpec
+from gallery.environments.rollouts import FORMAT_VERSION as ROLLOUTS_FORMAT
+from gallery.environments.rollouts import (
+    ObservationConfig,
+    TrajectoryConfig,
+    load_rollouts,
+    metadata_path,
+    policy_fingerprint,
+)
+from gallery.environments.rollouts import collect as collect_rollouts
+from gallery.errors import GalleryError
+from gallery.method.advantages import bookmarks as find_bookmarks
+from gallery.method.advantages import gae_advantages, policy_outputs
+from gallery.method.attribution import (
+    INPUT_LAYER,
+    MultiPath,
+    action_groups,
+    attribution_batches,
+    integrated_gradients,
+    prepare_observations,
+    readout_matrix,
+)
+from gallery.method.dataset_examples import (
+    assign_with_max_repetition,
+    feature_thumbnail,
+    resample_grid,
+)
+from gallery.method.nmf import LayerNMF, NMFSettings, fit_nmf
+from gallery.models.fetch import resolve_cache_dir, sha256_file
+from gallery.models.policy import action_names_in
+from gallery.pipeline import distributed
+from gallery.pipeline import progress as progress_bars
+from gallery.pipeline.distributed import cached_policy
+from gallery.pipeline.units import (
+    RunSummary,
+    StopFlag,
+    Unit,
+    UnitResult,
+    UnitStore,
+    current_pool,
+    run_units,
+    unit_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +161,8 @@ class InterfaceOptions:
     resample: bool = False
     """Record trajectories and observations again even if a saved copy matches."""
     rollouts: str | None = None
-    """A saved rollouts file (`gallery.rollouts.save_rollouts`: .npz with its .json sidecar,
+    """A saved rollouts file (`gallery.environments.rollouts.save_rollouts`: .npz with its .json
+    sidecar,
     holding trajectories and extra observations) to show instead of recording new ones, e.g.
     the same frames for every model of a comparison. The trajectory and observation options
     are then those of the file."""
@@ -231,8 +258,8 @@ def generate_interface(checkpoint: str | Path, output_dir: str | Path, *,
     Options are those of `InterfaceOptions` (given as `config`, or one keyword each, which
     override `config`). The folder is replaced.
 
-    The work is split into units kept in `<cache>/units` (gallery.units): a second call
-    reuses them, a killed one resumes, and under `mpiexec -n N` (gallery.distributed) they
+    The work is split into units kept in `<cache>/units` (gallery.pipeline.units): a second call
+    reuses them, a killed one resumes, and under `mpiexec -n N` (gallery.pipeline.distributed) they
     are spread over the ranks; the bundle's bytes are the same in every case.
     `device`: 'cpu' (default).
     """
@@ -277,9 +304,9 @@ def _log_progress(message: str) -> None:
 
 # --- the pipeline -------------------------------------------------------------------------
 #
-# An interface is built from units (gallery.units), each persisted in the unit store of the
+# An interface is built from units (gallery.pipeline.units), each persisted in the unit store of the
 # cache (`<cache>/units`) as soon as it is finished, so that a killed build resumes where it
-# stopped and a build spread over MPI ranks (gallery.distributed) gives the same bytes:
+# stopped and a build spread over MPI ranks (gallery.pipeline.distributed) gives the same bytes:
 #
 #   rollouts                          trajectories and extra observations
 #   outputs                           logits, values, advantages, bookmarks      <- rollouts
@@ -383,7 +410,7 @@ class InterfaceBuilder:
             task = {"path": str(o.rollouts), "observation_shape": list(
                 policy.observation_shape)}
             units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts (given)", (),
-                              ("gallery.interface:unit_given_rollouts", task)))
+                              ("gallery.pipeline.interface:unit_given_rollouts", task)))
         else:
             trajectories = asdict(TrajectoryConfig(o.num_envs, o.num_steps))
             observations = asdict(ObservationConfig(o.obs_num_envs, o.num_obs, o.obs_every))
@@ -392,12 +419,12 @@ class InterfaceBuilder:
                                     seed=o.seed, rollouts_format=ROLLOUTS_FORMAT, **base)
             num_envs = o.num_envs
             units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts", (), (
-                "gallery.interface:unit_rollouts",
+                "gallery.pipeline.interface:unit_rollouts",
                 {**common, "env": dict(o.env), "trajectories": trajectories,
                  "observations": observations, "seed": o.seed})))
         outputs_key = unit_key("outputs", rollouts=rollouts_key, bookmarks=o.bookmarks, **base)
         units.append(Unit(outputs_key, "outputs", f"{title}: outputs, advantages, bookmarks",
-                          (rollouts_key,), ("gallery.interface:unit_outputs", {
+                          (rollouts_key,), ("gallery.pipeline.interface:unit_outputs", {
                               **common, "rollouts": rollouts_key, "bookmarks": o.bookmarks})))
 
         chunks = [self.output_specs[i:i + OUTPUTS_PER_UNIT]
@@ -415,7 +442,7 @@ class InterfaceBuilder:
                                    steps=o.nmf_integrate_steps, **base)
                 nmf_keys[name] = nmf_key
                 units.append(Unit(nmf_key, "nmf", f"{title}: NMF {name}", (rollouts_key,), (
-                    "gallery.interface:unit_nmf",
+                    "gallery.pipeline.interface:unit_nmf",
                     {**common, "rollouts": rollouts_key, "layer": name, "features": k,
                      "steps": o.nmf_integrate_steps})))
             steps = 1 if name == INPUT_LAYER else o.integrate_steps
@@ -436,7 +463,7 @@ class InterfaceBuilder:
                     deps = (rollouts_key,) + ((nmf_key,) if nmf_key else ())
                     units.append(Unit(key, "attribution",
                                       f"{title}: attribution {name} T{e} {ids[0]}..", deps, (
-                                          "gallery.interface:unit_attribution",
+                                          "gallery.pipeline.interface:unit_attribution",
                                           {**common, "rollouts": rollouts_key, "nmf": nmf_key,
                                            "layer": name, "trajectory": e,
                                            "targets": targets, "steps": steps,
@@ -456,7 +483,7 @@ class InterfaceBuilder:
                 feature_keys[name] = feature_key
                 units.append(Unit(feature_key, "features", f"{title}: features {name}",
                                   (rollouts_key, nmf_key), (
-                                      "gallery.interface:unit_features",
+                                      "gallery.pipeline.interface:unit_features",
                                       {**common, "rollouts": rollouts_key, "nmf": nmf_key,
                                        "layer": name, **feature_settings})))
         # the order of the list is a valid order of work: dependencies first, and the
@@ -715,7 +742,7 @@ def _count_kinds(units: Sequence[Unit]) -> list[str]:
 
 
 def _gallery_version() -> str:
-    from . import __version__
+    from gallery import __version__
 
     return __version__
 
@@ -784,7 +811,7 @@ def unit_given_rollouts(store: UnitStore, *, path: str,
         raise InterfaceError(
             f"{path}: its observations are {shape}, the checkpoint takes "
             f"{tuple(observation_shape)}; the file must also hold extra "
-            "observations (record it with gallery.rollouts.load_or_collect)")
+            "observations (record it with gallery.environments.rollouts.load_or_collect)")
     arrays = {f"trajectories.{k}": v for k, v in recorded.trajectories.arrays().items()
               if k != "observations_full"}
     arrays["observations"] = recorded.observations
@@ -891,7 +918,7 @@ def feature_grid(acts: np.ndarray, subdiv_mult: float, top_frac: float = 0.1
                  ) -> bundles.FeatureGrid:
     """The grid of a full feature view (method.md 7) without its image: which extra
     observation each cell shows, how strongly, and the cells' centres. The viewer lays the
-    patches out for every expand_mult (as gallery.dataset_examples.feature_view does)."""
+    patches out for every expand_mult (as gallery.method.dataset_examples.feature_view does)."""
     grid, centres = resample_grid(acts, subdiv_mult)
     n, gh, gw = grid.shape
     max_rep = math.ceil(gh * gw / (n * top_frac))

@@ -29,7 +29,7 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import GalleryError
+from gallery.errors import GalleryError
 
 #: Ids appear in URLs (/models/<id>/): lowercase letters, digits and '-'.
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -180,7 +180,7 @@ class ModelSpec(_Strict):
     @field_validator("adapter")
     @classmethod
     def _adapter(cls, value: str | None) -> str | None:
-        from .adapters import ADAPTER_PATTERN
+        from gallery.models.adapters import ADAPTER_PATTERN
 
         if value is not None and not ADAPTER_PATTERN.match(value):
             raise ValueError(f"{shown(value)} is not of the form module.path:function "
@@ -590,7 +590,7 @@ def _check_env(model: dict[str, Any], key: Key, problem: Any) -> None:
     env = model.get("env")
     if not isinstance(env, dict):
         return
-    from .environments import ENV_KEYS  # the environment's own list of options
+    from gallery.environments import ENV_KEYS  # the environment's own list of options
 
     for name in env:
         if name not in ENV_KEYS:
@@ -602,8 +602,8 @@ def _check_env(model: dict[str, Any], key: Key, problem: Any) -> None:
 def _check_env_names(env: dict[str, Any], key: Key, problem: Any) -> None:
     """The game an `env:` names exists (the ids users write: BreakoutNoFrameskip-v4,
     ALE/Breakout-v5, breakout; Procgen's env_name), checked before anything is built."""
-    from .environments import _atari_id, _procgen_name
-    from .errors import EnvironmentNotAvailable
+    from gallery.environments import _atari_id, _procgen_name
+    from gallery.errors import EnvironmentNotAvailable
 
     kind = env.get("env_kind")
     if kind is not None and kind not in ("procgen", "atari"):

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from .errors import CheckpointError, UnsafeCheckpointError
+from gallery.errors import CheckpointError, UnsafeCheckpointError
 
 #: Refuse files, decompressed streams and arrays (their declared sizes, summed) larger
 #: than this many bytes. The largest checkpoints of the model zoo are a few tens of MB.

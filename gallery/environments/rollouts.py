@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attribution import policy_device
-from .environments import EnvSpec, VecEnv, action_names, make_vec_env
-from .errors import EnvironmentNotAvailable, GalleryError
+from gallery.environments import EnvSpec, VecEnv, action_names, make_vec_env
+from gallery.errors import EnvironmentNotAvailable, GalleryError
+from gallery.method.attribution import policy_device
 
 log = logging.getLogger(__name__)
 

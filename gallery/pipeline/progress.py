@@ -289,7 +289,8 @@ def installed(reporter: Reporter) -> Iterator[Reporter]:
 
 def counter(prefix: str, units: dict[str, str] | None = None
             ) -> Callable[[str, int, int], None]:
-    """A `progress(part, done, total)` callback (gallery.rollouts' kind) that shows each
+    """A `progress(part, done, total)` callback (gallery.environments.rollouts' kind) that shows
+    each
     part as a stage `prefix: part` of the current reporter, closed when it is complete."""
     reporter = current()
     stages: dict[str, Stage] = {}

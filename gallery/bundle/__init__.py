@@ -5,7 +5,7 @@ A bundle is a folder with an index, `bundle.json`, and data files it names:
 - `trajectories/T<e>.json.gz`: actions, rewards, firsts, dones, logits, values, advantages;
 - `frames/T<e>-<chunk>.webp`: the observations of a trajectory, tiled (lossless WebP);
 - `attribution/L<l>/T<e>-<output>.gatr`: reduced attribution of one (layer, trajectory,
-  output) in the compact format of `gallery.attribution_codec`;
+  output) in the compact format of `gallery.bundle.codec`;
 - `features/L<l>/legend.webp` and `features/L<l>/f<k>.gfv`: the legend thumbnails and
   the full feature views as observation-index grids (with each cell's activation, to
   1/4095 of the largest, and centre; `encode_feature_views`), which the viewer lays out
@@ -41,9 +41,10 @@ import numpy as np
 from PIL import Image
 from PIL import features as pil_features
 
-from . import attribution_codec, rendering
-from .dataset_examples import patch_bounds
-from .errors import GalleryError
+from gallery.bundle import codec as attribution_codec
+from gallery.errors import GalleryError
+from gallery.method import rendering
+from gallery.method.dataset_examples import patch_bounds
 
 FORMAT_NAME = "gallery-interface-bundle"
 #: Version of the bundle layout (bundle.json and the files it names).
@@ -147,7 +148,7 @@ class LayerSpec:
 class FeatureGrid:
     """The grid of one full dataset-example view of a feature (method.md section 7), for
     one subdiv_mult: the viewer lays out the patches for every expand_mult itself, exactly
-    as `gallery.dataset_examples.feature_view` assembles its image."""
+    as `gallery.method.dataset_examples.feature_view` assembles its image."""
 
     subdiv_mult: float
     indices: np.ndarray
@@ -187,7 +188,7 @@ MAX_GRID_CELLS = 1 << 22
 
 def resampled_centres(size: int, cells: int) -> np.ndarray:
     """Centres (in layer cells) of the `cells` grid cells that
-    `gallery.dataset_examples.resample_grid` makes along an axis of `size` layer cells:
+    `gallery.method.dataset_examples.resample_grid` makes along an axis of `size` layer cells:
     (i + 1) * ((size + 1) / (cells + 1)) - 0.5, bit for bit (the viewer computes the same
     double-precision expression)."""
     return np.arange(1, cells + 1) * ((size + 1) / (cells + 1)) - 0.5

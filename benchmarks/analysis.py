@@ -31,9 +31,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from . import rendering
-from .advantages import Bookmark, bookmarks, dones_from_firsts, gae_advantages, policy_outputs
-from .attribution import (
+from gallery.method import rendering
+from gallery.method.advantages import (
+    Bookmark,
+    bookmarks,
+    dones_from_firsts,
+    gae_advantages,
+    policy_outputs,
+)
+from gallery.method.attribution import (
     INPUT_LAYER,
     ActionGroup,
     AnalysisError,
@@ -47,8 +53,13 @@ from .attribution import (
     prepare_observations,
     readout_matrix,
 )
-from .dataset_examples import FeatureImage, feature_grid, feature_thumbnail, render_grid
-from .nmf import LayerNMF, NMFSettings, fit_nmf
+from gallery.method.dataset_examples import (
+    FeatureImage,
+    feature_grid,
+    feature_thumbnail,
+    render_grid,
+)
+from gallery.method.nmf import LayerNMF, NMFSettings, fit_nmf
 
 Progress = Callable[[str, int, int], None]
 """Called as progress(stage, done, total); stages are 'outputs', 'nmf <layer>' (value
@@ -134,7 +145,8 @@ class TrajectoryArrays:
 
     @classmethod
     def from_object(cls, source: Any) -> TrajectoryArrays:
-        """From any object with these attributes (e.g. gallery.rollouts.Trajectories)."""
+        """From any object with these attributes (e.g.
+        gallery.environments.rollouts.Trajectories)."""
         if isinstance(source, TrajectoryArrays):
             return source
         return cls(source.observations, source.firsts, source.actions, source.rewards,

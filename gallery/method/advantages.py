@@ -14,7 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .attribution import AnalysisError, prepare_observations
+from gallery.method.attribution import AnalysisError, prepare_observations
 
 Progress = Callable[[int, int], None]
 """Called as progress(done, total) with counts of observations."""

@@ -57,8 +57,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import rendering
-from .errors import GalleryError
+from gallery.errors import GalleryError
+from gallery.method import rendering
 
 MAGIC = b"GATR"
 #: Version of the attribution file layout; the reader refuses others.
@@ -297,7 +297,7 @@ def image_errors(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 @dataclass(frozen=True)
 class FidelityTarget:
     """What the drawing of every frame must satisfy, in every direction and view
-    (premultiplied RGBA, 8 bits, against `gallery.rendering`)."""
+    (premultiplied RGBA, 8 bits, against `gallery.method.rendering`)."""
 
     max_mae: float = 0.985 / 255
     """Mean absolute error at most this (the contract is 1/255; every frame is checked as
@@ -326,7 +326,7 @@ def worst_errors(features: np.ndarray, residual: np.ndarray, scale: float, codes
                  steps: LevelTable | np.ndarray | float, single_features: bool = True
                  ) -> tuple[float, float]:
     """Worst (MAE, PSNR) over every direction and view of the given frames, drawn with
-    the reference renderer (`gallery.rendering`): slow, for tests."""
+    the reference renderer (`gallery.method.rendering`): slow, for tests."""
     planes = dequantise(codes, _frame_steps(steps, len(codes)))
     worst_mae, worst_psnr = 0.0, float("inf")
     for direction in rendering.DIRECTIONS:

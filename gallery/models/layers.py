@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .networks import Node
+from gallery.models.networks import Node
 
 
 @dataclass(frozen=True)

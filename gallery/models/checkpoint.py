@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .environments import PROCGEN_GAMES
-from .errors import CheckpointError
-from .safe_pickle import safe_load
-
+from gallery.environments import PROCGEN_GAMES
+from gallery.errors import CheckpointError
+from gallery.models.safe_pickle import safe_load
 
 #: Defaults of the `args` keys that matter (checkpoint-format.md).
 ARG_DEFAULTS: dict[str, Any] = {

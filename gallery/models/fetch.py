@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from . import __version__
-from .errors import GalleryError
+from gallery import __version__
+from gallery.errors import GalleryError
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def fetch_checkpoint(source: str, sha256: str | None, cache: Cache, *,
         if cached is not None:
             return Fetched(cached, sha256, "cache")
         return Fetched(download(source, sha256, cache, policy, progress), sha256, "download")
-    from .manifest import local_checkpoint_path
+    from gallery.pipeline.manifest import local_checkpoint_path
 
     path = local_checkpoint_path(source, root)
     if not path.is_file():

@@ -18,7 +18,7 @@ the second waits, then finds the first one's entry and uses it. Every computed u
 one JSON line to `events.jsonl` in the store (tests count recomputations with it).
 
 `run_units` runs a list of units in dependency order: in this process, or spread over an
-executor (mpi4py.futures, see gallery.distributed) that takes whichever unit is ready.
+executor (mpi4py.futures, see gallery.pipeline.distributed) that takes whichever unit is ready.
 """
 
 from __future__ import annotations

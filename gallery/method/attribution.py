@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import GalleryError
+from gallery.errors import GalleryError
 
 INPUT_LAYER = "input"
 #: Arrows that define the action groups, in order; the last group has none of them.
@@ -78,7 +78,7 @@ ActionGroup."""
 
 
 class FeatureSpace(Protocol):
-    """What multi-path attribution needs of a fitted NMF (gallery.nmf.LayerNMF)."""
+    """What multi-path attribution needs of a fitted NMF (gallery.method.nmf.LayerNMF)."""
 
     n_features: int
 

@@ -1,0 +1,2 @@
+"""The pipeline: options, units and their distribution, one interface, the whole gallery
+build."""
