@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from gallery import bundle as bundles
-from gallery.pipeline.interface import BUNDLE_DIR, InterfaceBuilder, InterfaceOptions, viewer_assets
+from gallery.pipeline.interface import BUNDLE_DIR, InterfaceBuilder, viewer_assets
+from gallery.pipeline.options import from_flags
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "coinrun.jd"
 MB = 1e6
@@ -229,10 +230,10 @@ def main() -> int:
         reencode(interface, arrays)
         summary = {}
     else:
-        options = InterfaceOptions(policy=args.policy, cache_dir=str(work / "cache"))
-        builder = RecordingBuilder(args.checkpoint, interface, options, None,
-                                   lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True),
-                                   arrays=arrays)
+        builder = RecordingBuilder(
+            args.checkpoint, interface, from_flags({"policy": args.policy}),
+            cache_dir=work / "cache", arrays=arrays,
+            progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
         summary = builder.run()
     sizes = measure(interface)
     index = bundles.validate_bundle(interface / BUNDLE_DIR, decode_frames=0)

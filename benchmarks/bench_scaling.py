@@ -50,7 +50,7 @@ def main() -> int:
     layers = args.layer or ["2b", "3a", "4a"]
     setting = ["--num-envs", str(args.num_envs), "--num-steps", str(args.num_steps),
                "--obs-num-envs", str(args.obs_num_envs), "--num-obs", str(args.num_obs),
-               "--obs-every", str(args.obs_every), "--fast-images"]
+               "--obs-every", str(args.obs_every), "--image-effort", "fast"]
     for layer in layers:
         setting += ["--layer", layer]
     if args.policy:

@@ -15,5 +15,14 @@ from gallery.models.policy import Policy, load_policy  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "GalleryError", "Policy", "integrated_gradients", "load_policy",
-           "policy_attribution", "__version__"]
+__all__ = ["CheckpointError", "GalleryError", "Policy", "generate_interface",
+           "integrated_gradients", "load_policy", "policy_attribution", "__version__"]
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    # the pipeline (bundle writer, units, environments) loads on first use, not on import
+    if name == "generate_interface":
+        from gallery.pipeline.interface import generate_interface
+
+        return generate_interface
+    raise AttributeError(f"module 'gallery' has no attribute {name!r}")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,12 +24,12 @@ from gallery.pipeline.build import (
     Reporter,
     SizeReport,
     build_gallery,
-    build_interface,
     build_model,
     format_summary,
     model_key,
 )
-from gallery.pipeline.manifest import AnalysisOptions, load_manifest
+from gallery.pipeline.manifest import load_manifest
+from gallery.pipeline.options import InterfaceOptions
 from gallery.site.stats import discounted_returns, gae_advantages
 from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 from tests.test_site import fake_result
@@ -48,7 +46,8 @@ class FakeBuilder:
         self.calls: list[str] = []
         self.failing = failing
 
-    def __call__(self, spec, checkpoint_path, settings, out_dir, *, progress=None):
+    def __call__(self, spec, checkpoint_path, settings, out_dir, *, progress=None,
+                 interfaces=False):
         self.calls.append(spec.id)
         if progress:
             progress("pretending to work")
@@ -174,12 +173,12 @@ def test_progress_names_model_and_stage(zoo):
 
 
 def test_model_key_covers_checkpoint_settings_and_format():
-    settings = ModelSettings(AnalysisOptions(), {})
+    settings = ModelSettings(InterfaceOptions(), {})
     key = model_key("a" * 64, settings)
-    assert key == model_key("a" * 64, ModelSettings(AnalysisOptions(), {}))
+    assert key == model_key("a" * 64, ModelSettings(InterfaceOptions(), {}))
     assert key != model_key("b" * 64, settings)
-    assert key != model_key("a" * 64, ModelSettings(AnalysisOptions(), {"num_levels": 1}))
-    changed = AnalysisOptions.model_validate({"attribution": {"integrate_steps": 20}})
+    assert key != model_key("a" * 64, ModelSettings(InterfaceOptions(), {"num_levels": 1}))
+    changed = InterfaceOptions.model_validate({"attribution": {"integrate_steps": 20}})
     assert key != model_key("a" * 64, ModelSettings(changed, {}))
 
 
@@ -214,23 +213,26 @@ def test_gae_by_hand():
     np.testing.assert_allclose(adv, [[0.75, -1.0, 0.0]])
 
 
-def test_interface_step_calls_generate_interface_when_it_exists(tmp_path, monkeypatch):
-    calls = []
-
-    def generate_interface(checkpoint, output_dir, num_envs=8, integrate_steps=10):
-        calls.append((checkpoint, output_dir, num_envs, integrate_steps))
-        Path(output_dir).mkdir(parents=True)
-        (Path(output_dir) / "index.html").write_text("ui")
-
-    fake = types.ModuleType("gallery.pipeline.interface")
-    fake.generate_interface = generate_interface
-    monkeypatch.setitem(sys.modules, "gallery.pipeline.interface", fake)
-    monkeypatch.setattr(build_module.importlib.util, "find_spec", lambda name: object())
-    options = AnalysisOptions.model_validate({"trajectories": {"num_envs": 3}})
-    folder = build_interface(tmp_path / "m.jd", tmp_path / "interface",
-                             ModelSettings(options, {}), lambda message: None)
-    assert folder == "interface"
-    assert calls == [(str(tmp_path / "m.jd"), str(tmp_path / "interface"), 3, 10)]
+def test_build_model_records_and_evaluates_the_trajectories_once(tmp_path, monkeypatch):
+    """With interfaces, the model card's statistics are those of the interface's own
+    trajectories and values: one rollouts unit, one outputs unit, no second recording."""
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
+    path = write_checkpoint(tmp_path / "c.jd", make_checkpoint("clear", seed=3))
+    manifest = load_manifest(write_manifest(tmp_path, [
+        {"id": "c", "title": "C", "checkpoint": "c.jd",
+         "options": {"layers": {"include": ["4a"]}}}]))
+    settings = ModelSettings.of(manifest, manifest.models[0])
+    out = tmp_path / "out"
+    out.mkdir()
+    result = build_model(manifest.models[0], path, settings, out, interfaces=True)
+    events = [json.loads(line) for line in
+              (tmp_path / "cache" / "units" / "events.jsonl").read_text().splitlines()]
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("rollouts") == 1 and kinds.count("outputs") == 1
+    assert result.interface == build_module.INTERFACE_DIR
+    bundle = json.loads((out / "interface" / "bundle" / "bundle.json").read_text())
+    assert [len(t := bundle["trajectories"]), t[0]["length"]] == result.steps_recorded
+    assert result.settings["layers"]["include"] == ["4a"]
 
 
 def test_build_model_on_a_synthetic_checkpoint(tmp_path):
@@ -343,8 +345,12 @@ def test_interfaces_are_on_by_default_and_part_of_the_cache_key(tmp_path, monkey
     assert parser.parse_args(["--no-interfaces"]).interfaces is False
     assert BuildConfig(output=tmp_path, cache_dir=tmp_path).interfaces is True
     calls = []
-    monkeypatch.setattr(build_module, "build_interface",
-                        lambda *args, **kw: calls.append(args) or None)
+
+    def fake_interface(*args, **kw):
+        calls.append(args)
+        raise RuntimeError("interface called")
+
+    monkeypatch.setattr(build_module, "build_interface", fake_interface)
     path = write_checkpoint(tmp_path / "c.jd", make_checkpoint("clear", seed=3))
     manifest = load_manifest(write_manifest(tmp_path, [
         {"id": "c", "title": "C", "checkpoint": "c.jd"}]))
@@ -353,7 +359,8 @@ def test_interfaces_are_on_by_default_and_part_of_the_cache_key(tmp_path, monkey
     out.mkdir()
     build_model(manifest.models[0], path, settings, out)
     assert calls == []
-    build_model(manifest.models[0], path, settings, out, interfaces=True)
+    with pytest.raises(RuntimeError, match="interface called"):
+        build_model(manifest.models[0], path, settings, out, interfaces=True)
     assert len(calls) == 1
     sha = "0" * 64
     assert build_module.model_key(sha, settings) != build_module.model_key(sha, settings, True)

@@ -31,7 +31,7 @@ from gallery.pipeline.units import EVENTS_FILE, UnitStore
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "gallery" / "demo" / "coinrun-clear.jd"
 TINY = ["--num-envs", "2", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "4",
-        "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--fast-images"]
+        "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--image-effort", "fast"]
 UNITS = 10  # rollouts, outputs, 2 x nmf, 2 x features, 2 layers x 2 trajectories
 TIMEOUT = 300
 
@@ -279,7 +279,7 @@ def test_a_builder_subclass_still_sees_the_reduced_arrays(tmp_path):
     import numpy as np
 
     from gallery import bundle as bundles
-    from gallery.pipeline.interface import InterfaceBuilder, InterfaceOptions
+    from gallery.pipeline.interface import InterfaceBuilder, interface_builder
 
     seen = []
 
@@ -289,13 +289,12 @@ def test_a_builder_subclass_still_sees_the_reduced_arrays(tmp_path):
             assert features.dtype == np.float32
             super().add_attribution(writer, layer, trajectory, output, features, residual)
 
-    options = InterfaceOptions(num_envs=1, num_steps=8, obs_num_envs=8, num_obs=2,
-                               obs_every=2, layers=("4a",), image_effort="fast",
-                               cache_dir=str(tmp_path / "cache"))
-    plain = InterfaceBuilder(str(CHECKPOINT), tmp_path / "plain", options, None,
-                             lambda message: None).run()
-    recorded = Recording(str(CHECKPOINT), tmp_path / "recorded", options, None,
-                         lambda message: None).run()
+    plain = interface_builder(CHECKPOINT, tmp_path / "plain", cache_dir=tmp_path / "cache",
+                              num_envs=1, num_steps=8, obs_num_envs=8, num_obs=2, obs_every=2,
+                              layers=["4a"], image_effort="fast")
+    recorded = Recording(str(CHECKPOINT), tmp_path / "recorded", plain.options,
+                         cache_dir=tmp_path / "cache").run()
+    plain = plain.run()
     assert seen == [("4a", 0, "value", (8, 8, 8, 8), (8, 8, 8))]
     assert plain["fidelity"] == recorded["fidelity"]
     a = bundles.validate_bundle(tmp_path / "plain" / "bundle")

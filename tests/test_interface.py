@@ -4,7 +4,6 @@ interface of the real CoinRun checkpoint."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 
 import pytest
 
@@ -12,78 +11,49 @@ from gallery import bundle as bundles
 from gallery.cli import main
 from gallery.pipeline.interface import (
     InterfaceError,
-    InterfaceOptions,
-    generate_interface,
-    options_from,
+    policy_layers,
     select_layers,
     viewer_assets,
 )
+from gallery.pipeline.options import AttributionOptions, LayerSelection
 
 TINY = ["--num-envs", "1", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "2",
-        "--obs-every", "4", "--layer", "4a", "--fast-images"]
-
-
-def test_defaults_are_the_methods():
-    o = InterfaceOptions()
-    assert (o.num_envs, o.num_steps, o.obs_num_envs, o.num_obs, o.obs_every) == \
-        (8, 512, 32, 128, 128)
-    assert (o.integrate_steps, o.nmf_features, o.nmf_integrate_steps, o.bookmarks) == \
-        (10, 8, 10, 16)
-    assert o.vis_subdiv_mults == (0.25, 0.5, 1, 2) and o.vis_expand_mults == (1, 2, 4, 8)
-    assert (o.vis_subdiv_mult_default, o.vis_expand_mult_default) == (1, 4)
-    assert o.scrub_range == (42 / 64, 44 / 64) and o.video_speed == 12
-    assert o.attribution_weight == 0.9 and o.scrubber_visible_duration == 256
-    assert not o.policy and not o.input_layer and o.single_features and o.discard_first_n == 0
-
-
-@pytest.mark.parametrize("values, message", [
-    ({"num_envs": 0}, "num_envs must be a positive integer"),
-    ({"num_steps": 2.5}, "num_steps must be a positive integer"),
-    ({"bookmarks": -1}, "bookmarks must be an integer >= 0"),
-    ({"vis_expand_mults": (1, 2), "vis_expand_mult_default": 4}, "vis_expand_mult_default 4"),
-    ({"scrub_range": (0.7, 0.6)}, "scrub_range"),
-    ({"attribution_weight": 2}, "attribution_weight"),
-    ({"max_paths": 0}, "max_paths"),
-])
-def test_invalid_options_are_named(values, message):
-    with pytest.raises(InterfaceError, match=message):
-        InterfaceOptions(**values)
-
-
-def test_unknown_options_list_the_known_ones():
-    with pytest.raises(InterfaceError, match="unknown interface option\\(s\\) colour.*num_envs"):
-        options_from({"colour": "red"})
-    assert options_from({"layers": ["2b"], "env": None}).layers == ("2b",)
+        "--obs-every", "4", "--layer", "4a", "--image-effort", "fast"]
 
 
 def test_layer_selection():
     offered = ["1a", "2a", "2b", "3a", "4a"]
-    assert select_layers(offered, InterfaceOptions()) == offered
-    assert select_layers(offered, InterfaceOptions(layers=("2",))) == ["2a", "2b"]
-    assert select_layers(offered, InterfaceOptions(discard_first_n=2)) == ["2b", "3a", "4a"]
+    assert select_layers(offered, LayerSelection()) == offered
+    assert select_layers(offered, LayerSelection(include=["2"])) == ["2a", "2b"]
+    assert select_layers(offered, LayerSelection(discard_first_n=2)) == ["2b", "3a", "4a"]
     with pytest.raises(InterfaceError, match="no layer matches \\['9z'\\]; the checkpoint "
                                              "offers 1a, 2a"):
-        select_layers(offered, InterfaceOptions(layers=("9z",)))
+        select_layers(offered, LayerSelection(include=["9z"]))
     with pytest.raises(InterfaceError, match="no layer left"):
-        select_layers(offered, InterfaceOptions(discard_first_n=5))
-    assert select_layers(offered, InterfaceOptions(discard_first_n=5, input_layer=True)) == []
+        select_layers(offered, LayerSelection(discard_first_n=5))
+    assert select_layers(offered, LayerSelection(discard_first_n=5, input_layer=True)) == []
 
 
-def test_site_builder_keywords_are_accepted():
-    """gallery.pipeline.build passes these keywords (filtered by the signature)."""
-    parameters = inspect.signature(generate_interface).parameters
-    for name in ("env", "num_envs", "num_steps", "seed", "bookmarks", "obs_num_envs",
-                 "num_obs", "obs_every", "layers", "discard_first_n", "input_layer",
-                 "integrate_steps", "policy", "single_features", "nmf_features",
-                 "nmf_integrate_steps"):
-        assert name in parameters, name
-    assert "options" not in parameters  # the site's own options object is not ours
+def test_policy_attribution_covers_one_layer_by_default():
+    selected = ["1a", "2a", "2b", "3a", "4a"]
+    assert policy_layers(selected, AttributionOptions()) == []
+    assert policy_layers(selected, AttributionOptions(policy=True)) == ["2b"]
+    assert policy_layers(["3a", "4a"], AttributionOptions(policy=True)) == ["4a"]
+    assert policy_layers(selected, AttributionOptions(
+        policy=True, policy_layers=["4a", "1a", "input"])) == ["1a", "4a"]
+    assert policy_layers(["input", *selected], AttributionOptions(
+        policy=True, policy_layers=["4", "input"])) == ["input", "4a"]
+    assert policy_layers(["input", *selected], AttributionOptions(policy=True)) == ["2b"]
+    with pytest.raises(InterfaceError, match="no layer shown matches policy layers "
+                                             "\\['9z'\\]"):
+        policy_layers(selected, AttributionOptions(policy=True, policy_layers=["9z"]))
 
 
 def test_command_line_rejects_bad_values(tmp_path, capsys):
     code = main(["interface", "x.jd", "-o", str(tmp_path / "o"), "--num-steps", "0"])
     assert code == 2
-    assert "num_steps must be a positive integer" in capsys.readouterr().err
+    assert "trajectories.num_steps (--num-steps): Input should be greater than or equal to 2" \
+        in capsys.readouterr().err
     code = main(["interface", str(tmp_path / "missing.jd"), "-o", str(tmp_path / "o")])
     assert code == 2 and "missing.jd" in capsys.readouterr().err
 
@@ -110,7 +80,10 @@ def test_tiny_interface_end_to_end(coinrun_path, tmp_path, capsys):
     provenance = index["provenance"]
     assert provenance["checkpoint"]["sha256"] == hashlib.sha256(
         coinrun_path.read_bytes()).hexdigest()
-    assert provenance["settings"]["num_steps"] == 16 and provenance["settings"]["layers"] == ["4a"]
+    settings = provenance["settings"]
+    assert settings["trajectories"]["num_steps"] == 16
+    assert settings["layers"]["include"] == ["4a"] and "image_effort" not in settings[
+        "presentation"]
     assert {"torch", "numpy", "gallery"} <= set(provenance["versions"])
     assert provenance["created"].endswith("Z")
     # contents

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gallery.cli import main
-from gallery.pipeline.manifest import AnalysisOptions, ManifestError, load_manifest, parse_manifest
+from gallery.pipeline.manifest import ManifestError, load_manifest, parse_manifest
+from gallery.pipeline.options import InterfaceOptions
 
 SHA = "ab" * 32
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,7 @@ def test_minimal_manifest_gets_the_method_defaults(folder):
           - {id: a, title: A, checkpoint: a.jd}
     """))
     assert manifest.site.name == "Model zoo"
-    assert manifest.settings("a") == AnalysisOptions()
+    assert manifest.settings("a") == InterfaceOptions()
     options = manifest.settings("a")
     assert (options.trajectories.num_envs, options.trajectories.num_steps) == (8, 512)
     assert (options.observations.num_envs, options.observations.num_obs,

@@ -224,7 +224,7 @@ def fails(store: UnitStore, **_: object) -> UnitResult:
 
 def _graph(delay: float = 0.0) -> list[Unit]:
     """a -> (b1..b4) -> c, and d independent."""
-    task = f"{__name__}:record"
+    task = record
     a = unit_key("t", name="a")
     bs = [unit_key("t", name=f"b{i}", dep=a) for i in range(4)]
     c = unit_key("t", name="c", deps=bs)
@@ -271,7 +271,7 @@ def test_pooled_run_respects_dependencies(tmp_path):
 def test_a_failing_unit_keeps_the_others_results(tmp_path):
     store = UnitStore(tmp_path)
     units = _graph()
-    bad = Unit(unit_key("t", name="bad"), "t", "bad", (), (f"{__name__}:fails", {}))
+    bad = Unit(unit_key("t", name="bad"), "t", "bad", (), (fails, {}))
     with ThreadPoolExecutor(2) as pool, pytest.raises(ValueError, match="this unit fails"):
         run_units([bad] + units, store, executor=pool, workers=2)
     assert not store.has(bad.key)
@@ -366,7 +366,7 @@ def where(store: UnitStore, *, name: str, deps: list[str], delay: float = 0.0) -
 
 def test_a_unit_that_runs_alone_runs_here_and_every_start_is_reported(tmp_path):
     WHERE.clear()
-    task = f"{__name__}:where"
+    task = where
     a = unit_key("w", name="a")
     bs = [unit_key("w", name=f"b{i}", dep=a) for i in range(3)]
     units = [Unit(a, "w", "a", (), (task, {"name": "a", "deps": []}))]
@@ -405,7 +405,7 @@ def test_local_pool_spreads_units_over_processes(tmp_path, monkeypatch):
 
 
 TINY = ["--num-envs", "2", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "4",
-        "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--fast-images"]
+        "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--image-effort", "fast"]
 
 
 def _interface(out: Path, cache: Path, workers: int) -> str:

@@ -23,8 +23,6 @@ called.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -33,16 +31,20 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from gallery import __version__
 from gallery.models.fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint, sha256_file
-from gallery.pipeline.manifest import AnalysisOptions, ComparisonSpec, Manifest, ModelSpec
+from gallery.pipeline.manifest import ComparisonSpec, Manifest, ModelSpec
+from gallery.pipeline.options import InterfaceOptions
+
+if TYPE_CHECKING:
+    from gallery.pipeline.interface import InterfaceBuilder
 from gallery.site import (
     BuildInfo,
     ComparisonEntry,
@@ -77,12 +79,10 @@ MATCHED_DIR = "matched"
 
 
 def bundle_format_version() -> int:
-    """The interface bundle format version (gallery.bundle), 0 while it does not exist."""
-    if importlib.util.find_spec("gallery.bundle") is None:
-        return 0
+    """The interface bundle format version (gallery.bundle): part of every model's key."""
     from gallery import bundle
 
-    return int(getattr(bundle, "FORMAT_VERSION", 0))
+    return bundle.FORMAT_VERSION
 
 
 # --- settings and keys --------------------------------------------------------------------
@@ -92,7 +92,7 @@ def bundle_format_version() -> int:
 class ModelSettings:
     """What a model's result depends on besides its checkpoint."""
 
-    options: AnalysisOptions
+    options: InterfaceOptions
     env: dict[str, Any]
     """Overrides of the checkpoint's environment args."""
     adapter: str | None = None
@@ -124,7 +124,8 @@ StageProgress = Callable[[str], None]
 
 class ModelBuilder(Protocol):
     def __call__(self, spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
-                 out_dir: Path, *, progress: StageProgress | None = None) -> ModelResult: ...
+                 out_dir: Path, *, progress: StageProgress | None = None,
+                 interfaces: bool = False) -> ModelResult: ...
 
 
 # --- the per-model step -------------------------------------------------------------------
@@ -135,7 +136,12 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
                 ) -> ModelResult:
     """Describe the policy, record its trajectories, make the interface (when asked)."""
     from gallery.environments import EnvSpec
-    from gallery.environments.rollouts import TrajectoryConfig, load_or_collect
+    from gallery.environments.rollouts import (
+        Rollouts,
+        TrajectoryConfig,
+        load_or_collect,
+        save_rollouts,
+    )
     from gallery.pipeline import progress as progress_bars
     from gallery.pipeline.interface import source_date
     from gallery.site.stats import chart_samples
@@ -146,23 +152,30 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     sha256 = policy.sha256 or sha256_file(checkpoint_path)
     described = policy.describe()
     env_spec = EnvSpec.from_args(policy.args, settings.env)
-    options = settings.options.trajectories
-    say(f"rollouts {options.num_envs} x {options.num_steps} steps, {env_spec.describe()}")
-    rollouts = load_or_collect(
-        out_dir / ROLLOUTS_FILE, policy, env_spec,
-        trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
-        observations=None, seed=options.seed, checkpoint_sha256=sha256,
-        progress=progress_bars.counter("rollouts"))
-    recorded = rollouts.trajectories
+    interface = None
+    if interfaces:  # the card shows the interface's own trajectories, recorded once
+        builder = build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say,
+                                  title=spec.title, model_id=spec.id)
+        recorded, _, values = builder.recorded()
+        interface = INTERFACE_DIR
+        # the comparisons evaluate every model on these frames: kept beside the card
+        save_rollouts(out_dir / ROLLOUTS_FILE, Rollouts(recorded, metadata={
+            "recorded_by": spec.id, "checkpoint_sha256": sha256}))
+    else:
+        options = settings.options.trajectories
+        say(f"rollouts {options.num_envs} x {options.num_steps} steps, "
+            f"{env_spec.describe()}")
+        recorded = load_or_collect(
+            out_dir / ROLLOUTS_FILE, policy, env_spec,
+            trajectories=TrajectoryConfig(options.num_envs, options.num_steps),
+            observations=None, seed=options.seed, checkpoint_sha256=sha256,
+            progress=progress_bars.counter("rollouts")).trajectories
+        say("values and advantages")
+        values = policy_values(policy, recorded.observations)
     stats = recorded.episodes()
-    say("values and advantages")
-    values = policy_values(policy, recorded.observations)
     pairs, advantages = chart_samples(recorded.rewards, values, recorded.dones, policy.gamma,
                                       policy.lam)
     save_thumbnail(recorded.observations[0, 0], out_dir / THUMBNAIL_FILE)
-    interface = (build_interface(checkpoint_path, out_dir / INTERFACE_DIR, settings, say,
-                                 title=spec.title, model_id=spec.id)
-                 if interfaces else None)
     return ModelResult(
         model_id=spec.id, key="", checkpoint_sha256=sha256,
         architecture=described["architecture"], parameters=described["parameters"],
@@ -182,56 +195,18 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
 
 def build_interface(checkpoint_path: Path, out_dir: Path, settings: ModelSettings,
                     say: StageProgress, *, title: str | None = None,
-                    model_id: str | None = None) -> str | None:
-    """THE place where a model's interactive interface is generated.
-
-    Calls `gallery.pipeline.interface.generate_interface(checkpoint, output_dir, **options)` when
-    that
-    module exists, and returns the folder's name (its index.html is embedded in the model
-    page); returns None while it does not exist (the page then shows a recorded frame).
-    """
-    if importlib.util.find_spec("gallery.pipeline.interface") is None:
-        return None
-    from gallery.pipeline.interface import generate_interface  # type: ignore[attr-defined]
+                    model_id: str | None = None) -> InterfaceBuilder:
+    """Generate a model's interactive interface into `out_dir` (its index.html is embedded
+    in the model page); returns the builder, whose unit store holds the rollouts and
+    outputs the model card reads."""
+    from gallery.pipeline.interface import interface_builder
 
     say("interface")
-    options = interface_options(settings)
-    if title is not None:  # the manifest's title and id (not part of any unit's key)
-        options.update(title=title, model_id=model_id)
-    if settings.adapter:
-        options["adapter"] = settings.adapter
-    generate_interface(str(checkpoint_path), str(out_dir),
-                       **_accepted(generate_interface, options))
-    return out_dir.name if (out_dir / "index.html").is_file() else None
-
-
-def interface_options(settings: ModelSettings) -> dict[str, Any]:
-    """The manifest's options as keyword arguments of `generate_interface`."""
-    o = settings.options
-    return {
-        "env": settings.env, "num_envs": o.trajectories.num_envs,
-        "num_steps": o.trajectories.num_steps, "seed": o.trajectories.seed,
-        "bookmarks": o.trajectories.bookmarks,
-        "obs_num_envs": o.observations.num_envs, "num_obs": o.observations.num_obs,
-        "obs_every": o.observations.obs_every,
-        "layers": o.layers.include, "discard_first_n": o.layers.discard_first_n,
-        "input_layer": o.layers.input_layer,
-        "integrate_steps": o.attribution.integrate_steps, "policy": o.attribution.policy,
-        "single_features": o.attribution.single_features,
-        "nmf_features": o.nmf.features, "nmf_integrate_steps": o.nmf.integrate_steps,
-        "options": o,
-    }
-
-
-def _accepted(function: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
-    """The options `function` takes (all of them if it takes **kwargs); others are logged."""
-    parameters = inspect.signature(function).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return options
-    dropped = sorted(set(options) - set(parameters))
-    if dropped:
-        log.debug("generate_interface does not take %s", ", ".join(dropped))
-    return {k: v for k, v in options.items() if k in parameters}
+    builder = interface_builder(checkpoint_path, out_dir, settings.options,
+                                adapter=settings.adapter, env=settings.env, title=title,
+                                model_id=model_id, progress=say)
+    builder.run()
+    return builder
 
 
 def policy_values(policy: Any, observations: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -454,19 +429,25 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
 
 def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Reporter,
                          context: Any = None) -> Any:
-    """Compute the interface units of every model still to build, pooled across the MPI
-    ranks (dependencies respected, any rank takes the next ready unit); a no-op in a single
-    process, where each model computes its own units in turn. Returns the RunSummary, or
-    None when there was nothing to pool. A model whose units cannot be planned or computed
-    is left to its own build, which reports the failure."""
+    """Compute the interface units of every model still to build, pooled: spread over the
+    MPI ranks, or over the local worker processes (gallery.pipeline.units.current_pool),
+    dependencies respected, any worker taking the next ready unit, so that the units of
+    one model run beside those of another. A no-op in a single process, where each model
+    computes its own units in turn. Returns the RunSummary, or None when there was nothing
+    to pool. A model whose units cannot be planned or computed is left to its own build,
+    which reports the failure."""
     from gallery.pipeline import distributed
+    from gallery.pipeline.interface import interface_builder
+    from gallery.pipeline.units import Interrupted, StopFlag, current_pool, run_units, unique_units
 
     context = context or distributed.current()
-    if context.executor is None or importlib.util.find_spec("gallery.pipeline.interface") is None:
+    executor, workers = context.executor, context.workers
+    where = f"{context.size} MPI ranks"
+    if executor is None:
+        executor, workers = current_pool()
+        where = f"this process and {workers} worker(s)"
+    if executor is None:
         return None
-    from gallery.pipeline.interface import generate_interface, interface_builder
-    from gallery.pipeline.units import Interrupted, StopFlag, run_units, unique_units
-
     cache = Cache(config.cache_dir)
     units = []
     for index, spec in enumerate(manifest.models):
@@ -477,10 +458,9 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
             key = model_key(got.sha256, settings, config.interfaces)
             if not config.force and ModelResult.load(config.cache_dir / "models" / key):
                 continue
-            options = _accepted(generate_interface, interface_options(settings))
-            planned = interface_builder(str(got.path), config.cache_dir / "unused",
-                                        adapter=settings.adapter, **options,
-                                        progress=lambda message: None)
+            planned = interface_builder(got.path, config.cache_dir / "unused",
+                                        settings.options, adapter=settings.adapter,
+                                        env=settings.env)
             units += planned.plan().units
             store = planned.store  # where build_interface's generate_interface looks too
         except Exception as err:  # reported by the model's own build below
@@ -489,11 +469,10 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
         return None
     units = unique_units(units)
     report(-1, "units", "model", f"{len(units)} interface units of {len(manifest.models)} "
-           f"model(s) on {context.size} MPI ranks")
+           f"model(s) on {where}")
     try:
         with StopFlag().installed() as stop:
-            summary = run_units(units, store, executor=context.executor,
-                                workers=context.workers, stop=stop)
+            summary = run_units(units, store, executor=executor, workers=workers, stop=stop)
     except Interrupted as stop:
         report(-1, "units", "model", f"stopped: {stop.summary.describe()}; run the build "
                "again to finish (finished units are kept)")
@@ -520,9 +499,9 @@ def model_result(spec: ModelSpec, got: Fetched, settings: ModelSettings, config:
     partial.mkdir(parents=True)
     say("model", f"building ({key[:12]})")
     try:
-        extra = _accepted(builder, {"interfaces": True}) if config.interfaces else {}
         result = builder(spec, got.path, settings, partial,
-                         progress=lambda message: say("model", message), **extra)
+                         progress=lambda message: say("model", message),
+                         interfaces=config.interfaces)
         result.key = key
         result.save(partial)
         shutil.rmtree(folder, ignore_errors=True)
@@ -652,15 +631,15 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
     """Every model's interface on ONE set of trajectories and extra observations, into
     `folder/interface/<model id>/`: those recorded (once, one environment seed) by the first
     model's own interface -- rebuilt here from the cached units for free -- which the other
-    models' interfaces are given (`InterfaceOptions.rollouts`). Then the features of every
+    models' interfaces are given (`generate_interface`'s `rollouts`). Then the features of every
     layer present in all models are matched by the correlation of their activations on the
     shared frames (gallery.site.matching), with legend thumbnails in `folder/matched/`.
 
     With `training` (checkpoints of one run, in order), the LAST model records the shared
     trajectories and its features are the ones matched in every earlier checkpoint; the
     cells of each row stay in checkpoint order."""
-    from gallery.environments.rollouts import Rollouts, Trajectories, save_rollouts
-    from gallery.pipeline.interface import InterfaceBuilder, options_from
+    from gallery.environments.rollouts import Rollouts, save_rollouts
+    from gallery.pipeline.interface import interface_builder
     from gallery.site import matching
 
     del cache_dir  # the interfaces keep their units where the models' interfaces do
@@ -668,31 +647,25 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
     frames = None
     for index, entry in enumerate(built[::-1] if training else built):
         model_id = entry.spec.id
-        values = interface_options(ModelSettings.of(manifest, entry.spec))
-        values.pop("options", None)
-        options = replace(options_from(values), title=entry.spec.title, model_id=model_id)
-        if index > 0:
-            options = replace(options, rollouts=str(folder / SHARED_ROLLOUTS_FILE))
+        settings = ModelSettings.of(manifest, entry.spec)
         target = folder / INTERFACE_DIR / model_id
-        builder = InterfaceBuilder(str(fetched[model_id].path), target, options,
-                                   entry.spec.adapter,
-                                   lambda message, model_id=model_id: say(f"{model_id}: "
-                                                                          f"{message}"))
+        builder = interface_builder(
+            fetched[model_id].path, target, settings.options, adapter=settings.adapter,
+            env=settings.env, title=entry.spec.title, model_id=model_id,
+            rollouts=folder / SHARED_ROLLOUTS_FILE if index > 0 else None,
+            progress=lambda message, model_id=model_id: say(f"{model_id}: {message}"))
         builder.run()
         if index == 0:  # the shared trajectories: those of the first model's interface
-            arrays = builder.store.load(builder.plan().rollouts).arrays
-            prefix = "trajectories."
-            recorded = Trajectories(**{k[len(prefix):]: v for k, v in arrays.items()
-                                       if k.startswith(prefix)})
+            recorded, observations, _ = builder.recorded()
             save_rollouts(folder / SHARED_ROLLOUTS_FILE, Rollouts(
-                recorded, arrays["observations"], metadata={
+                recorded, observations, metadata={
                     "recorded_by": model_id,
                     "trajectories": {"num_envs": recorded.num_envs,
                                      "num_steps": recorded.num_steps}}))
             frames = matching.sample_frames(recorded.observations)
             shared.shared_steps = [recorded.num_envs, recorded.num_steps]
             say(f"shared trajectories: {recorded.num_envs} x {recorded.num_steps} steps and "
-                f"{len(arrays['observations'])} observations, recorded by {model_id}")
+                f"{len(observations)} observations, recorded by {model_id}")
         shared.interfaces[model_id] = f"{INTERFACE_DIR}/{model_id}"
         activations[model_id] = matching.feature_activations(builder, frames)
         thumbnails[model_id] = matching.legend_thumbnails(target, folder / MATCHED_DIR,

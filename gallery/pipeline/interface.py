@@ -24,8 +24,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as package_metadata
 from importlib import resources
@@ -41,6 +41,7 @@ from gallery.environments import EnvSpec
 from gallery.environments.rollouts import FORMAT_VERSION as ROLLOUTS_FORMAT
 from gallery.environments.rollouts import (
     ObservationConfig,
+    Trajectories,
     TrajectoryConfig,
     load_rollouts,
     metadata_path,
@@ -70,6 +71,14 @@ from gallery.models.policy import action_names_in
 from gallery.pipeline import distributed
 from gallery.pipeline import progress as progress_bars
 from gallery.pipeline.distributed import cached_policy
+from gallery.pipeline.options import (
+    AttributionOptions,
+    InterfaceOptions,
+    LayerSelection,
+    OptionsError,
+    from_flags,
+    validate,
+)
 from gallery.pipeline.units import (
     RunSummary,
     StopFlag,
@@ -95,198 +104,65 @@ class InterfaceError(GalleryError):
     """Options or inputs an interface cannot be generated from."""
 
 
-@dataclass(frozen=True)
-class InterfaceOptions:
-    """Everything that decides what an interface shows (method.md section 8 defaults)."""
-
-    # trajectories (method.md 1)
-    num_envs: int = 8
-    """Trajectories recorded."""
-    num_steps: int = 512
-    """Steps per trajectory."""
-    seed: int = 0
-    """Seed of the environments and of the sampled actions."""
-    env: dict[str, Any] = field(default_factory=dict)
-    """Overrides of the checkpoint's environment options, e.g. {'distribution_mode': 'easy'}."""
-    # extra observations for NMF and feature visualisation (method.md 1)
-    obs_num_envs: int = 32
-    """Environments that gather the extra observations."""
-    num_obs: int = 128
-    """Observations kept per environment."""
-    obs_every: int = 128
-    """Steps between two kept observations."""
-    # bookmarks (method.md 2)
-    bookmarks: int = 16
-    """Bookmarks of each sign (highest and lowest advantage)."""
-    # layers (method.md 3)
-    layers: tuple[str, ...] | None = None
-    """Keep only layers whose name contains one of these strings (None: all offered)."""
-    discard_first_n: int = 0
-    """Drop the first n layers (after `layers`)."""
-    input_layer: bool = False
-    """Also show gradients with respect to the observation (layer 'input')."""
-    # attribution (method.md 4)
-    integrate_steps: int = 10
-    """Riemann steps of integrated gradients."""
-    policy: bool = False
-    """Also attribute every action's logit and every action group's logit sum."""
-    single_features: bool = True
-    """Offer single-feature views (legend hover isolates a feature)."""
-    multi_path: bool = False
-    """Average IG over paths in NMF feature space (method.md 4, option)."""
-    max_paths: int | None = None
-    """With multi_path: the number of paths drawn (None: all)."""
-    # NMF (method.md 5)
-    nmf_features: int = 8
-    """K, features per layer."""
-    nmf_integrate_steps: int = 10
-    """Riemann steps of the value attribution the features are fitted on."""
-    # feature visualisation (method.md 7)
-    vis_subdiv_mults: tuple[float, ...] = (0.25, 0.5, 1, 2)
-    vis_subdiv_mult_default: float = 1
-    vis_expand_mults: tuple[float, ...] = (1, 2, 4, 8)
-    vis_expand_mult_default: float = 4
-    thumbnail_num_mult: int = 4
-    thumbnail_expand_mult: float = 4
-    # presentation (interface.md, reference defaults)
-    scrub_range: tuple[float, float] = (42 / 64, 44 / 64)
-    video_speed: float = 12
-    attribution_weight: float = 0.9
-    scrubber_visible_duration: int = 256
-    # where and how
-    title: str | None = None
-    """Page title (default: the checkpoint's file name)."""
-    model_id: str | None = None
-    """Identifier carried in deep links (default: derived from the title)."""
-    resample: bool = False
-    """Record trajectories and observations again even if a saved copy matches."""
-    rollouts: str | None = None
-    """A saved rollouts file (`gallery.environments.rollouts.save_rollouts`: .npz with its .json
-    sidecar,
-    holding trajectories and extra observations) to show instead of recording new ones, e.g.
-    the same frames for every model of a comparison. The trajectory and observation options
-    are then those of the file."""
-    cache_dir: str | None = None
-    """Where rollouts are kept (default: $GALLERY_CACHE or the user cache folder)."""
-    image_effort: str = "best"
-    """Observation images: 'best' (smallest files, slow) or 'fast' (about twice the size,
-    for previews and tests)."""
-
-    def __post_init__(self) -> None:
-        problems = list(_problems(self))
-        if problems:
-            raise InterfaceError("invalid interface options: " + "; ".join(problems))
-
-
-def _problems(o: InterfaceOptions) -> list[str]:
-    out = []
-    for name in ("num_envs", "num_steps", "obs_num_envs", "num_obs", "obs_every",
-                 "integrate_steps", "nmf_features", "nmf_integrate_steps",
-                 "thumbnail_num_mult", "scrubber_visible_duration"):
-        value = getattr(o, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            out.append(f"{name} must be a positive integer, not {value!r}")
-    for name in ("bookmarks", "discard_first_n"):
-        value = getattr(o, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            out.append(f"{name} must be an integer >= 0, not {value!r}")
-    if o.max_paths is not None and (not isinstance(o.max_paths, int) or o.max_paths < 1):
-        out.append(f"max_paths must be a positive integer or None, not {o.max_paths!r}")
-    for name in ("vis_subdiv_mults", "vis_expand_mults"):
-        values = getattr(o, name)
-        if not values or any(not isinstance(v, (int, float)) or not v > 0 for v in values):
-            out.append(f"{name} must be a non-empty list of positive numbers, not {values!r}")
-    if o.vis_subdiv_mult_default not in o.vis_subdiv_mults:
-        out.append(f"vis_subdiv_mult_default {o.vis_subdiv_mult_default} is not one of "
-                   f"vis_subdiv_mults {list(o.vis_subdiv_mults)}")
-    if o.vis_expand_mult_default not in o.vis_expand_mults:
-        out.append(f"vis_expand_mult_default {o.vis_expand_mult_default} is not one of "
-                   f"vis_expand_mults {list(o.vis_expand_mults)}")
-    a, b = o.scrub_range
-    if not 0 <= a < b <= 1:
-        out.append(f"scrub_range must be two fractions 0 <= a < b <= 1, not {o.scrub_range!r}")
-    if not 0 <= o.attribution_weight <= 1:
-        out.append(f"attribution_weight must be in [0, 1], not {o.attribution_weight}")
-    if not o.video_speed > 0:
-        out.append(f"video_speed must be > 0, not {o.video_speed}")
-    if o.image_effort not in bundles.EFFORT:
-        out.append(f"image_effort must be one of {sorted(bundles.EFFORT)}, not "
-                   f"{o.image_effort!r}")
-    if not isinstance(o.env, dict):
-        out.append(f"env must be a mapping of environment options, not {o.env!r}")
-    return out
-
-
-def options_from(values: dict[str, Any]) -> InterfaceOptions:
-    """InterfaceOptions from keyword values, with a clear error for unknown names."""
-    known = {f.name for f in fields(InterfaceOptions)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InterfaceError(f"unknown interface option(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(sorted(known))}")
-    converted = dict(values)
-    for name in ("layers", "vis_subdiv_mults", "vis_expand_mults", "scrub_range"):
-        if converted.get(name) is not None and not isinstance(converted[name], tuple):
-            converted[name] = tuple(converted[name])
-    if converted.get("env") is None and "env" in converted:
-        converted["env"] = {}
-    return InterfaceOptions(**converted)
-
-
 # --- the public entry point -------------------------------------------------------------
 
 
-def generate_interface(checkpoint: str | Path, output_dir: str | Path, *,
-                       adapter: str | None = None, config: InterfaceOptions | None = None,
-                       progress: Progress | None = None,
-                       num_envs: int | None = None, num_steps: int | None = None,
-                       seed: int | None = None, env: dict[str, Any] | None = None,
-                       obs_num_envs: int | None = None, num_obs: int | None = None,
-                       obs_every: int | None = None, bookmarks: int | None = None,
-                       layers: Sequence[str] | None = None, discard_first_n: int | None = None,
-                       input_layer: bool | None = None, integrate_steps: int | None = None,
-                       policy: bool | None = None, single_features: bool | None = None,
-                       multi_path: bool | None = None, max_paths: int | None = None,
-                       nmf_features: int | None = None, nmf_integrate_steps: int | None = None,
+def generate_interface(checkpoint: str | Path, output_dir: str | Path,
+                       options: InterfaceOptions | Mapping[str, Any] | None = None, *,
+                       adapter: str | None = None, env: Mapping[str, Any] | None = None,
                        title: str | None = None, model_id: str | None = None,
-                       resample: bool | None = None, cache_dir: str | None = None,
-                       image_effort: str | None = None, rollouts: str | Path | None = None,
-                       device: str | None = None) -> dict[str, Any]:
-    """Generate the interface of `checkpoint` (a .jd file, or module:factory with an
-    adapter) into `output_dir`; returns a summary (sizes, timings, fidelity checks).
+                       rollouts: str | Path | None = None, cache_dir: str | Path | None = None,
+                       resample: bool = False, device: str | None = None,
+                       progress: Progress | None = None, **flags: Any) -> dict[str, Any]:
+    """Generate the interface of `checkpoint` (an rl-clarity checkpoint, a Stable-Baselines3
+    zip, or the weights an adapter reads) into `output_dir`; returns a summary (sizes,
+    timings, fidelity checks). The folder is replaced.
 
-    Options are those of `InterfaceOptions` (given as `config`, or one keyword each, which
-    override `config`). The folder is replaced.
+    `options`: an `InterfaceOptions` (gallery.pipeline.options), or its nested values as a
+    manifest's `defaults` has them; keyword options named as `gallery interface`'s flags
+    (`num_envs=2`, `policy=True`, `nmf_features=4`, `layer=["2b"]`, ...) override it.
+    `adapter`: `module:factory` reading the checkpoint (docs/adapters.md). `env`: the
+    environment where the file does not name it, or overrides of its options. `title` and
+    `model_id`: the page's title and the id in deep links. `rollouts`: a saved rollouts file
+    to show instead of recording new ones (the same frames for every model of a
+    comparison). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
+    cache folder); `resample`: compute every unit again. `device`: 'cpu' (default),
+    'cuda' or 'cuda:N'.
 
-    The work is split into units kept in `<cache>/units` (gallery.pipeline.units): a second call
-    reuses them, a killed one resumes, and under `mpiexec -n N` (gallery.pipeline.distributed) they
-    are spread over the ranks; the bundle's bytes are the same in every case.
-    `device`: 'cpu' (default).
+    The work is split into units kept in `<cache>/units` (gallery.pipeline.units): a second
+    call reuses them, a killed one resumes, and under `mpiexec -n N`
+    (gallery.pipeline.distributed) they are spread over the ranks; the bundle's bytes are
+    the same in every case.
     """
-    given = {k: v for k, v in locals().items()
-             if k in {f.name for f in fields(InterfaceOptions)} and v is not None}
-    context = distributed.current()
-    builder = interface_builder(checkpoint, output_dir, adapter=adapter, config=config,
-                                progress=progress, device=device, **given)
-    return builder.run(context)
+    builder = interface_builder(checkpoint, output_dir, options, adapter=adapter, env=env,
+                                title=title, model_id=model_id, rollouts=rollouts,
+                                cache_dir=cache_dir, resample=resample, device=device,
+                                progress=progress, **flags)
+    return builder.run(distributed.current())
 
 
-def interface_builder(checkpoint: str | Path, output_dir: str | Path, *,
-                      adapter: str | None = None, config: InterfaceOptions | None = None,
-                      progress: Progress | None = None, device: str | None = None,
-                      **values: Any) -> InterfaceBuilder:
-    """The builder `generate_interface` runs (options as there): `plan().units` lists
+def interface_builder(checkpoint: str | Path, output_dir: str | Path,
+                      options: InterfaceOptions | Mapping[str, Any] | None = None, *,
+                      adapter: str | None = None, env: Mapping[str, Any] | None = None,
+                      title: str | None = None, model_id: str | None = None,
+                      rollouts: str | Path | None = None, cache_dir: str | Path | None = None,
+                      resample: bool = False, device: str | None = None,
+                      progress: Progress | None = None, **flags: Any) -> InterfaceBuilder:
+    """The builder `generate_interface` runs (arguments as there): `plan().units` lists
     the interface's units, e.g. to pool the units of many models (gallery build)."""
-    given = {k: v for k, v in values.items() if v is not None}
     try:
-        options = replace(config or InterfaceOptions(), **{
-            k: (tuple(v) if k == "layers" else str(v) if k == "rollouts" else v)
-            for k, v in given.items()})
-    except TypeError as err:
+        if options is not None and not isinstance(options, InterfaceOptions):
+            options = validate(options)
+        options = from_flags(flags, options)
+    except OptionsError as err:
         raise InterfaceError(str(err)) from None
-    return InterfaceBuilder(str(checkpoint), Path(output_dir), options, adapter,
-                            progress or _log_progress,
-                            device=check_device(device, distributed.current().local_rank))
+    if env is not None and not isinstance(env, Mapping):
+        raise InterfaceError(f"env must be a mapping of environment options, not {env!r}")
+    return InterfaceBuilder(
+        str(checkpoint), Path(output_dir), options, adapter=adapter, env=dict(env or {}),
+        title=title, model_id=model_id, rollouts=None if rollouts is None else str(rollouts),
+        cache_dir=cache_dir, resample=resample, progress=progress or _log_progress,
+        device=check_device(device, distributed.current().local_rank))
 
 
 def check_device(name: str | None, local_rank: int = 0) -> str:
@@ -350,16 +226,25 @@ class InterfaceBuilder:
     """Plans the units of one checkpoint's interface, runs them (here or on MPI ranks),
     assembles the bundle; `run` returns the summary."""
 
-    def __init__(self, checkpoint: str, output_dir: Path, options: InterfaceOptions,
-                 adapter: str | None, progress: Progress, device: str = "cpu"):
+    def __init__(self, checkpoint: str, output_dir: Path, options: InterfaceOptions, *,
+                 adapter: str | None = None, env: dict[str, Any] | None = None,
+                 title: str | None = None, model_id: str | None = None,
+                 rollouts: str | None = None, cache_dir: str | Path | None = None,
+                 resample: bool = False, progress: Progress = lambda message: None,
+                 device: str = "cpu"):
         self.checkpoint = checkpoint
         self.output_dir = output_dir
         self.options = options
         self.adapter = adapter
+        self.env = env or {}
+        self.title = title or Path(checkpoint).stem
+        self.model_id = model_id or _slug(self.title)
+        self.rollouts = rollouts
+        self.resample = resample
         self.say = progress
         self.device = device
         self.timer = _Timer()
-        self.store = UnitStore(resolve_cache_dir(options.cache_dir) / UNITS_DIR)
+        self.store = UnitStore(resolve_cache_dir(cache_dir) / UNITS_DIR)
         self.run_summary: RunSummary | None = None
         self._plan: _Plan | None = None
 
@@ -374,15 +259,17 @@ class InterfaceBuilder:
         self.checkpoint_sha = getattr(policy, "sha256", "") or (
             sha256_file(self.checkpoint) if Path(self.checkpoint).is_file() else "")
         self.fingerprint = policy_fingerprint(policy, self.checkpoint_sha or None)
-        self.spec = EnvSpec.from_args(policy.args, o.env)
-        self.layer_names = select_layers(policy.layer_names, o)
+        self.spec = EnvSpec.from_args(policy.args, self.env)
+        self.layer_names = select_layers(policy.layer_names, o.layers)
+        self.policy_layers = policy_layers(
+            ([INPUT_LAYER] if o.layers.input_layer else []) + self.layer_names, o.attribution)
         # the environment a file does not name (SB3 zips) gives the action names; the
         # cached policy stays as loaded (several models may share it)
-        names = self.action_names = action_names_in(policy, dict(o.env))
+        names = self.action_names = action_names_in(policy, self.env)
         self.group_specs = [bundles.group_output(g.name, g.actions, names)
                             for g in action_groups(names)]
         self.output_specs = [bundles.value_output()]
-        if o.policy:
+        if self.policy_layers:
             self.output_specs += bundles.action_outputs(names) + self.group_specs
         self.timer.add("load", start)
 
@@ -399,54 +286,57 @@ class InterfaceBuilder:
         base = {"policy": self.fingerprint, "unit_version": UNIT_VERSION,
                 "gallery": _gallery_version()}
         units: list[Unit] = []
-        title = o.title or Path(self.checkpoint).stem
+        title = self.title
+        t = o.trajectories
         # a subclass that overrides add_attribution (benchmarks) gets the reduced arrays
         keep = type(self).add_attribution is not InterfaceBuilder.add_attribution
 
-        if o.rollouts is not None:
-            file_sha = sha256_file(o.rollouts)
+        if self.rollouts is not None:
+            file_sha = sha256_file(self.rollouts)
             rollouts_key = unit_key("rollouts-file", sha256=file_sha, **base)
-            num_envs = _saved_num_envs(o.rollouts)
-            task = {"path": str(o.rollouts), "observation_shape": list(
+            num_envs = _saved_num_envs(self.rollouts)
+            task = {"path": self.rollouts, "observation_shape": list(
                 policy.observation_shape)}
             units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts (given)", (),
-                              ("gallery.pipeline.interface:unit_given_rollouts", task)))
+                              (unit_given_rollouts, task)))
         else:
-            trajectories = asdict(TrajectoryConfig(o.num_envs, o.num_steps))
-            observations = asdict(ObservationConfig(o.obs_num_envs, o.num_obs, o.obs_every))
+            trajectories = asdict(TrajectoryConfig(t.num_envs, t.num_steps))
+            observations = asdict(ObservationConfig(**o.observations.model_dump()))
             rollouts_key = unit_key("rollouts", env=self.spec.to_dict(),
                                     trajectories=trajectories, observations=observations,
-                                    seed=o.seed, rollouts_format=ROLLOUTS_FORMAT, **base)
-            num_envs = o.num_envs
+                                    seed=t.seed, rollouts_format=ROLLOUTS_FORMAT, **base)
+            num_envs = t.num_envs
             units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts", (), (
-                "gallery.pipeline.interface:unit_rollouts",
-                {**common, "env": dict(o.env), "trajectories": trajectories,
-                 "observations": observations, "seed": o.seed})))
-        outputs_key = unit_key("outputs", rollouts=rollouts_key, bookmarks=o.bookmarks, **base)
+                unit_rollouts,
+                {**common, "env": self.env, "trajectories": trajectories,
+                 "observations": observations, "seed": t.seed})))
+        outputs_key = unit_key("outputs", rollouts=rollouts_key, bookmarks=t.bookmarks, **base)
         units.append(Unit(outputs_key, "outputs", f"{title}: outputs, advantages, bookmarks",
-                          (rollouts_key,), ("gallery.pipeline.interface:unit_outputs", {
-                              **common, "rollouts": rollouts_key, "bookmarks": o.bookmarks})))
+                          (rollouts_key,), (unit_outputs, {
+                              **common, "rollouts": rollouts_key, "bookmarks": t.bookmarks})))
 
-        chunks = [self.output_specs[i:i + OUTPUTS_PER_UNIT]
-                  for i in range(0, len(self.output_specs), OUTPUTS_PER_UNIT)]
+        value_only = [s for s in self.output_specs if s.kind == "value"]
         nmf_keys: dict[str, str] = {}
         feature_keys: dict[str, str] = {}
         attribution: dict[str, list[list[tuple[list[str], str]]]] = {}
-        layers = ([INPUT_LAYER] if o.input_layer else []) + list(self.layer_names)
+        a, v = o.attribution, o.visualisation
+        layers = ([INPUT_LAYER] if o.layers.input_layer else []) + list(self.layer_names)
         for name in layers:
             nmf_key = None
             if name != INPUT_LAYER:
                 c = policy.layer_shapes[name][-1]
-                k = min(o.nmf_features, c)
+                k = min(o.nmf.features, c)
                 nmf_key = unit_key("nmf", rollouts=rollouts_key, layer=name, features=k,
-                                   steps=o.nmf_integrate_steps, **base)
+                                   steps=o.nmf.integrate_steps, **base)
                 nmf_keys[name] = nmf_key
                 units.append(Unit(nmf_key, "nmf", f"{title}: NMF {name}", (rollouts_key,), (
-                    "gallery.pipeline.interface:unit_nmf",
-                    {**common, "rollouts": rollouts_key, "layer": name, "features": k,
-                     "steps": o.nmf_integrate_steps})))
-            steps = 1 if name == INPUT_LAYER else o.integrate_steps
-            multi = o.multi_path and name != INPUT_LAYER
+                    unit_nmf, {**common, "rollouts": rollouts_key, "layer": name,
+                               "features": k, "steps": o.nmf.integrate_steps})))
+            steps = 1 if name == INPUT_LAYER else a.integrate_steps
+            multi = a.multi_path and name != INPUT_LAYER
+            specs = self.output_specs if name in self.policy_layers else value_only
+            chunks = [specs[i:i + OUTPUTS_PER_UNIT] for i in range(0, len(specs),
+                                                                   OUTPUTS_PER_UNIT)]
             per_trajectory = []
             for e in range(num_envs):
                 row = []
@@ -455,35 +345,35 @@ class InterfaceBuilder:
                     targets = [_target(s) for s in chunk]
                     key = unit_key("attribution", rollouts=rollouts_key, nmf=nmf_key,
                                    layer=name, trajectory=e, targets=targets, steps=steps,
-                                   multi_path=multi, max_paths=o.max_paths if multi else None,
-                                   path_seed=o.seed if multi else None,
-                                   single_features=o.single_features,
+                                   multi_path=multi, max_paths=a.max_paths if multi else None,
+                                   path_seed=t.seed if multi else None,
+                                   single_features=a.single_features,
                                    codec=attribution_codec.CODEC_VERSION,
                                    **({"keep_reduced": True} if keep else {}), **base)
                     deps = (rollouts_key,) + ((nmf_key,) if nmf_key else ())
                     units.append(Unit(key, "attribution",
                                       f"{title}: attribution {name} T{e} {ids[0]}..", deps, (
-                                          "gallery.pipeline.interface:unit_attribution",
+                                          unit_attribution,
                                           {**common, "rollouts": rollouts_key, "nmf": nmf_key,
                                            "layer": name, "trajectory": e,
                                            "targets": targets, "steps": steps,
-                                           "multi_path": multi, "max_paths": o.max_paths,
-                                           "seed": o.seed,
-                                           "single_features": o.single_features,
+                                           "multi_path": multi, "max_paths": a.max_paths,
+                                           "seed": t.seed,
+                                           "single_features": a.single_features,
                                            "keep_reduced": keep})))
                     row.append((ids, key))
                 per_trajectory.append(row)
             attribution[name] = per_trajectory
             if nmf_key is not None:
-                feature_settings = {"subdiv_mults": list(o.vis_subdiv_mults),
-                                    "num_mult": o.thumbnail_num_mult,
-                                    "expand_mult": o.thumbnail_expand_mult}
+                feature_settings = {"subdiv_mults": list(v.subdiv_mults),
+                                    "num_mult": v.thumbnail_num_mult,
+                                    "expand_mult": v.thumbnail_expand_mult}
                 feature_key = unit_key("features", rollouts=rollouts_key, nmf=nmf_key,
                                        layer=name, **feature_settings, **base)
                 feature_keys[name] = feature_key
                 units.append(Unit(feature_key, "features", f"{title}: features {name}",
                                   (rollouts_key, nmf_key), (
-                                      "gallery.pipeline.interface:unit_features",
+                                      unit_features,
                                       {**common, "rollouts": rollouts_key, "nmf": nmf_key,
                                        "layer": name, **feature_settings})))
         # the order of the list is a valid order of work: dependencies first, and the
@@ -500,7 +390,7 @@ class InterfaceBuilder:
         assemble. Raises units.Interrupted on SIGINT/SIGTERM (finished units are kept)."""
         context = context or distributed.current()
         plan = self.plan()
-        if self.options.resample:
+        if self.resample:
             for unit in plan.units:
                 self.store.delete(unit.key)
         self.compute(plan.units, context)
@@ -538,6 +428,20 @@ class InterfaceBuilder:
         self.timer.add("compute", start)
         return summary
 
+    def recorded(self) -> tuple[Trajectories, np.ndarray | None, np.ndarray]:
+        """The interface's trajectories, its extra observations and the values of the
+        trajectories' frames, as stored by its units (after `run`)."""
+        plan = self.plan()
+        arrays = _stored_rollouts(self.store, plan.rollouts)
+        prefix = "trajectories."
+        trajectories = Trajectories(**{k[len(prefix):]: v for k, v in arrays.items()
+                                       if k.startswith(prefix)})
+        outputs = self.store.load(plan.outputs)
+        if outputs is None:
+            raise InterfaceError(f"outputs unit {plan.outputs[:12]} is missing from "
+                                 f"{self.store.root}; run the build again")
+        return trajectories, arrays.get("observations"), outputs.arrays["values"]
+
     # --- assembling ------------------------------------------------------------------
     def assemble(self) -> dict[str, Any]:
         """Write the bundle and the page from the stored units (rank 0)."""
@@ -561,8 +465,8 @@ class InterfaceBuilder:
         extra = rollouts.get("observations")
         outputs = get(plan.outputs, "outputs")
         names = self.action_names
-        title = o.title or Path(self.checkpoint).stem
-        model = {"id": o.model_id or _slug(title), "title": title,
+        title, p, v = self.title, o.presentation, o.visualisation
+        model = {"id": self.model_id, "title": title,
                  "architecture": getattr(self.policy, "architecture", "unknown"),
                  "environment": self.spec.to_dict(),
                  "environment_description": self.spec.describe(),
@@ -573,12 +477,12 @@ class InterfaceBuilder:
             self.output_dir / BUNDLE_DIR, model=model, outputs=self.output_specs,
             action_names=names, action_groups=self.group_specs,
             presentation=bundles.Presentation(
-                video_speed=o.video_speed, attribution_weight=o.attribution_weight,
-                scrub_range=tuple(o.scrub_range),
-                scrubber_visible_duration=o.scrubber_visible_duration,
-                vis_subdiv_mult_default=o.vis_subdiv_mult_default,
-                vis_expand_mult_default=o.vis_expand_mult_default),
-            single_features=o.single_features, image_effort=o.image_effort)
+                video_speed=p.video_speed, attribution_weight=p.attribution_weight,
+                scrub_range=tuple(p.scrub_range),
+                scrubber_visible_duration=p.scrubber_visible_duration,
+                vis_subdiv_mult_default=v.subdiv_mult_default,
+                vis_expand_mult_default=v.expand_mult_default),
+            single_features=o.attribution.single_features, image_effort=p.image_effort)
         a = outputs.arrays
         writing = progress_bars.current().stage(
             "writing", len(observations) + (extra is not None) + len(plan.features)
@@ -604,7 +508,7 @@ class InterfaceBuilder:
             else:
                 h, w, c = self.policy.layer_shapes[name]
                 writer.add_layer(bundles.LayerSpec(name, (h, w, c), "attribution",
-                                                   min(o.nmf_features, c)))
+                                                   min(o.nmf.features, c)))
             for e, row in enumerate(per_trajectory):
                 for ids, key in row:
                     encoded = get(key, "attribution").arrays
@@ -655,18 +559,19 @@ class InterfaceBuilder:
             grids = [bundles.FeatureGrid(
                 float(s), arrays[f"f{f}s{i}_indices"], arrays[f"f{f}s{i}_acts"],
                 arrays[f"f{f}s{i}_rows"], arrays[f"f{f}s{i}_cols"], (h, w))
-                for i, s in enumerate(o.vis_subdiv_mults)]
-            writer.add_feature_views(name, f, grids, expand_mults=o.vis_expand_mults,
+                for i, s in enumerate(o.visualisation.subdiv_mults)]
+            writer.add_feature_views(name, f, grids,
+                                     expand_mults=o.visualisation.expand_mults,
                                      observation_shape=observation_shape)
 
     def provenance(self, checkpoint_sha: str, spec: EnvSpec, policy: Any) -> dict[str, Any]:
         """What the bundle was made from. With SOURCE_DATE_EPOCH set (reproducible builds),
         `created` is that date and the timings, which differ from run to run, are left out."""
-        settings = asdict(self.options)
-        settings.pop("cache_dir", None)
-        settings.pop("image_effort", None)
-        if settings.get("rollouts"):  # a local path: keep only the file's name
-            settings["rollouts"] = Path(settings["rollouts"]).name
+        settings = self.options.model_dump(mode="json")
+        settings["presentation"].pop("image_effort")  # how images are encoded, not what
+        settings["attribution"]["policy_layers"] = self.policy_layers
+        if self.rollouts:  # a local path: keep only the file's name
+            settings["rollouts"] = Path(self.rollouts).name
         out = {
             "checkpoint": {"name": Path(self.checkpoint).name, "sha256": checkpoint_sha},
             "settings": settings,
@@ -936,18 +841,37 @@ def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
     return [i[:h, :w] for i in images]
 
 
-def select_layers(offered: Sequence[str], options: InterfaceOptions) -> list[str]:
+def select_layers(offered: Sequence[str], options: LayerSelection) -> list[str]:
     """The offered layers, filtered by name substrings, minus the first `discard_first_n`."""
     names = list(offered)
-    if options.layers is not None:
-        names = [n for n in names if any(s in n for s in options.layers)]
+    if options.include is not None:
+        names = [n for n in names if any(s in n for s in options.include)]
         if not names:
-            raise InterfaceError(f"no layer matches {list(options.layers)}; the checkpoint "
+            raise InterfaceError(f"no layer matches {list(options.include)}; the checkpoint "
                                  f"offers {', '.join(offered)}")
     names = names[options.discard_first_n:]
     if not names and not options.input_layer:
         raise InterfaceError(f"no layer left after discarding the first "
                              f"{options.discard_first_n} of {', '.join(offered)}")
+    return names
+
+
+def policy_layers(shown: Sequence[str], options: AttributionOptions) -> list[str]:
+    """The layers, among those the interface shows (`input` included when it does), whose
+    attribution covers every action and action group: none without `policy`; those named
+    (names or parts of them); by default one, the default layer of the bundle (the middle
+    attribution layer)."""
+    if not options.policy:
+        return []
+    hidden = [n for n in shown if n != INPUT_LAYER]
+    if options.policy_layers is None:
+        return [hidden[len(hidden) // 2]] if hidden else list(shown[:1])
+    names = [n for n in shown if any(s == n or (s in n and n != INPUT_LAYER)
+                                     for s in options.policy_layers)]
+    if not names:
+        raise InterfaceError(f"no layer shown matches policy layers "
+                             f"{list(options.policy_layers)}; the interface shows "
+                             f"{', '.join(shown)}")
     return names
 
 

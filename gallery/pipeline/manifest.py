@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from gallery.errors import GalleryError
+from gallery.pipeline.options import InterfaceOptions, NMFOptions
 
 #: Ids appear in URLs (/models/<id>/): lowercase letters, digits and '-'.
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -53,72 +54,6 @@ Id = Annotated[str, AfterValidator(valid_id)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TrajectoryOptions(_Strict):
-    """Recorded trajectories (method.md section 1)."""
-
-    num_envs: int = Field(8, ge=1, le=256)
-    """Environments stepped together: one trajectory each."""
-    num_steps: int = Field(512, ge=2, le=100_000)
-    """Steps recorded per trajectory (after one discarded step)."""
-    seed: int = Field(0, ge=0)
-    """Seeds the environments and the agent's sampled actions."""
-    bookmarks: int = Field(16, ge=0)
-    """Frames with the highest (and lowest) advantages linked from the interface."""
-
-
-class ObservationOptions(_Strict):
-    """Extra observations for NMF and feature visualisation."""
-
-    num_envs: int = Field(32, ge=1, le=1024)
-    """Environments running the policy."""
-    num_obs: int = Field(128, ge=1)
-    """Observations kept per environment."""
-    obs_every: int = Field(128, ge=1)
-    """Steps between two kept observations."""
-
-
-class LayerSelection(_Strict):
-    """Which layers the interface offers for attribution."""
-
-    include: list[str] | None = None
-    """Layer names (as `gallery inspect` lists them); None: every layer offered."""
-    discard_first_n: int = Field(0, ge=0)
-    """Leave out the first n offered layers."""
-    input_layer: bool = False
-    """Also offer the input (plain gradients)."""
-
-
-class AttributionOptions(_Strict):
-    """Integrated gradients to a hidden layer (method.md section 4)."""
-
-    integrate_steps: int = Field(10, ge=1, le=1000)
-    """Points of the right Riemann sum."""
-    policy: bool = False
-    """Also attribute every action's logit and action group (multiplies the work)."""
-    single_features: bool = True
-    """Offer views of one NMF feature at a time."""
-
-
-class NMFOptions(_Strict):
-    """Dimensionality reduction of the attribution (method.md section 5)."""
-
-    features: int = Field(8, ge=1, le=64)
-    """NMF components per layer."""
-    integrate_steps: int = Field(10, ge=1, le=1000)
-    """Riemann points of the attribution that the NMF is fitted on."""
-
-
-class AnalysisOptions(_Strict):
-    """Every option of one model's interface: the manifest's `defaults`, overridden by the
-    model's `options`."""
-
-    trajectories: TrajectoryOptions = TrajectoryOptions()
-    observations: ObservationOptions = ObservationOptions()
-    layers: LayerSelection = LayerSelection()
-    attribution: AttributionOptions = AttributionOptions()
-    nmf: NMFOptions = NMFOptions()
 
 
 # --- the manifest ------------------------------------------------------------------------
@@ -241,12 +176,12 @@ class Manifest(_Strict):
     """A validated manifest. Use `load_manifest` to read one."""
 
     site: SiteConfig = SiteConfig()
-    defaults: AnalysisOptions = AnalysisOptions()
+    defaults: InterfaceOptions = InterfaceOptions()
     models: list[ModelSpec] = Field(min_length=1)
     comparisons: list[ComparisonSpec] = []
 
     _path: Path = PrivateAttr(default=Path("checkpoints.yaml"))
-    _settings: dict[str, AnalysisOptions] = PrivateAttr(default_factory=dict)
+    _settings: dict[str, InterfaceOptions] = PrivateAttr(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -258,7 +193,7 @@ class Manifest(_Strict):
         """The folder relative checkpoint paths are resolved against."""
         return self._path.parent
 
-    def settings(self, model_id: str) -> AnalysisOptions:
+    def settings(self, model_id: str) -> InterfaceOptions:
         """The effective options of one model: defaults, then the model's overrides."""
         return self._settings[model_id]
 
@@ -642,19 +577,19 @@ def _deep_merge(base: Any, override: Any) -> Any:
 
 
 def _effective_settings(data: dict[str, Any], path: Path, lines: _Lines
-                        ) -> tuple[dict[str, AnalysisOptions], list[Problem]]:
+                        ) -> tuple[dict[str, InterfaceOptions], list[Problem]]:
     """Each model's defaults + options, validated; errors point at the model's options
     (errors inside `defaults` are reported once, by the Manifest validation)."""
     defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
     models = data.get("models") if isinstance(data.get("models"), list) else []
-    settings: dict[str, AnalysisOptions] = {}
+    settings: dict[str, InterfaceOptions] = {}
     problems: list[Problem] = []
     for i, model in enumerate(models):
         if not isinstance(model, dict) or not isinstance(model.get("options", {}), dict):
             continue
         options = model.get("options") or {}
         try:
-            settings[shown(model.get("id"), as_repr=False)] = AnalysisOptions.model_validate(
+            settings[shown(model.get("id"), as_repr=False)] = InterfaceOptions.model_validate(
                 _deep_merge(defaults, options))
         except ValidationError as err:
             for e in err.errors():

@@ -1,8 +1,8 @@
 """Work units and the persisted unit store: resumable, verifiable, shareable builds.
 
 A build (one interface, or every interface of a gallery) is split into **units**: pieces of
-work with a key, the keys of the units they need, and a task (a picklable description of
-what to compute, run by `run_task` in any process). A unit's key is derived from everything
+work with a key, the keys of the units they need, and a task (a top-level function and its
+arguments, run by `run_task` in any process). A unit's key is derived from everything
 its result depends on (`unit_key`: the checkpoint's sha256, the effective settings, the
 format versions, the keys of its dependencies), so a key names one result, forever.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib
 import io
 import json
 import logging
@@ -272,14 +271,15 @@ def _parse(key: str, data: bytes) -> UnitResult:
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work: `task` is (\"module:function\", keyword arguments); the function
-    is called as function(store, **arguments) and returns a UnitResult."""
+    """One piece of work: `task` is (function, keyword arguments), the function defined at
+    a module's top level (workers receive it by reference) and called as
+    function(store, **arguments); it returns a UnitResult."""
 
     key: str
     kind: str
     label: str
     deps: tuple[str, ...]
-    task: tuple[str, dict[str, Any]]
+    task: tuple[Callable[..., UnitResult], dict[str, Any]]
 
 
 @dataclass
@@ -311,9 +311,7 @@ def run_task(store_root: str, unit: Unit) -> tuple[str, bool, float]:
     """Run one unit in this process (the function workers execute): returns (key, whether
     it was computed here, seconds)."""
     store = UnitStore(store_root)
-    name, arguments = unit.task
-    module_name, function_name = name.split(":")
-    function = getattr(importlib.import_module(module_name), function_name)
+    function, arguments = unit.task
     result, computed = store.get_or_compute(
         unit.key, lambda: function(store, **arguments), kind=unit.kind, label=unit.label)
     return unit.key, computed, result.seconds

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from gallery.bundle import codec as attribution_codec
-from gallery.pipeline.interface import InterfaceBuilder, InterfaceOptions
+from gallery.pipeline.interface import interface_builder
 
 from .harness import chromium, chromium_path, serve
 
@@ -37,9 +37,6 @@ def _build(checkpoint: Path, folder: Path, cache: Path, **options) -> dict:
     """Build an interface; `arrays` keeps the reduced attribution (features, residual) of
     every (layer, trajectory, output), for comparison with the reference renderer. They are
     caught where they are encoded and matched to the bundle's files by their sha256."""
-    options = InterfaceOptions(obs_num_envs=16, num_obs=16, obs_every=16,
-                               cache_dir=str(cache), title="CoinRun (test)", image_effort="fast",
-                               **options)
     encoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     encode = attribution_codec.encode
 
@@ -49,8 +46,9 @@ def _build(checkpoint: Path, folder: Path, cache: Path, **options) -> dict:
         return data
 
     with mock.patch.object(attribution_codec, "encode", keeping):
-        summary = InterfaceBuilder(str(checkpoint), folder, options, None,
-                                   lambda m: None).run()
+        summary = interface_builder(checkpoint, folder, cache_dir=cache, title="CoinRun (test)",
+                                    obs_num_envs=16, num_obs=16, obs_every=16,
+                                    image_effort="fast", **options).run()
     index = json.loads((folder / "bundle" / "bundle.json").read_text())
     arrays = {}
     for layer in index["layers"]:
@@ -70,14 +68,14 @@ def rollout_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def small_interface(tmp_path_factory, rollout_cache) -> dict:
     return _build(DEMO_CHECKPOINT, tmp_path_factory.mktemp("small") / "interface",
-                  rollout_cache, num_envs=2, num_steps=48, layers=("2b", "4a"))
+                  rollout_cache, num_envs=2, num_steps=48, layers=["2b", "4a"])
 
 
 @pytest.fixture(scope="session")
 def policy_interface(tmp_path_factory, rollout_cache) -> dict:
     return _build(DEMO_CHECKPOINT, tmp_path_factory.mktemp("policy") / "interface",
-                  rollout_cache, num_envs=1, num_steps=24, layers=("4a",), policy=True,
-                  input_layer=True)
+                  rollout_cache, num_envs=1, num_steps=24, layers=["4a"], policy=True,
+                  input_layer=True, policy_layers=["input", "4a"])
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +84,7 @@ def paper_interface(tmp_path_factory, rollout_cache) -> dict:
 
     return _build(shared_path("checkpoints", "coinrun.jd"),
                   tmp_path_factory.mktemp("paper") / "interface", rollout_cache, num_envs=1,
-                  num_steps=24, layers=("2b", "4a"))
+                  num_steps=24, layers=["2b", "4a"])
 
 
 @pytest.fixture(scope="session")
