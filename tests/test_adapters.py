@@ -188,3 +188,35 @@ def test_bad_adapters_are_clear(capsys):
         load_any("x", adapter="no_such_module_here:make")
     assert main(["inspect", "x", "--adapter", "examples.adapters.cleanrl_procgen:nope"]) == 2
     assert "has no function nope" in capsys.readouterr().err
+
+
+def test_a_manifest_model_built_by_its_adapter_alone(tmp_path, monkeypatch, capsys):
+    """`adapter:` without `checkpoint:`: the factory builds the network (seeded, so that
+    every process builds the same one); the model is keyed by the adapter's source."""
+    from gallery.models.adapters import adapter_digest, load_adapter
+    from gallery.pipeline.manifest import ManifestError, parse_manifest
+    from tests.test_build import write_manifest
+
+    spec = "examples.adapters.procgen_tools_impala:make"
+    first, second = load_adapter(spec), load_adapter(spec)
+    for a, b in zip(first.model.module.parameters(), second.model.module.parameters(),
+                    strict=True):
+        assert torch.equal(a, b)
+    assert adapter_digest(spec) == adapter_digest(spec) != adapter_digest(SPEC)
+    with pytest.raises(ManifestError, match="give `checkpoint:`"):
+        parse_manifest("models: [{id: m, title: M}]", tmp_path / "checkpoints.yaml")
+
+    manifest = write_manifest(tmp_path, [{
+        "id": "fresh", "title": "Fresh IMPALA", "adapter": spec,
+        "options": {"layers": {"include": ["out"]}}}])
+    monkeypatch.setenv("GALLERY_CACHE", str(tmp_path / "cache"))
+    assert main(["build", "-m", str(manifest), "-o", str(tmp_path / "site")]) == 0
+    assert "models: 1 built, 0 cached, 0 failed" in capsys.readouterr().out
+    page = (tmp_path / "site" / "models" / "fresh" / "index.html").read_text()
+    assert "none: the adapter builds the network" in page and spec in page
+    bundle = json.loads((tmp_path / "site" / "models" / "fresh" / "interface" / "bundle" /
+                         "bundle.json").read_text())
+    assert [layer["name"] for layer in bundle["layers"]] == ["out"]
+    assert bundle["model"]["checkpoint"]["name"] == spec
+    assert main(["build", "-m", str(manifest), "-o", str(tmp_path / "site")]) == 0
+    assert "models: 0 built, 1 cached, 0 failed" in capsys.readouterr().out

@@ -176,7 +176,11 @@ def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
     factory = import_factory(spec)
     where = f"adapter {spec}" + (f" on {checkpoint}" if checkpoint else "")
     try:
-        model = factory(checkpoint)
+        # without weights the factory's network is its random initialisation: seeded, so
+        # that every process (worker, MPI rank) builds the same network
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = factory(checkpoint)
     except GalleryError:
         raise
     except pickle.UnpicklingError as err:
@@ -202,6 +206,25 @@ def load_adapter(spec: str, checkpoint: str | None = None) -> AdapterPolicy:
         from gallery.models.checkpoint import sha256_of
         sha = sha256_of(checkpoint)
     return AdapterPolicy(model, source=checkpoint or spec, sha256=sha)
+
+
+def adapter_digest(spec: str) -> str:
+    """The identity of an adapter that builds its network without weights: the sha256 of
+    its name and its module's source (the code that makes the network)."""
+    import hashlib
+    import importlib.util
+
+    module_name = spec.split(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.origin or not Path(found.origin).is_file():
+        raise AdapterError(f"adapter {spec}: module {module_name!r} is not importable; "
+                           "check the name and that its folder is on PYTHONPATH")
+    digest = hashlib.sha256(spec.encode() + b"\n")
+    digest.update(Path(found.origin).read_bytes())
+    return digest.hexdigest()
 
 
 def load_any(target: str | None, adapter: str | None = None,

@@ -69,10 +69,13 @@ class FetchPolicy:
 class Fetched:
     """A checkpoint available locally."""
 
-    path: Path
+    path: Path | None
+    """None for an adapter that builds its network without weights."""
     sha256: str
+    """The file's digest; for an adapter without weights, that of its module's source."""
     origin: str
-    """'cache' (already there), 'download' (fetched now) or 'local' (a local file)."""
+    """'cache' (already there), 'download' (fetched now), 'local' (a local file) or
+    'adapter' (no file)."""
 
 
 def default_cache_dir() -> Path:

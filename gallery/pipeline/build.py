@@ -149,7 +149,7 @@ def build_model(spec: ModelSpec, checkpoint_path: Path, settings: ModelSettings,
     say = progress or (lambda message: None)
     start = time.perf_counter()
     policy = _load_on_device(checkpoint_path, settings.adapter, settings.env)
-    sha256 = policy.sha256 or sha256_file(checkpoint_path)
+    sha256 = policy.sha256 or (sha256_file(checkpoint_path) if checkpoint_path else "")
     described = policy.describe()
     env_spec = EnvSpec.from_args(policy.args, settings.env)
     interface = None
@@ -407,8 +407,7 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
 
         try:
             outcome.stage = "fetch"
-            got = fetch_checkpoint(spec.checkpoint, spec.sha256, cache, root=manifest.root,
-                                   policy=config.fetch)
+            got = fetch_model(spec, manifest, cache, config)
             fetched[spec.id] = got
             outcome.fetched = got.origin
             say("fetch", f"{got.origin}: sha256 {got.sha256[:12]}")
@@ -425,6 +424,18 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
         entries.append(entry)
         outcomes.append(outcome)
     return entries, fetched, outcomes
+
+
+def fetch_model(spec: ModelSpec, manifest: Manifest, cache: Cache, config: BuildConfig
+                ) -> Fetched:
+    """The model's checkpoint, fetched and verified (gallery.models.fetch); for an adapter
+    without one, no file and the adapter's own digest."""
+    if spec.checkpoint is None:
+        from gallery.models.adapters import adapter_digest
+
+        return Fetched(None, adapter_digest(spec.adapter or ""), "adapter")
+    return fetch_checkpoint(spec.checkpoint, spec.sha256, cache, root=manifest.root,
+                            policy=config.fetch)
 
 
 def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Reporter,
@@ -452,8 +463,7 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
     units = []
     for index, spec in enumerate(manifest.models):
         try:
-            got = fetch_checkpoint(spec.checkpoint, spec.sha256, cache, root=manifest.root,
-                                   policy=config.fetch)
+            got = fetch_model(spec, manifest, cache, config)
             settings = ModelSettings.of(manifest, spec)
             key = model_key(got.sha256, settings, config.interfaces)
             if not config.force and ModelResult.load(config.cache_dir / "models" / key):
@@ -717,7 +727,7 @@ def _shared_frames(rollouts_path: Path) -> np.ndarray:
     return observations[0, ::SHARED_STRIDE][:SHARED_FRAMES]
 
 
-def _load_on_device(checkpoint_path: Path, adapter: str | None, env: Any) -> Any:
+def _load_on_device(checkpoint_path: Path | None, adapter: str | None, env: Any) -> Any:
     """The model (gallery.load_policy) on the build's device ($GALLERY_DEVICE, set by
     `gallery build --device`; under MPI the rank's GPU)."""
     from gallery.models.policy import load_policy
@@ -727,7 +737,7 @@ def _load_on_device(checkpoint_path: Path, adapter: str | None, env: Any) -> Any
         resolve_device(None, current().local_rank))
 
 
-def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
+def _evaluate(checkpoint_path: Path | None, frames: np.ndarray, spec: ModelSpec
               ) -> tuple[list[float], list[str]]:
     import torch
 
@@ -735,7 +745,7 @@ def _evaluate(checkpoint_path: Path, frames: np.ndarray, spec: ModelSpec
 
     policy = _load_on_device(checkpoint_path, spec.adapter, spec.env)
     if tuple(policy.observation_shape) != tuple(frames.shape[1:]):
-        raise ValueError(f"{checkpoint_path.name} takes {tuple(policy.observation_shape)} "
+        raise ValueError(f"{spec.id} takes {tuple(policy.observation_shape)} "
                          f"observations, the shared ones are {tuple(frames.shape[1:])}")
     with torch.inference_mode():
         logits, value = policy(prepare_observations(policy, frames))

@@ -156,10 +156,10 @@ def resolve_device(name: str | None, local_rank: int = 0) -> str:
     return name
 
 
-_POLICIES: dict[tuple[str, str | None, str], Any] = {}
+_POLICIES: dict[tuple[str | None, str | None, str], Any] = {}
 
 
-def cached_policy(checkpoint: str, adapter: str | None = None, device: str = "cpu") -> Any:
+def cached_policy(checkpoint: str | None, adapter: str | None = None, device: str = "cpu") -> Any:
     """The policy of `checkpoint`, loaded once per process (the last few models kept)."""
     key = (checkpoint, adapter, device)
     policy = _POLICIES.get(key)

@@ -107,7 +107,7 @@ class InterfaceError(GalleryError):
 # --- the public entry point -------------------------------------------------------------
 
 
-def generate_interface(checkpoint: str | Path, output_dir: str | Path,
+def generate_interface(checkpoint: str | Path | None, output_dir: str | Path,
                        options: InterfaceOptions | Mapping[str, Any] | None = None, *,
                        adapter: str | None = None, env: Mapping[str, Any] | None = None,
                        title: str | None = None, model_id: str | None = None,
@@ -141,7 +141,7 @@ def generate_interface(checkpoint: str | Path, output_dir: str | Path,
     return builder.run(distributed.current())
 
 
-def interface_builder(checkpoint: str | Path, output_dir: str | Path,
+def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
                       options: InterfaceOptions | Mapping[str, Any] | None = None, *,
                       adapter: str | None = None, env: Mapping[str, Any] | None = None,
                       title: str | None = None, model_id: str | None = None,
@@ -158,8 +158,10 @@ def interface_builder(checkpoint: str | Path, output_dir: str | Path,
         raise InterfaceError(str(err)) from None
     if env is not None and not isinstance(env, Mapping):
         raise InterfaceError(f"env must be a mapping of environment options, not {env!r}")
+    if checkpoint is None and adapter is None:
+        raise InterfaceError("give a checkpoint, or an adapter that builds its network")
     return InterfaceBuilder(
-        str(checkpoint), Path(output_dir), options, adapter=adapter, env=dict(env or {}),
+        None if checkpoint is None else str(checkpoint), Path(output_dir), options, adapter=adapter, env=dict(env or {}),
         title=title, model_id=model_id, rollouts=None if rollouts is None else str(rollouts),
         cache_dir=cache_dir, resample=resample, progress=progress or _log_progress,
         device=check_device(device, distributed.current().local_rank))
@@ -226,18 +228,20 @@ class InterfaceBuilder:
     """Plans the units of one checkpoint's interface, runs them (here or on MPI ranks),
     assembles the bundle; `run` returns the summary."""
 
-    def __init__(self, checkpoint: str, output_dir: Path, options: InterfaceOptions, *,
+    def __init__(self, checkpoint: str | None, output_dir: Path, options: InterfaceOptions, *,
                  adapter: str | None = None, env: dict[str, Any] | None = None,
                  title: str | None = None, model_id: str | None = None,
                  rollouts: str | None = None, cache_dir: str | Path | None = None,
                  resample: bool = False, progress: Progress = lambda message: None,
                  device: str = "cpu"):
         self.checkpoint = checkpoint
+        # what the page names as the source: the file, or the adapter building the network
+        self.source_name = Path(checkpoint).name if checkpoint else str(adapter)
         self.output_dir = output_dir
         self.options = options
         self.adapter = adapter
         self.env = env or {}
-        self.title = title or Path(checkpoint).stem
+        self.title = title or (Path(checkpoint).stem if checkpoint else str(adapter))
         self.model_id = model_id or _slug(self.title)
         self.rollouts = rollouts
         self.resample = resample
@@ -253,11 +257,12 @@ class InterfaceBuilder:
         """Load the policy (once per process) and everything the plan depends on."""
         o = self.options
         start = time.perf_counter()
-        self.say(f"loading {self.checkpoint}")
+        self.say(f"loading {self.checkpoint or self.adapter}")
         policy = cached_policy(self.checkpoint, self.adapter, self.device)
         self.policy = policy
         self.checkpoint_sha = getattr(policy, "sha256", "") or (
-            sha256_file(self.checkpoint) if Path(self.checkpoint).is_file() else "")
+            sha256_file(self.checkpoint) if self.checkpoint and Path(self.checkpoint).is_file()
+            else "")
         self.fingerprint = policy_fingerprint(policy, self.checkpoint_sha or None)
         self.spec = EnvSpec.from_args(policy.args, self.env)
         self.layer_names = select_layers(policy.layer_names, o.layers)
@@ -471,7 +476,7 @@ class InterfaceBuilder:
                  "environment": self.spec.to_dict(),
                  "environment_description": self.spec.describe(),
                  "observation_shape": list(self.policy.observation_shape),
-                 "checkpoint": {"name": Path(self.checkpoint).name,
+                 "checkpoint": {"name": self.source_name,
                                 "sha256": self.checkpoint_sha}}
         writer = bundles.BundleWriter(
             self.output_dir / BUNDLE_DIR, model=model, outputs=self.output_specs,
@@ -573,7 +578,7 @@ class InterfaceBuilder:
         if self.rollouts:  # a local path: keep only the file's name
             settings["rollouts"] = Path(self.rollouts).name
         out = {
-            "checkpoint": {"name": Path(self.checkpoint).name, "sha256": checkpoint_sha},
+            "checkpoint": {"name": self.source_name, "sha256": checkpoint_sha},
             "settings": settings,
             "environment": spec.to_dict(),
             "training_args": {k: v for k, v in dict(policy.args).items()
@@ -692,7 +697,7 @@ def _stored_nmf(store: UnitStore, key: str, device: str = "cpu") -> LayerNMF:
                     device=device)
 
 
-def unit_rollouts(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+def unit_rollouts(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
                   env: dict[str, Any], trajectories: dict[str, Any],
                   observations: dict[str, Any], seed: int) -> UnitResult:
     policy = cached_policy(checkpoint, adapter, device)
@@ -723,7 +728,7 @@ def unit_given_rollouts(store: UnitStore, *, path: str,
     return UnitResult(arrays, {"num_envs": recorded.trajectories.num_envs})
 
 
-def unit_outputs(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+def unit_outputs(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
                  rollouts: str, bookmarks: int) -> UnitResult:
     policy = cached_policy(checkpoint, adapter, device)
     recorded = _stored_rollouts(store, rollouts)
@@ -740,7 +745,7 @@ def unit_outputs(store: UnitStore, *, checkpoint: str, adapter: str | None, devi
          "low": [[int(b.trajectory), int(b.step), float(b.score)] for b in low]})
 
 
-def unit_nmf(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+def unit_nmf(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
              rollouts: str, layer: str, features: int, steps: int) -> UnitResult:
     policy = cached_policy(checkpoint, adapter, device)
     extra = _stored_rollouts(store, rollouts)["observations"]
@@ -751,7 +756,7 @@ def unit_nmf(store: UnitStore, *, checkpoint: str, adapter: str | None, device: 
                        "converged": bool(nmf.converged)})
 
 
-def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+def unit_attribution(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
                      rollouts: str, nmf: str | None, layer: str, trajectory: int,
                      targets: list[Any], steps: int, multi_path: bool,
                      max_paths: int | None, seed: int, single_features: bool,
@@ -786,7 +791,7 @@ def unit_attribution(store: UnitStore, *, checkpoint: str, adapter: str | None, 
     return UnitResult(arrays, {"outputs": len(targets)})
 
 
-def unit_features(store: UnitStore, *, checkpoint: str, adapter: str | None, device: str,
+def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
                   rollouts: str, nmf: str, layer: str, subdiv_mults: list[float],
                   num_mult: int, expand_mult: float) -> UnitResult:
     """Legend thumbnails and the feature-view grids of one layer (method.md 7)."""

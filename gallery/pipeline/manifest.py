@@ -27,6 +27,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from gallery.errors import GalleryError
@@ -87,9 +88,10 @@ class ModelSpec(_Strict):
     id: Id
     """[a-z0-9][a-z0-9-]*, unique; the page is /models/<id>/."""
     title: str = Field(min_length=1, max_length=200)
-    checkpoint: str = Field(min_length=1)
+    checkpoint: str | None = Field(None, min_length=1)
     """http(s):// URL, file:// URL, or a path relative to the manifest: an rl-clarity
-    checkpoint (.jd), a Stable-Baselines3 zip, or the weights file `adapter` reads."""
+    checkpoint (.jd), a Stable-Baselines3 zip, or the weights file `adapter` reads; left
+    out, the adapter's factory builds the network without weights."""
     adapter: str | None = None
     """`module.path:factory` building the network of a PyTorch model from another code
     base (docs/adapters.md); the checkpoint is then the file the factory loads."""
@@ -151,9 +153,17 @@ class ModelSpec(_Strict):
                 raise ValueError(f"tag {tag!r}: tags are 1 to 60 characters")
         return list(dict.fromkeys(tag.strip() for tag in value))
 
+    @model_validator(mode="after")
+    def _source(self) -> ModelSpec:
+        if self.checkpoint is None and self.adapter is None:
+            raise ValueError("give `checkpoint:` (a file or URL), or `adapter:` "
+                             "(module.path:factory) for a network its factory builds")
+        return self
+
     @property
     def is_remote(self) -> bool:
-        return urlparse(self.checkpoint).scheme in ("http", "https")
+        return self.checkpoint is not None and urlparse(self.checkpoint).scheme in (
+            "http", "https")
 
 
 class ComparisonSpec(_Strict):

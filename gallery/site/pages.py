@@ -130,7 +130,7 @@ def model_page(entry: ModelEntry, info: BuildInfo) -> str:
         "paper_bibtex": PAPER_BIBTEX, "result": result,
         "interface": result.interface if result else None,
         "thumbnail": result.thumbnail if result else None,
-        "checkpoint": spec.checkpoint,
+        "checkpoint": spec.checkpoint, "adapter": spec.adapter,
         "checkpoint_url": spec.checkpoint if spec.is_remote else None,
         "viewer_js": f"../../{VIEWER_JS}", "viewer_css": f"../../{VIEWER_CSS}",
     }
