@@ -105,3 +105,27 @@ def test_tiny_interface_end_to_end(coinrun_path, tmp_path, capsys):
     again = bundles.read_bundle(tmp_path / "again" / "bundle")
     assert again["files"][layer["attribution"]["value"][0]] == \
         index["files"][layer["attribution"]["value"][0]]
+
+
+def test_a_small_layer_keeps_the_patch_counts_that_fit(tmp_path):
+    """SB3's NatureCNN on 64x64 CoinRun ends in a 4x4 layer: the coarsest patch count
+    (0.25) leaves no cell there, so its feature views offer the others."""
+    from pathlib import Path
+
+    from gallery.pipeline.interface import _grid_fits, generate_interface
+
+    assert not _grid_fits([4, 4], 0.25) and _grid_fits([4, 4], 0.5)
+    assert _grid_fits([8, 8], 0.25)
+    zip_path = Path(__file__).resolve().parents[1] / "gallery" / "demo" / "coinrun-sb3.zip"
+    out = tmp_path / "interface"
+    generate_interface(zip_path, out, env={"env_kind": "procgen", "env_name": "coinrun"},
+                       cache_dir=tmp_path / "cache", num_envs=1, num_steps=8,
+                       obs_num_envs=4, num_obs=4, obs_every=4, layers=["conv3"],
+                       nmf_features=2, integrate_steps=2, nmf_integrate_steps=2,
+                       image_effort="fast")
+    index = bundles.validate_bundle(out / "bundle", decode_frames=0)
+    layer = index["layers"][0]
+    assert layer["name"] == "conv3" and layer["shape"][:2] == [4, 4]
+    views = bundles.decode_feature_views((out / "bundle" / layer["feature_views"][0])
+                                         .read_bytes())
+    assert [g["subdiv_mult"] for g in views["grids"]] == [0.5, 1, 2]

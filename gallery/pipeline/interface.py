@@ -61,6 +61,7 @@ from gallery.method.attribution import (
     readout_matrix,
 )
 from gallery.method.dataset_examples import (
+    FeatureVisualisationError,
     assign_with_max_repetition,
     feature_thumbnail,
     resample_grid,
@@ -161,7 +162,8 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
     if checkpoint is None and adapter is None:
         raise InterfaceError("give a checkpoint, or an adapter that builds its network")
     return InterfaceBuilder(
-        None if checkpoint is None else str(checkpoint), Path(output_dir), options, adapter=adapter, env=dict(env or {}),
+        None if checkpoint is None else str(checkpoint), Path(output_dir), options,
+        adapter=adapter, env=dict(env or {}),
         title=title, model_id=model_id, rollouts=None if rollouts is None else str(rollouts),
         cache_dir=cache_dir, resample=resample, progress=progress or _log_progress,
         device=check_device(device, distributed.current().local_rank))
@@ -560,11 +562,12 @@ class InterfaceBuilder:
         arrays = stored.arrays
         writer.add_legend(name, arrays["thumbnails"])
         h, w = stored.value["layer_hw"]
+        mults = o.visualisation.subdiv_mults
+        kept = stored.value.get("subdiv_mults", range(len(mults)))
         for f in range(stored.value["features"]):
             grids = [bundles.FeatureGrid(
-                float(s), arrays[f"f{f}s{i}_indices"], arrays[f"f{f}s{i}_acts"],
-                arrays[f"f{f}s{i}_rows"], arrays[f"f{f}s{i}_cols"], (h, w))
-                for i, s in enumerate(o.visualisation.subdiv_mults)]
+                float(mults[i]), arrays[f"f{f}s{i}_indices"], arrays[f"f{f}s{i}_acts"],
+                arrays[f"f{f}s{i}_rows"], arrays[f"f{f}s{i}_cols"], (h, w)) for i in kept]
             writer.add_feature_views(name, f, grids,
                                      expand_mults=o.visualisation.expand_mults,
                                      observation_shape=observation_shape)
@@ -808,14 +811,30 @@ def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | No
                   for f in range(layer_nmf.n_features)]
     arrays = {"thumbnails": np.stack(_same_size(thumbnails))}
     layer_hw = [int(x) for x in reduced.shape[1:3]]
+    # a small layer (4x4) has no cell left at the coarsest patch counts: those are left out
+    # of its views (the viewer's slider offers the counts a feature file holds)
+    kept = [i for i, s in enumerate(subdiv_mults) if _grid_fits(layer_hw, s)]
+    if not kept:
+        raise InterfaceError(f"layer {layer}: no feature-view patch count of "
+                             f"{list(subdiv_mults)} fits its {layer_hw[0]}x{layer_hw[1]} "
+                             "positions; add 1 to visualisation.subdiv_mults")
     for f in range(layer_nmf.n_features):
-        for i, s in enumerate(subdiv_mults):
-            g = feature_grid(reduced[..., f], s)
+        for i in kept:
+            g = feature_grid(reduced[..., f], subdiv_mults[i])
             arrays[f"f{f}s{i}_indices"] = np.asarray(g.indices)
             arrays[f"f{f}s{i}_acts"] = np.asarray(g.acts)
             arrays[f"f{f}s{i}_rows"] = np.asarray(g.centre_rows)
             arrays[f"f{f}s{i}_cols"] = np.asarray(g.centre_cols)
-    return UnitResult(arrays, {"features": layer_nmf.n_features, "layer_hw": layer_hw})
+    return UnitResult(arrays, {"features": layer_nmf.n_features, "layer_hw": layer_hw,
+                               "subdiv_mults": kept})
+
+
+def _grid_fits(layer_hw: Sequence[int], subdiv_mult: float) -> bool:
+    try:
+        resample_grid(np.zeros((1, *layer_hw), np.float32), subdiv_mult)
+    except FeatureVisualisationError:
+        return False
+    return True
 
 
 def _target(spec: bundles.OutputSpec) -> Any:
