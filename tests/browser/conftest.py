@@ -75,7 +75,7 @@ def small_interface(tmp_path_factory, rollout_cache) -> dict:
 def policy_interface(tmp_path_factory, rollout_cache) -> dict:
     return _build(DEMO_CHECKPOINT, tmp_path_factory.mktemp("policy") / "interface",
                   rollout_cache, num_envs=1, num_steps=24, layers=["4a"], policy=True,
-                  input_layer=True, policy_layers=["input", "4a"])
+                  input_layer=True)
 
 
 @pytest.fixture(scope="session")

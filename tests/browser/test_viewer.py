@@ -529,14 +529,23 @@ def test_policy_rows_input_layer_and_narrow_screen(policy_interface, open_page, 
     page.get_by_role("button", name="Remove row 2").click()
     assert page.locator(".gv-attribution .row").count() == 1
     assert page.get_by_role("button", name="Remove row 1").count() == 0
-    # the input layer shows gradients, and says so
+    # the input layer shows gradients, and says so; policy attribution covers layer 4a
+    # only (the default: one layer), so there the row shows the value and says why
     page.locator(".gv-layers label", has_text="input").click()
     assert "gradients" in page.locator(".gv-layers label", has_text="input").inner_text()
     assert page.locator("#gv-attribution-h").inner_text().startswith("Gradients")
-    wait_drawn(page, "input|0|action-7|")
+    assert list(index["layers"][0]["attribution"]) == ["value"]
+    wait_drawn(page, "input|0|value|")
+    assert "attributed at layer 4a" in page.locator(".gv-attribution .note").inner_text()
+    assert page.get_by_label("Output of row 1").count() == 0
+    assert page.get_by_role("button", name="Add row").count() == 0
     assert page.evaluate("document.querySelector('canvas.attr').width") == 64
     views = page.get_by_label("View of row 1").locator("option")
     assert [views.nth(i).get_attribute("value") for i in range(views.count())] == ["prin", "all"]
+    # back at 4a the row's own output returns
+    page.locator(".gv-layers label", has_text="4a").click()
+    wait_drawn(page, "4a|0|action-7|", row=0)
+    assert page.get_by_label("Output of row 1").input_value() == "action-7"
     # a deep link restores every row (output, direction, view) and the overlay
     link = "#layer=4a&frame=5&rows=action-7.pos.prin~group-RIGHT.neg.all&overlay=0"
     linked = open_page(policy_interface["dir"], link)

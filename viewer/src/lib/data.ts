@@ -4,7 +4,7 @@
 import { AttributionFile } from "./codec";
 import { decodeFeatureViews } from "./features";
 import { AttributionRenderer } from "./renderer";
-import type { BundleIndex, FeatureDetail, LayerEntry, TrajectoryData } from "./types";
+import type { BundleIndex, FeatureDetail, LayerEntry, OutputSpec, TrajectoryData } from "./types";
 import { FORMAT_NAME, FORMAT_VERSION } from "./types";
 
 export class BundleError extends Error {}
@@ -126,6 +126,19 @@ export class Bundle {
     const layer = this.index.layers.find((l) => l.name === name);
     if (!layer) throw new BundleError(`no layer ${name} in this bundle`);
     return layer;
+  }
+
+  /** The outputs attributed at `layer`: policy attribution may cover some layers only. */
+  layerOutputs(layer: string): OutputSpec[] {
+    const attributed = this.layer(layer).attribution;
+    return this.index.outputs.filter((o) => o.id in attributed);
+  }
+
+  /** `output` where `layer` has it, else the layer's first output (the value): a row keeps
+   * its choice while another layer shows what that layer has. */
+  shownOutput(layer: string, output: string): string {
+    if (output in this.layer(layer).attribution) return output;
+    return this.layerOutputs(layer)[0]?.id ?? output;
   }
 
   attributionFile(layer: string, output: string, trajectory: number): string | null {
