@@ -8,7 +8,7 @@ action groups, nearly sums of them) are strongly correlated, so this measures th
 way of coding them jointly: divide each output by its own scale (method.md 6), rotate the
 stack of outputs by their Karhunen-Loeve transform (the left singular vectors of the
 outputs x positions matrix), quantise the rotated planes, rotate back. Unlike a
-prediction plus corrections (`bench_joint_coding.py`), every coefficient is quantised
+prediction plus corrections, every coefficient is quantised
 once, and its error reaches each output through an orthogonal matrix.
 
 Both sides use the same crude coder, so that only the transform differs: uniform

@@ -323,26 +323,6 @@ def test_a_given_scale_replaces_the_computed_one():
         codec.encode(features, residual, scale=0.0)
 
 
-def test_a_correction_is_checked_on_the_drawing_of_prediction_plus_correction():
-    """encode(correction, prediction=..., output=...): the file's steps are chosen so that
-    the drawing of the (decoded) prediction plus the decoded correction meets the target
-    against the output's drawing -- not the correction's own drawing."""
-    output = synthetic_attribution(frames=4, h=10, w=10, k=2, seed=21)
-    noise = synthetic_attribution(frames=4, h=10, w=10, k=2, seed=22)
-    prediction = (output[0] + 0.2 * noise[0], output[1] + 0.2 * noise[1])
-    m = rendering.attribution_scale(output[0])
-    target = codec.FidelityTarget()
-    data = codec.encode(output[0] - prediction[0], output[1] - prediction[1], scale=m,
-                        prediction=prediction, output=output)
-    parsed = codec.decode(data)
-    got = codec.added_planes(codec.split_planes(*prediction, m), parsed.planes_values())
-    mae, psnr = codec.frame_errors(codec.split_planes(*output, m), got)
-    assert np.all(mae <= target.max_mae) and np.all(psnr >= target.min_psnr)
-    assert parsed.header.worst_mae == pytest.approx(mae.max())
-    with pytest.raises(ValueError, match="together"):
-        codec.encode(output[0], output[1], prediction=prediction)
-
-
 def test_every_frame_gets_the_coarsest_step_that_meets_the_target():
     features, residual = synthetic_attribution(frames=6, h=12, w=12, k=3, seed=9)
     features[:3] *= 0.05  # quiet frames, relative to the scale

@@ -450,20 +450,12 @@ def residual_step(step: float, ratio: float) -> float:
     return round(float(step) * ratio, 9)
 
 
-def added_planes(base: np.ndarray, planes: np.ndarray) -> np.ndarray:
-    """The planes (T, P, h, w) of the sum of two signed quantities given as planes."""
-    k = planes.shape[1] // 2
-    signed = base[:, :k] - base[:, k:] + planes[:, :k] - planes[:, k:]
-    return np.concatenate([np.maximum(signed, 0), np.maximum(-signed, 0)], axis=1)
-
-
 def _check(planes: np.ndarray, steps: np.ndarray, single_features: bool,
-           target: FidelityTarget, views: np.ndarray | None = None,
-           base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+           target: FidelityTarget, views: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantise the frames at their steps (the features'; the residual's follow) and
     check them: (codes, MAE, PSNR) per frame (against `views`, the frames'
-    `reference_views`, when given). With `base` planes, what is checked is the drawing of
-    base plus the dequantised frames (a correction to a prediction), against `views`."""
+    `reference_views`, when given)."""
     codes = np.zeros(planes.shape, np.uint16)
     mae, psnr = np.zeros(len(planes)), np.zeros(len(planes))
     residual = np.array([residual_step(q, target.residual_ratio) for q in steps])
@@ -474,8 +466,6 @@ def _check(planes: np.ndarray, steps: np.ndarray, single_features: bool,
     for start in range(0, len(planes), target.chunk):
         part = slice(start, start + target.chunk)
         got = dequantise(codes[part], per_plane[part])
-        if base is not None:
-            got = added_planes(base[part], got)
         mae[part], psnr[part] = frame_errors(
             planes[part], got, single_features,
             views=None if views is None else views[part])
@@ -483,14 +473,9 @@ def _check(planes: np.ndarray, steps: np.ndarray, single_features: bool,
 
 
 def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
-                 single_features: bool = True, *, base: np.ndarray | None = None,
-                 reference: np.ndarray | None = None
+                 single_features: bool = True
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per frame, the coarsest step of `target.steps` whose drawing meets `target`.
-
-    With `base` and `reference` planes, `planes` are a correction to the prediction
-    `base`, and the drawing checked is that of base plus the coded correction against
-    the drawing of `reference` (see `encode`'s `prediction`).
 
     `planes` (T, P, h, w) are the exact planes (`split_planes`). The error of a frame grows
     about in proportion to its step, so after one trial step every frame is given the
@@ -504,12 +489,11 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     def ok(mae, psnr):
         return (mae <= target.max_mae) & (psnr >= target.min_psnr)
 
-    exact = planes if reference is None else reference
-    views = np.concatenate([reference_views(exact[s:s + target.chunk], single_features)
+    views = np.concatenate([reference_views(planes[s:s + target.chunk], single_features)
                             for s in range(0, t, target.chunk)]) if t else None
     trial = int(np.argmin(np.abs(ladder - 0.012)))
     index = np.full(t, trial)
-    codes, mae, psnr = _check(planes, ladder[index], single_features, target, views, base)
+    codes, mae, psnr = _check(planes, ladder[index], single_features, target, views)
     # predicted index: the coarsest step at most (target / error) times the trial step
     allowed = ladder[trial] * target.max_mae / np.maximum(mae, 1e-12) * 0.98
     predicted = np.searchsorted(-ladder, -allowed, side="left")
@@ -525,7 +509,7 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
         frames = np.flatnonzero(move)
         index[frames] = predicted[frames]
         c, m, p = _check(planes[frames], ladder[index[frames]], single_features, target,
-                         views[frames], None if base is None else base[frames])
+                         views[frames])
         codes[frames], mae[frames], psnr[frames] = c, m, p
         good = ok(m, p)
         capped[frames[~good]] = True
@@ -536,7 +520,7 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     while probe.any():  # then coarser while the frame still passes
         frames = np.flatnonzero(probe)
         c, m, p = _check(planes[frames], ladder[index[frames] - 1], single_features, target,
-                         views[frames], None if base is None else base[frames])
+                         views[frames])
         good = ok(m, p)
         up = frames[good]
         index[up] -= 1
@@ -942,26 +926,16 @@ class AttributionHeader:
 
 def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool = True,
            target: FidelityTarget = FidelityTarget(), table: LevelTable | None = None,
-           model: ContextModel | None = None, scale: float | None = None,
-           prediction: tuple[np.ndarray, np.ndarray] | None = None,
-           output: tuple[np.ndarray, np.ndarray] | None = None) -> bytes:
+           model: ContextModel | None = None, scale: float | None = None) -> bytes:
     """The attribution file of one (layer, trajectory, output).
 
     `features` (T, h, w, K) and `residual` (T, h, w) are the unscaled reduced attribution
     (`LayerNMF.reduce_attribution`); the scale m of method.md 6 is computed here unless
-    `scale` is given (to code a correction to a prediction against the scale of what it
-    corrects; the fidelity target is then relative to that scale). Each
+    `scale` is given (the fidelity target is relative to the scale). Each
     frame's step is the coarsest meeting `target` (`choose_steps`) unless `table` is
     given (then every frame uses it). The context model is the one that makes the file
     smallest (`choose_context_model`) unless `model` is given. The header records the
     worst frame's errors.
-
-    With `prediction` (features, residual as a reader would decode them) and `output`
-    (the exact features and residual the reader should draw), the file codes a
-    correction: the drawing checked is that of prediction plus the coded correction
-    against `output`'s, so that the prediction's own coding noise, which the smoothing
-    hides, need not be re-coded (measured by benchmarks/bench_policy_bundle.py; the
-    viewer does not read such pairs yet).
     """
     features = np.asarray(features, np.float32)
     residual = np.asarray(residual, np.float32)
@@ -973,16 +947,8 @@ def encode(features: np.ndarray, residual: np.ndarray, *, single_features: bool 
     elif not (math.isfinite(scale) and scale != 0):
         raise ValueError(f"scale must be a finite non-zero number, not {scale}")
     planes = split_planes(features, residual, scale)
-    base = reference = None
-    if (prediction is None) != (output is None):
-        raise ValueError("a prediction and its output are given together")
-    if prediction is not None and output is not None:
-        base, reference = split_planes(*prediction, scale), split_planes(*output, scale)
-        if table is not None:
-            raise ValueError("a fixed step table does not check a prediction")
     if table is None:
-        steps, codes, mae, psnr = choose_steps(planes, target, single_features, base=base,
-                                               reference=reference)
+        steps, codes, mae, psnr = choose_steps(planes, target, single_features)
     else:
         steps = _frame_steps(table, len(planes))
         codes, mae, psnr = _check(planes, steps, single_features, target)
