@@ -164,7 +164,9 @@ def import_factory(spec: str) -> Callable[[str | None], ExternalModel]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
-        raise AdapterError(f"adapter {spec}: cannot import {module_name} ({err})") from None
+        raise AdapterError(f"adapter {spec}: cannot import {module_name} ({err}); check the "
+                           "module path, and run gallery from the folder that holds the "
+                           "package or add that folder to PYTHONPATH") from None
     factory = getattr(module, func_name, None)
     if not callable(factory):
         raise AdapterError(f"adapter {spec}: {module_name} has no function {func_name}")
