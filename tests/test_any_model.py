@@ -101,7 +101,7 @@ def test_one_manifest_builds_three_kinds_of_model(tmp_path, monkeypatch, capsys)
         for layer in bundle["layers"]:
             group = re.search(rf'<div class="gallery-legend"[^>]*data-model="{model_id}" '
                               rf'data-layer="{re.escape(layer["name"])}">(.*?)</div>',
-                              across, re.S)
+                              across, re.DOTALL)
             assert group, (model_id, layer["name"])
             images = re.findall(r'<img src="([^"]+)"', group[1])
             assert len(images) == layer["features"] > 0
