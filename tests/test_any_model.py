@@ -67,9 +67,45 @@ def test_one_manifest_builds_three_kinds_of_model(tmp_path, monkeypatch, capsys)
     # viewers showing different layers cannot follow one another's layer: each its own
     assert len(set(re.findall(r'data-group="([^"]+)"', coinrun))) == 2
     assert "each viewer plays on its own" in coinrun
+    assert "play different games" not in coinrun
     # models of different games share their statistics table (returns, lengths, values)
     across = (out / "compare" / "all" / "index.html").read_text()
     assert all(title in across for title in ("rl-clarity", "SB3 PPO", "CleanRL"))
     assert "breakout" in across and "sb3-ActorCriticCnnPolicy-nature-cnn" in across
+    # ... found different before any was evaluated on another's frames: a note, nothing shared
+    assert "These models play different games: each interface shows its own trajectories" \
+        in across
+    assert "procgen coinrun, 64 × 64 × 3 observations" in across
+    assert "atari breakout, 84 × 84 × 4 observations" in across
+    assert re.search(r"\ball +compare +These models play different games", printed.err)
+    assert not (out / "compare" / "all" / "interface").exists()
+    assert not (out / "compare" / "all" / "frames.png").exists()
+    assert "Value on shared observations" not in across
+    assert "Features matched across models" not in across
+    # each model's own interface, in a viewer group of its own
+    page_dir = out / "compare" / "all"
+    mounts = re.findall(r'<div class="gallery-viewer__mount"[^>]*>', across)
+    assert [re.search(r'data-model="([^"]+)"', m)[1] for m in mounts] == \
+        ["clear", "sb3", "cleanrl"]
+    for mount in mounts:
+        model_id = re.search(r'data-model="([^"]+)"', mount)[1]
+        bundle = re.search(r'data-bundle="([^"]+)"', mount)[1]
+        assert bundle == f"../../models/{model_id}/interface/bundle/bundle.json"
+        assert (page_dir / bundle).resolve() == \
+            (out / "models" / model_id / "interface" / "bundle" / "bundle.json").resolve()
+        assert (page_dir / bundle).is_file()
+    assert len({re.search(r'data-group="([^"]+)"', m)[1] for m in mounts}) == 3
+    # each model's features per layer, unmatched: its legend thumbnails, one per feature
+    assert "Features of each model" in across
+    for model_id, bundle in bundles.items():
+        for layer in bundle["layers"]:
+            group = re.search(rf'<div class="gallery-legend"[^>]*data-model="{model_id}" '
+                              rf'data-layer="{re.escape(layer["name"])}">(.*?)</div>',
+                              across, re.DOTALL)
+            assert group, (model_id, layer["name"])
+            images = re.findall(r'<img src="([^"]+)"', group[1])
+            assert len(images) == layer["features"] > 0
+            assert all(src.startswith(f"../../models/{model_id}/features/") and
+                       (page_dir / src).is_file() for src in images)
     page = (out / "models" / "sb3" / "index.html").read_text()
     assert "NOOP" in page or "breakout" in page.lower()

@@ -580,10 +580,22 @@ def shared_observations(spec: ComparisonSpec, models: dict[str, ModelEntry],
                         ) -> tuple[SharedObservations | None, Path | None, str | None]:
     """Every model of `spec` on frames recorded by its first built model (cached by the
     models' keys). With `manifest` (interfaces on), also every model's interface on one
-    shared set of trajectories, and their features matched (see `side_by_side`)."""
+    shared set of trajectories, and their features matched (see `side_by_side`).
+
+    Models of different games (gallery.site.matching.game: environment or observation
+    shape) share nothing of this: none is evaluated, and the note says so; the page shows
+    each model's own interface and features instead."""
+    from gallery.site import matching
+
     built = [models[i] for i in spec.models if models[i].ok and i in fetched]
     if len(built) < 2:
         return None, None, "Fewer than two of these models were built."
+    games = matching.by_game([e.result for e in built])
+    if len(games) > 1:
+        # one model's frames mean nothing to a model of another game (and mostly do not
+        # fit its input): each is shown on its own trajectories (gallery.site.pages)
+        return None, None, matching.different_games_note(
+            {g: [built[i].spec.title for i in indices] for g, indices in games.items()})
     training = spec.kind == "training"
     # a training run's trajectories are those of its last (trained) checkpoint: an
     # untrained agent's would show little of the game

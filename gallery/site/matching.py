@@ -10,6 +10,9 @@ model is paired with the most similar feature of each other model, by the Pearso
 correlation of the feature activations over the shared frames (per position when the
 layers have the same spatial shape, else per frame, averaged over positions).
 
+Models of different games (`game`) cannot share trajectories: a comparison of them shows
+each model's own interface, and its features unmatched.
+
 `feature_similarity`, `match_layer` and `legend_thumbnails` are pure (numpy, Pillow).
 """
 
@@ -24,6 +27,39 @@ import numpy as np
 
 #: Shared frames the feature activations are compared on (evenly spaced over all of them).
 MATCH_FRAMES = 64
+
+
+def game(result: Any) -> tuple[str, str, tuple[int, ...]]:
+    """What a built model (a `gallery.site.ModelResult`) plays: its environment's kind and
+    game, and the shape of its observations. Models of one game can be evaluated on one
+    another's frames; models of different games (CoinRun and Breakout, or one game at two
+    frame stacks) cannot. Environment options (distribution mode, levels) do not count:
+    their frames are the same kind."""
+    env = result.environment or {}
+    return (str(env.get("env_kind", "")), str(env.get("env_name", "")),
+            tuple(int(n) for n in result.observation_shape))
+
+
+def by_game(results: Sequence[Any]) -> dict[tuple[str, str, tuple[int, ...]], list[int]]:
+    """The indices of `results` by `game`, games in the order they first appear."""
+    out: dict[tuple[str, str, tuple[int, ...]], list[int]] = {}
+    for index, result in enumerate(results):
+        out.setdefault(game(result), []).append(index)
+    return out
+
+
+def describe_game(key: tuple[str, str, tuple[int, ...]]) -> str:
+    """'procgen coinrun, 64 × 64 × 3 observations'."""
+    kind, name, shape = key
+    return f"{kind} {name}, {' × '.join(map(str, shape))} observations"
+
+
+def different_games_note(games: dict[tuple[str, str, tuple[int, ...]], list[str]]) -> str:
+    """The note of a comparison across games, from {game: [model titles]}."""
+    listed = "; ".join(f"{', '.join(titles)}: {describe_game(key)}"
+                       for key, titles in games.items())
+    return ("These models play different games: each interface shows its own trajectories, "
+            f"and their features are shown unmatched ({listed}).")
 
 
 def sample_frames(observations: np.ndarray, limit: int = MATCH_FRAMES) -> np.ndarray:

@@ -20,6 +20,7 @@ import yaml
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from gallery.site import matching
 from gallery.site.charts import Series, bar_chart, histogram_series, line_chart, scatter_chart
 from gallery.site.results import ComparisonEntry, ModelEntry, ModelResult
 from gallery.site.sanitize import escape, plain_text, render_markdown
@@ -238,6 +239,21 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
             for v in viewers:
                 v["group"] = f"compare-{spec.id}-{v['id']}"
         matched = _matched_rows(s.matched, models)
+    games = matching.by_game([e.result for e in built])
+    across_games = len(games) > 1
+    games_note, own_features = None, []
+    if across_games:
+        # nothing is shared but the statistics: each model's own interface (as on its page,
+        # in a group of its own) and its own features, unmatched
+        games_note = matching.different_games_note(
+            {g: [built[i].spec.title for i in indices] for g, indices in games.items()})
+        shared, matched = None, []
+        viewers = [{"id": e.spec.id, "title": e.spec.title,
+                    "folder": f"../../models/{e.spec.id}/{e.result.interface}",
+                    "group": f"compare-{spec.id}-{e.spec.id}",
+                    "game": matching.describe_game(matching.game(e.result))}
+                   for e in built if e.ok and e.folder and e.result.interface]
+        own_features = _own_features(built)
     training = getattr(spec, "kind", "models") == "training"
     if training:
         charts.update(_training_charts(comparison, built))
@@ -245,7 +261,8 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         title=spec.title, description=Markup(render_markdown(spec.description)),
         models=rows, failed=[e.spec.title for e in entries if not e.ok], charts=charts,
         shared=shared, shared_note=comparison.note, features=matched_features(entries),
-        viewers=viewers, matched=matched, viewer_js=f"../../{VIEWER_JS}",
+        viewers=viewers, matched=matched, across_games=across_games,
+        games_note=games_note, own_features=own_features, viewer_js=f"../../{VIEWER_JS}",
         viewer_css=f"../../{VIEWER_CSS}",
         in_step=len({v["group"] for v in viewers}) == 1,
         same_checkpoint=len(built) > 1 and len({e.result.checkpoint_sha256
@@ -253,6 +270,22 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
     summary = plain_text(spec.description) or spec.title
     return _front_matter(title=spec.title, description=summary,
                          hide=["navigation", "toc"] if viewers else None) + body
+
+
+def _own_features(entries: list[ModelEntry]) -> list[dict[str, Any]]:
+    """Each model's NMF features per layer, unmatched: the legend thumbnails its model page
+    publishes (models/<id>/features/), numbered as in its interface's legend, with the
+    manifest's labels."""
+    out = []
+    for e in entries:
+        labels = e.spec.features
+        layers = [{"layer": name, "features": [
+            {"number": k + 1, "image": f"../../models/{e.spec.id}/{LEGENDS_DIR}/{path.name}",
+             "label": labels.get(name, {}).get(k)} for k, path in enumerate(paths)]}
+            for name, paths in e.legends.items() if paths]
+        if layers:
+            out.append({"id": e.spec.id, "title": e.spec.title, "layers": layers})
+    return out
 
 
 def _matched_rows(matched: list[dict[str, Any]], models: dict[str, ModelEntry]
