@@ -42,7 +42,7 @@ class ModelResult:
     training_args: dict[str, Any]
     training_steps: int | None
     settings: dict[str, Any]
-    """The effective analysis options (AnalysisOptions.model_dump())."""
+    """The effective analysis options (InterfaceOptions.model_dump())."""
     episodes: EpisodeSummary
     steps_recorded: list[int]
     """[E, T] of the recorded trajectories."""
