@@ -1,7 +1,7 @@
 """End to end: `gallery interface` of a checkpoint from empty caches, timed stage by stage.
 
     .venv/bin/python benchmarks/bench_end_to_end.py [--quick] [--checkpoint PATH]
-        [--device cuda] [--policy-layer 2b] [--workers N] [--commit REV]
+        [--device cuda] [--policy-layer 2b] [--workers N] [--commit REV] [--site [MANIFEST]]
 
 Runs `python -m gallery interface CHECKPOINT` in a subprocess, with a new, empty cache
 folder, exactly as a user would, and prints: the wall time, the stage timings the command
@@ -16,6 +16,11 @@ trajectory frames, 16 x 16 extra observations every 16 steps, layers 2b, 3a, 4a)
 finish in minutes on a 2-core machine; without it, the method's defaults (method.md 8:
 8 x 512 frames, 32 x 128 extra observations every 128 steps, every layer), about an hour
 there. `--policy-layer L` attributes every action and action group too, at layer L only.
+
+`--site [MANIFEST]` measures `gallery build -m MANIFEST` instead (default: the demo
+manifest of commit 18a1591, two models of gallery/demo/coinrun-clear.jd with a comparison,
+which every version of the gallery since reads), from empty caches; the stage timings are
+then not reported, and the sites are compared page by page.
 
 `--commit REV` builds the same interface from a `git worktree` of REV too (the built
 viewer is copied in), in a subprocess with the same settings, one after the other in this
@@ -102,16 +107,20 @@ def worktree(rev: str, scratch: Path) -> Iterator[Path]:
 
 
 def build(tree: Path, checkpoint: Path, options: list[str], scratch: Path, name: str,
-          workers: int | None, quiet: bool) -> dict:
-    """Run `gallery interface` from `tree` with an empty cache; measure it."""
+          workers: int | None, quiet: bool, site: Path | None = None) -> dict:
+    """Run `gallery interface` (or with `site`, `gallery build -m site`) from `tree` with an
+    empty cache; measure it."""
     out, cache = scratch / f"out-{name}", scratch / f"cache-{name}"
     env = dict(os.environ, PYTHONPATH=str(tree), SOURCE_DATE_EPOCH="1700000000",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", GALLERY_CACHE=str(cache))
     env.pop("GALLERY_MPI", None)
     if workers is not None:
         env["GALLERY_WORKERS"] = str(workers)
-    command = [sys.executable, "-m", "gallery", "interface", str(checkpoint), "-o", str(out),
-               "--cache-dir", str(cache), *options]
+    if site is not None:
+        command = [sys.executable, "-m", "gallery", "build", "-m", str(site), "-o", str(out)]
+    else:
+        command = [sys.executable, "-m", "gallery", "interface", str(checkpoint), "-o",
+                   str(out), "--cache-dir", str(cache), *options]
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -144,6 +153,24 @@ def same_bundle(a: str, b: str) -> bool:
     return files(Path(a)) == files(Path(b))
 
 
+def same_pages(a: str, b: str) -> bool:
+    """Whether two built sites have the same pages (paths of their index.html files)."""
+    def pages(folder: Path) -> list[str]:
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("index.html"))
+
+    return pages(Path(a)) == pages(Path(b))
+
+
+def old_demo_manifest(scratch: Path, rev: str = "18a1591") -> Path:
+    """The demo manifest of `rev`, its checkpoint paths made absolute (this tree's files)."""
+    text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:checkpoints.yaml"],
+                          check=True, capture_output=True, text=True).stdout
+    path = scratch / "checkpoints.yaml"
+    path.write_text(text.replace("checkpoint: gallery/demo/",
+                                 f"checkpoint: {ROOT}/gallery/demo/"))
+    return path
+
+
 def report(result: dict) -> str:
     stages = ", ".join(f"{k} {v:.0f}" for k, v in result["stages_s"].items())
     return (f"{result['name']:>10}: {result['wall_s']:7.1f} s wall, CPU "
@@ -168,11 +195,14 @@ def main() -> None:
                         help="also build from a git worktree of REV and compare")
     parser.add_argument("--first", choices=["HEAD", "REV"], default="REV",
                         help="with --commit: which build runs first (default REV)")
+    parser.add_argument("--site", nargs="?", const="", metavar="MANIFEST",
+                        help="measure `gallery build -m MANIFEST` instead (default: the "
+                        "demo manifest of 18a1591)")
     parser.add_argument("--quiet", action="store_true", help="hide the builds' progress")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
-    if not args.checkpoint.is_file():
+    if args.site is None and not args.checkpoint.is_file():
         raise SystemExit(f"{args.checkpoint}: no such checkpoint (give --checkpoint PATH)")
 
     options = list(QUICK) if args.quick else []
@@ -183,9 +213,13 @@ def main() -> None:
     if args.device:
         options += ["--device", args.device]
     scratch = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    print(f"gallery interface {args.checkpoint.name} {' '.join(options)}\n"
-          f"scratch {scratch}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
-          flush=True)
+    site = None
+    if args.site is not None:
+        site = Path(args.site).resolve() if args.site else old_demo_manifest(scratch)
+    what = (f"gallery build -m {site}" if site else
+            f"gallery interface {args.checkpoint.name} {' '.join(options)}")
+    print(f"{what}\nscratch {scratch}; {os.cpu_count()} CPUs, load "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     results = []
     try:
         with contextlib.ExitStack() as stack:
@@ -199,7 +233,7 @@ def main() -> None:
             for name, tree, workers in runs:
                 print(f"--- {name} ({tree})", flush=True)
                 results.append(build(tree, args.checkpoint.resolve(), options, scratch, name,
-                                     workers, args.quiet))
+                                     workers, args.quiet, site))
                 print(report(results[-1]), flush=True)
         print("--- summary")
         for result in results:
@@ -207,10 +241,14 @@ def main() -> None:
         head = results[-1] if args.first == "REV" or not args.commit else results[-2]
         for other in results:
             if other is not head:
-                same = same_bundle(head["output"], other["output"])
+                if site:
+                    same = same_pages(head["output"], other["output"])
+                    kind = "sites have the same pages" if same else "sites' pages differ"
+                else:
+                    same = same_bundle(head["output"], other["output"])
+                    kind = f"bundles {'identical' if same else 'differ'}"
                 print(f"{other['name']} / {head['name']} wall time: "
-                      f"{other['wall_s'] / head['wall_s']:.2f}x; bundles "
-                      f"{'identical' if same else 'differ'}")
+                      f"{other['wall_s'] / head['wall_s']:.2f}x; {kind}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
