@@ -16,6 +16,30 @@ from gallery.site.sanitize import escape
 
 WIDTH, HEIGHT = 640, 320
 MARGIN = {"left": 64, "right": 16, "top": 28, "bottom": 48}
+# Text is 11 px (gallery.css). 7 px a character is at or above the advance of digits, most
+# signs and lower-case letters in common sans-serif fonts at that size (Roboto's and
+# Arial's digits are 6.1 px, DejaVu Sans's 7.0), so labels sized with it stay inside the
+# chart; wider characters count more.
+CHAR_WIDTH = 7.0
+WIDE = set("…MWmw@%")  # about a full em (11 px)
+MID = set("+=<>~#")  # DejaVu Sans's plus is 9.2 px
+Y_LABEL_ROOM = 20  # the rotated y-axis label, left of the y ticks
+
+
+def text_width(text: str) -> float:
+    """An upper estimate of a label's width in pixels at the charts' font size."""
+    return sum(11.0 if c in WIDE else 9.5 if c in MID else CHAR_WIDTH for c in text)
+
+
+def _fit(label: str, room: float) -> str:
+    """The label, cut with an ellipsis to at most `room` pixels wide (one character and the
+    ellipsis at least)."""
+    if text_width(label) <= room:
+        return label
+    cut = len(label) - 1
+    while cut > 1 and text_width(label[:cut] + "…") > room:
+        cut -= 1
+    return label[:cut] + "…"
 
 
 @dataclass(frozen=True)
@@ -41,12 +65,22 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     return ticks
 
 
-def _fmt(value: float) -> str:
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Labels of tick values: the fewest significant digits (3 or more) that tell every tick
+    apart, so that close ticks far from zero (123.2, 123.4) do not read alike."""
+    for digits in range(3, 17):
+        labels = [_fmt(t, digits) for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def _fmt(value: float, digits: int = 3) -> str:
     if value == 0:
         return "0"
     if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.2g}"
-    return f"{value:.3g}"
+        return f"{value:.{max(digits - 1, 2)}g}"
+    return f"{value:.{digits}g}"
 
 
 class _Frame:
@@ -61,7 +95,13 @@ class _Frame:
             self.x1 = self.x0 + 1
         if self.y1 == self.y0:
             self.y1 = self.y0 + 1
-        self.left, self.right = MARGIN["left"], WIDTH - MARGIN["right"]
+        self.x_labels, self.y_labels = tick_labels(self.x_ticks), tick_labels(self.y_ticks)
+        # margins wide enough for the widest y tick label and half the last x tick label
+        # (centred on its tick at the right end of the axis)
+        widest = max((text_width(t) for t in self.y_labels), default=0)
+        last = text_width(self.x_labels[-1]) / 2 if self.x_labels else 0
+        self.left = max(MARGIN["left"], math.ceil(Y_LABEL_ROOM + widest + 8))
+        self.right = WIDTH - max(MARGIN["right"], math.ceil(last + 2))
         self.top, self.bottom = MARGIN["top"], HEIGHT - MARGIN["bottom"]
 
     def px(self, x: float) -> float:
@@ -75,15 +115,15 @@ class _Frame:
                f'y2="{self.bottom}"/>',
                f'<line class="axis" x1="{self.left}" y1="{self.top}" x2="{self.left}" '
                f'y2="{self.bottom}"/>']
-        for t in self.y_ticks:
+        for t, label in zip(self.y_ticks, self.y_labels, strict=True):
             y = self.py(t)
             out.append(f'<line class="grid" x1="{self.left}" y1="{y:.1f}" x2="{self.right}" '
                        f'y2="{y:.1f}"/><text class="tick" x="{self.left - 6}" y="{y + 4:.1f}" '
-                       f'text-anchor="end">{_fmt(t)}</text>')
-        for t in self.x_ticks:
+                       f'text-anchor="end">{label}</text>')
+        for t, label in zip(self.x_ticks, self.x_labels, strict=True):
             x = self.px(t)
             out.append(f'<text class="tick" x="{x:.1f}" y="{self.bottom + 16}" '
-                       f'text-anchor="middle">{_fmt(t)}</text>')
+                       f'text-anchor="middle">{label}</text>')
         out.append(f'<text class="label" x="{(self.left + self.right) / 2:.0f}" '
                    f'y="{HEIGHT - 8}" text-anchor="middle">{escape(x_label)}</text>')
         middle = (self.top + self.bottom) / 2
@@ -111,6 +151,9 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float | None],
     frame = _Frame([0, 1], [0.0, *finite], x_ticks=False)
     body = frame.axes("", y_label)
     slot = (frame.right - frame.left) / max(len(labels), 1)
+    # each label centred under its bar, cut to its slot (so the last stays inside the chart
+    # and neighbours do not overlap); the bar's tooltip has the whole label
+    room = slot - 4
     for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         x = frame.left + slot * (i + 0.15)
         centre = frame.left + slot * (i + 0.5)
@@ -123,7 +166,7 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float | None],
                         f'width="{slot * 0.7:.1f}" height="{max(base - top, 0.5):.1f}">'
                         f'<title>{escape(label)}: {_fmt(value)}</title></rect>')
         body.append(f'<text class="tick" x="{centre:.1f}" y="{frame.bottom + 16}" '
-                    f'text-anchor="middle">{escape(_short(label))}</text>')
+                    f'text-anchor="middle">{escape(_fit(_short(label), room))}</text>')
     return _svg(title, body)
 
 

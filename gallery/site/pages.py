@@ -233,11 +233,6 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         viewers = [{"id": i, "title": models[i].spec.title, "folder": folder,
                     "group": f"compare-{spec.id}"}
                    for i, folder in s.interfaces.items() if i in models]
-        if len({_analysed_layers(models[v["id"]]) for v in viewers}) > 1:
-            # viewers in one group share their layer: models analysed at different layers
-            # (other architectures) play on their own
-            for v in viewers:
-                v["group"] = f"compare-{spec.id}-{v['id']}"
         matched = _matched_rows(s.matched, models)
     games = matching.by_game([e.result for e in built])
     across_games = len(games) > 1
@@ -264,7 +259,6 @@ def comparison_page(comparison: ComparisonEntry, models: dict[str, ModelEntry]) 
         viewers=viewers, matched=matched, across_games=across_games,
         games_note=games_note, own_features=own_features, viewer_js=f"../../{VIEWER_JS}",
         viewer_css=f"../../{VIEWER_CSS}",
-        in_step=len({v["group"] for v in viewers}) == 1,
         same_checkpoint=len(built) > 1 and len({e.result.checkpoint_sha256
                                                 for e in built}) == 1)
     summary = plain_text(spec.description) or spec.title
@@ -312,16 +306,6 @@ def _matched_rows(matched: list[dict[str, Any]], models: dict[str, ModelEntry]
         out.append({"layer": layer["layer"], "titles": [models[i].spec.title for i in ids],
                     "rows": rows})
     return out
-
-
-def _analysed_layers(entry: ModelEntry) -> tuple[str, ...]:
-    """The layers a model's interface shows (the manifest's include, else every one)."""
-    include = ((entry.result.settings if entry.result else {}).get("layers") or {}).get(
-        "include")
-    if include:
-        return tuple(include)
-    return tuple(str(layer.get("name")) for layer in (entry.result.layers if entry.result
-                                                      else []))
 
 
 def _training_charts(comparison: ComparisonEntry, built: list[ModelEntry]

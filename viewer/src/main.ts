@@ -11,6 +11,7 @@ import { mount, unmount } from "svelte";
 import Viewer from "./components/Viewer.svelte";
 import "./viewer.css";
 import { Bundle } from "./lib/data";
+import { GroupMember } from "./lib/group";
 import { formatDeepLink, parseDeepLink, ViewerState } from "./lib/viewstate.svelte";
 import { standalonePage } from "./lib/share";
 import { Stats } from "./lib/stats";
@@ -30,6 +31,10 @@ export interface MountOptions {
   embedUrl?: string;
   /** Called whenever the view state changes. */
   onStateChange?: (state: ViewState) => void;
+  /** Viewers mounted with the same group name play in step (lib/group.ts): trajectory,
+   *  frame and overlay always, layer and attribution rows where the other viewer has them.
+   *  The group's first ready viewer sets the view of those that join later. */
+  group?: string;
   /** Draw attribution frames ahead of time in a Web Worker (default true); false draws
    *  every frame on the main thread when it is shown (for measurements). */
   worker?: boolean;
@@ -59,6 +64,7 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
   let resolveDrawn: () => void = () => {};
   const drawn = new Promise<void>((resolve) => (resolveDrawn = resolve));
   let loaded: Bundle | null = null;
+  let member: GroupMember | null = null;
   const status = document.createElement("p");
   status.className = "gallery-viewer-status";
   status.textContent = "Loading the interface…";
@@ -80,13 +86,18 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
     const initial = typeof options.state === "string" ? parseDeepLink(options.state) : options.state;
     if (initial) state.apply(initial);
     if (options.syncUrl && location.hash) state.apply(parseDeepLink(location.hash));
+    const group = typeof options.group === "string" && options.group ? options.group : null;
+    if (group) member = new GroupMember(group, state);
     element.replaceChildren();
     component = mount(Viewer, {
       target: element,
       props: {
         bundle, vs: state, stats, hotkeys: options.hotkeys ?? true, syncUrl: options.syncUrl ?? false,
         embedUrl: options.embedUrl ?? standalonePage(options.bundleUrl),
-        onStateChange: options.onStateChange,
+        onStateChange: (s: ViewState) => {
+          member?.changed(s);
+          options.onStateChange?.(s);
+        },
         onFirstDraw: () => {
           stats.readyAt = performance.now();
           resolveDrawn();
@@ -94,6 +105,7 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
       },
     });
     await drawn;
+    if (!destroyed) member?.join();
   })();
 
   return {
@@ -110,6 +122,8 @@ export function mountViewer(element: HTMLElement, options: MountOptions): Viewer
     deepLink: () => (state ? formatDeepLink(state.snapshot(), bundleModelId(state)) : ""),
     destroy: () => {
       destroyed = true;
+      member?.leave();
+      member = null;
       if (component) unmount(component);
       component = null;
       loaded?.dispose();

@@ -6,16 +6,16 @@
 //        data-sync-url="true" data-group="compare"></div>
 //
 // - data-sync-url: the viewer reads and keeps location.hash (deep links to any view);
-// - data-group: viewers of one group play in step: a change of trajectory, frame, layer,
-//   rows (output, direction, view) or overlay in one is relayed to the others with
-//   setState (they show the same observations). Only the group's first viewer takes the
-//   arrow keys and space, so one key press moves every viewer once.
+// - data-group: viewers of one group play in step (the viewer's `group` option): a
+//   trajectory, frame or overlay chosen in one is shown in all, a layer or the attribution
+//   rows in those that have them (models analysed at other layers keep their own). Only the
+//   group's first viewer takes the arrow keys and space, so one key press moves every
+//   viewer once.
 // Mounted on every page load; with Material's instant navigation (document$), viewers of
 // the previous page are destroyed first.
 (function () {
   "use strict";
 
-  const SYNCED = ["trajectory", "frame", "layer", "rows", "overlay"];
   let mounted = [];
 
   function loadCss(href) {
@@ -25,27 +25,6 @@
     link.rel = "stylesheet";
     link.href = url;
     document.head.appendChild(link);
-  }
-
-  function picked(state) {
-    const out = {};
-    for (const key of SYNCED) if (state && key in state) out[key] = state[key];
-    return out;
-  }
-
-  function relay(group, from, state) {
-    const wanted = picked(state);
-    const text = JSON.stringify(wanted);
-    for (const other of group) {
-      if (other === from || !other.handle || !other.ready) continue;
-      let current;
-      try {
-        current = JSON.stringify(picked(other.handle.getState()));
-      } catch (err) {
-        continue;
-      }
-      if (current !== text) other.handle.setState(wanted);
-    }
   }
 
   function showError(element, message) {
@@ -89,19 +68,11 @@
         bundleUrl: new URL(data.bundle, document.baseURI).href,
         syncUrl: data.syncUrl === "true",
         hotkeys: first,
-        onStateChange: (state) => {
-          if (entry.group && entry.ready) relay(entry.group, entry, state);
-        },
+        group: entry.group ? data.group : undefined,
       });
       entry.handle.ready.then(() => {
         entry.ready = true;
         entry.element.dataset.ready = "true";
-        if (entry.group) {
-          // a late viewer takes the view of the group's first ready one
-          const leader = entry.group.find((e) => e.ready && e !== entry);
-          if (leader) relay(entry.group, leader, leader.handle.getState());
-          else relay(entry.group, entry, entry.handle.getState());
-        }
       }, (err) => {
         entry.element.dataset.ready = "failed";
         console.warn("gallery viewer:", err);
