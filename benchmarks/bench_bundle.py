@@ -21,35 +21,53 @@ turns bundle format 1's feature views into format 2's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 from gallery import bundle as bundles
-from gallery.pipeline.interface import BUNDLE_DIR, InterfaceBuilder, viewer_assets
-from gallery.pipeline.options import from_flags
+from gallery.bundle import codec as attribution_codec
+from gallery.pipeline.interface import BUNDLE_DIR, generate_interface, viewer_assets
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "shared" / "checkpoints" / "coinrun.jd"
 MB = 1e6
 BUDGETS = {"value": 30 * MB, "policy": 200 * MB}
 
 
-class RecordingBuilder(InterfaceBuilder):
-    """Also saves every reduced attribution array, for re-encoding."""
+@contextlib.contextmanager
+def recording(found: dict) -> Iterator[None]:
+    """Catch every reduced attribution as the units encode it, by the sha256 of the file
+    it becomes (the units run in this process: no worker pool is opened here)."""
+    encode = attribution_codec.encode
 
-    def __init__(self, *args, arrays: Path, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.arrays = arrays
+    def keeping(features, residual, **kwargs):
+        data = encode(features, residual, **kwargs)
+        found[hashlib.sha256(data).hexdigest()] = (np.asarray(features, np.float32),
+                                                   np.asarray(residual, np.float32))
+        return data
 
-    def add_attribution(self, writer, layer, trajectory, output, features, residual):
-        folder = self.arrays / layer.replace("/", "_")
+    with mock.patch.object(attribution_codec, "encode", keeping):
+        yield
+
+
+def save_arrays(interface: Path, arrays: Path, found: dict) -> None:
+    """The caught arrays, named by (layer, trajectory, output) as the bundle names them."""
+    index = json.loads((interface / BUNDLE_DIR / bundles.INDEX_FILE).read_text())
+    for layer in index["layers"]:
+        folder = arrays / layer["name"].replace("/", "_")
         folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"T{trajectory}-{output}-features.npy", features.astype(np.float32))
-        np.save(folder / f"T{trajectory}-{output}-residual.npy", residual.astype(np.float32))
-        super().add_attribution(writer, layer, trajectory, output, features, residual)
+        for output, files in layer["attribution"].items():
+            for e, name in enumerate(files):
+                features, residual = found[index["files"][name]["sha256"]]
+                np.save(folder / f"T{e}-{output}-features.npy", features)
+                np.save(folder / f"T{e}-{output}-residual.npy", residual)
 
 
 def reencode(interface: Path, arrays: Path) -> None:
@@ -230,11 +248,13 @@ def main() -> int:
         reencode(interface, arrays)
         summary = {}
     else:
-        builder = RecordingBuilder(
-            args.checkpoint, interface, from_flags({"policy": args.policy}),
-            cache_dir=work / "cache", arrays=arrays,
-            progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
-        summary = builder.run()
+        found: dict = {}
+        with recording(found):  # every unit computed again, so that each array is caught
+            summary = generate_interface(
+                args.checkpoint, interface, policy=args.policy, cache_dir=work / "cache",
+                resample=True,
+                progress=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+        save_arrays(interface, arrays, found)
     sizes = measure(interface)
     index = bundles.validate_bundle(interface / BUNDLE_DIR, decode_frames=0)
     fidelity = [r for r in summary.get("fidelity", [])]

@@ -271,33 +271,3 @@ def test_gallery_build_pools_the_units_of_every_model(tmp_path):
     assert sorted(outputs[None]) == sorted(outputs[3])
     for key, folder in outputs[None].items():
         same_bytes(folder, outputs[3][key])
-
-
-def test_a_builder_subclass_still_sees_the_reduced_arrays(tmp_path):
-    """benchmarks/bench_bundle.py overrides InterfaceBuilder.add_attribution to keep the
-    reduced arrays: the units then keep them too, and the files are the same."""
-    import numpy as np
-
-    from gallery import bundle as bundles
-    from gallery.pipeline.interface import InterfaceBuilder, interface_builder
-
-    seen = []
-
-    class Recording(InterfaceBuilder):
-        def add_attribution(self, writer, layer, trajectory, output, features, residual):
-            seen.append((layer, trajectory, output, features.shape, residual.shape))
-            assert features.dtype == np.float32
-            super().add_attribution(writer, layer, trajectory, output, features, residual)
-
-    plain = interface_builder(CHECKPOINT, tmp_path / "plain", cache_dir=tmp_path / "cache",
-                              num_envs=1, num_steps=8, obs_num_envs=8, num_obs=2, obs_every=2,
-                              layers=["4a"], image_effort="fast")
-    recorded = Recording(str(CHECKPOINT), tmp_path / "recorded", plain.options,
-                         cache_dir=tmp_path / "cache").run()
-    plain = plain.run()
-    assert seen == [("4a", 0, "value", (8, 8, 8, 8), (8, 8, 8))]
-    assert plain["fidelity"] == recorded["fidelity"]
-    a = bundles.validate_bundle(tmp_path / "plain" / "bundle")
-    b = bundles.validate_bundle(tmp_path / "recorded" / "bundle")
-    name = a["layers"][0]["attribution"]["value"][0]
-    assert a["files"][name] == b["files"][name]

@@ -295,8 +295,6 @@ class InterfaceBuilder:
         units: list[Unit] = []
         title = self.title
         t = o.trajectories
-        # a subclass that overrides add_attribution (benchmarks) gets the reduced arrays
-        keep = type(self).add_attribution is not InterfaceBuilder.add_attribution
 
         if self.rollouts is not None:
             file_sha = sha256_file(self.rollouts)
@@ -356,7 +354,7 @@ class InterfaceBuilder:
                                    path_seed=t.seed if multi else None,
                                    single_features=a.single_features,
                                    codec=attribution_codec.CODEC_VERSION,
-                                   **({"keep_reduced": True} if keep else {}), **base)
+                                   **base)
                     deps = (rollouts_key,) + ((nmf_key,) if nmf_key else ())
                     units.append(Unit(key, "attribution",
                                       f"{title}: attribution {name} T{e} {ids[0]}..", deps, (
@@ -366,8 +364,7 @@ class InterfaceBuilder:
                                            "targets": targets, "steps": steps,
                                            "multi_path": multi, "max_paths": a.max_paths,
                                            "seed": t.seed,
-                                           "single_features": a.single_features,
-                                           "keep_reduced": keep})))
+                                           "single_features": a.single_features})))
                     row.append((ids, key))
                 per_trajectory.append(row)
             attribution[name] = per_trajectory
@@ -520,13 +517,8 @@ class InterfaceBuilder:
                 for ids, key in row:
                     encoded = get(key, "attribution").arrays
                     for i, output in enumerate(ids):
-                        if f"features{i}" in encoded:  # a subclass hooks the arrays
-                            self.add_attribution(writer, name, e, output,
-                                                 encoded[f"features{i}"],
-                                                 encoded[f"residual{i}"])
-                        else:
-                            writer.add_encoded_attribution(name, e, output,
-                                                           encoded[f"gatr{i}"].tobytes())
+                        writer.add_encoded_attribution(name, e, output,
+                                                       encoded[f"gatr{i}"].tobytes())
                     writing.update()
             if name in plan.features:
                 self.add_features(writer, name, get(plan.features[name], "features"),
@@ -548,13 +540,6 @@ class InterfaceBuilder:
                 "units": None if self.run_summary is None else {
                     "total": self.run_summary.total, "computed": self.run_summary.computed,
                     "reused": self.run_summary.reused + self.run_summary.waited}}
-
-    def add_attribution(self, writer: bundles.BundleWriter, layer: str, trajectory: int,
-                        output: str, features: np.ndarray, residual: np.ndarray) -> None:
-        """A hook for benchmarks: overriding it makes the attribution units keep the
-        reduced arrays (features, residual), handed here at assembly; the default encodes
-        them as the units do."""
-        writer.add_attribution(layer, trajectory, output, features, residual)
 
     def add_features(self, writer: bundles.BundleWriter, name: str, stored: UnitResult,
                      observation_shape: tuple[int, int]) -> None:
@@ -763,7 +748,7 @@ def unit_attribution(store: UnitStore, *, checkpoint: str | None, adapter: str |
                      rollouts: str, nmf: str | None, layer: str, trajectory: int,
                      targets: list[Any], steps: int, multi_path: bool,
                      max_paths: int | None, seed: int, single_features: bool,
-                     keep_reduced: bool = False) -> UnitResult:
+                     ) -> UnitResult:
     """Attribution of one trajectory to a chunk of outputs, reduced to the layer's features
     and encoded (attribution_codec): the files as they go into the bundle."""
     policy = cached_policy(checkpoint, adapter, device)
@@ -788,9 +773,6 @@ def unit_attribution(store: UnitStore, *, checkpoint: str | None, adapter: str |
         data = attribution_codec.encode(features, residual, single_features=single_features,
                                         target=attribution_codec.FidelityTarget())
         arrays[f"gatr{i}"] = np.frombuffer(data, dtype=np.uint8)
-        if keep_reduced:
-            arrays[f"features{i}"] = np.asarray(features, np.float32)
-            arrays[f"residual{i}"] = np.asarray(residual, np.float32)
     return UnitResult(arrays, {"outputs": len(targets)})
 
 
