@@ -53,8 +53,10 @@ def main() -> int:
                "--obs-every", str(args.obs_every), "--image-effort", "fast"]
     for layer in layers:
         setting += ["--layer", layer]
-    if args.policy:
+    if args.policy:  # every action and group at every layer of the setting
         setting.append("--policy")
+        for layer in layers:
+            setting += ["--policy-layer", layer]
     print(f"checkpoint {args.checkpoint}; setting {' '.join(setting)}; {args.cores} cores")
 
     rows, digests = [], {}

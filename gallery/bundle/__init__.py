@@ -470,6 +470,14 @@ def encode_image(pixels: np.ndarray, effort: str = "fast", lossy_quality: int | 
     return out.getvalue()
 
 
+def encode_frames(observations: np.ndarray, effort: str = "best") -> list[bytes]:
+    """A trajectory's observations (T, H, W, C) as the bundle's frame atlases: lossless WebP
+    of up to FRAMES_PER_ATLAS frames each, ATLAS_COLUMNS to a row."""
+    frames = display_frames(observations)
+    return [encode_image(tile(frames[start:start + FRAMES_PER_ATLAS], ATLAS_COLUMNS), effort)
+            for start in range(0, len(frames), FRAMES_PER_ATLAS)]
+
+
 def tile(frames: np.ndarray, columns: int) -> np.ndarray:
     """(N, h, w, C) frames -> one (rows * h, columns * w, C) image, row by row."""
     n, h, w, c = frames.shape
@@ -533,17 +541,22 @@ class BundleWriter:
         return self._write(relative, json.dumps(value, separators=(",", ":")).encode())
 
     # trajectories
-    def add_trajectory(self, data: TrajectoryData) -> int:
-        """Write one trajectory; returns its index."""
+    def add_trajectory(self, data: TrajectoryData, atlases: Sequence[bytes] | None = None
+                       ) -> int:
+        """Write one trajectory; returns its index. `atlases`: its frames as
+        `encode_frames` gives them, when already encoded (else they are encoded here)."""
         index = len(self.trajectories)
-        frames = display_frames(data.observations)
-        t, h, w, _ = frames.shape
-        atlases = []
-        for chunk, start in enumerate(range(0, t, FRAMES_PER_ATLAS)):
-            part = frames[start:start + FRAMES_PER_ATLAS]
-            name = self._write(f"frames/T{index}-{chunk}.webp",
-                               encode_image(tile(part, ATLAS_COLUMNS), self.image_effort))
-            atlases.append({"file": name, "start": start, "count": len(part)})
+        if atlases is None:
+            atlases = encode_frames(data.observations, self.image_effort)
+        t = len(data.observations)
+        h, w = display_frames(data.observations[:1]).shape[1:3]
+        written = []
+        for chunk, (start, encoded) in enumerate(zip(range(0, t, FRAMES_PER_ATLAS), atlases,
+                                                     strict=True)):
+            name = self._write(f"frames/T{index}-{chunk}.webp", encoded)
+            written.append({"file": name, "start": start,
+                            "count": min(FRAMES_PER_ATLAS, t - start)})
+        atlases = written
         scalars = {
             "length": t,
             "actions": np.asarray(data.actions).astype(int).tolist(),

@@ -224,6 +224,8 @@ class _Plan:
     attribution: dict[str, list[list[tuple[list[str], str]]]]
     """layer -> trajectory -> [(output ids, unit key)]."""
     features: dict[str, str]
+    frames: list[str]
+    """Per trajectory, the unit holding its frame atlases."""
 
 
 class InterfaceBuilder:
@@ -320,6 +322,17 @@ class InterfaceBuilder:
                           (rollouts_key,), (unit_outputs, {
                               **common, "rollouts": rollouts_key, "bookmarks": t.bookmarks})))
 
+        # the frames' images, encoded beside the analysis (they need only the rollouts, and
+        # a comparison showing the same trajectories reuses them)
+        frame_keys = []
+        for e in range(num_envs):
+            key = unit_key("frames", rollouts=rollouts_key, trajectory=e,
+                           effort=o.presentation.image_effort, unit_version=UNIT_VERSION,
+                           gallery=base["gallery"])
+            frame_keys.append(key)
+            units.append(Unit(key, "frames", f"{title}: frames T{e}", (rollouts_key,), (
+                unit_frames, {"rollouts": rollouts_key, "trajectory": e,
+                              "effort": o.presentation.image_effort})))
         value_only = [s for s in self.output_specs if s.kind == "value"]
         nmf_keys: dict[str, str] = {}
         feature_keys: dict[str, str] = {}
@@ -382,10 +395,11 @@ class InterfaceBuilder:
                                        "layer": name, **feature_settings})))
         # the order of the list is a valid order of work: dependencies first, and the
         # expensive attribution after every layer's NMF so that all ranks find work early
-        order = {"rollouts": 0, "outputs": 1, "nmf": 1, "features": 2, "attribution": 3}
+        order = {"rollouts": 0, "outputs": 1, "nmf": 1, "features": 2, "frames": 2,
+                 "attribution": 3}
         units.sort(key=lambda u: order[u.kind])
         self._plan = _Plan(units, rollouts_key, outputs_key, nmf_keys, attribution,
-                           feature_keys)
+                           feature_keys, frame_keys)
         return self._plan
 
     # --- running ----------------------------------------------------------------------
@@ -493,11 +507,13 @@ class InterfaceBuilder:
             + sum(len(row) for rows in plan.attribution.values() for row in rows) + 1,
             "parts")
         for e in range(len(observations)):
+            images = get(plan.frames[e], "frames")
             writer.add_trajectory(bundles.TrajectoryData(
                 observations=observations[e], actions=rollouts["trajectories.actions"][e],
                 rewards=rollouts["trajectories.rewards"][e],
                 firsts=rollouts["trajectories.firsts"][e], dones=a["dones"][e],
-                logits=a["logits"][e], values=a["values"][e], advantages=a["advantages"][e]))
+                logits=a["logits"][e], values=a["values"][e], advantages=a["advantages"][e]),
+                [images.arrays[f"atlas{i}"].tobytes() for i in range(images.value["atlases"])])
             writing.update()
         writer.set_bookmarks(
             [bundles.BookmarkEntry(*b) for b in outputs.value["high"]],
@@ -601,7 +617,8 @@ class _UnitStages:
     starts; units already in the store are not counted."""
 
     NAMES = {"rollouts": "rollouts", "outputs": "outputs", "nmf": "NMF",
-             "features": "feature views", "attribution": "attribution"}
+             "features": "feature views", "frames": "frame images",
+             "attribution": "attribution"}
 
     def __init__(self, units: Sequence[Unit], store: UnitStore):
         self.totals: dict[str, int] = {}
@@ -774,6 +791,15 @@ def unit_attribution(store: UnitStore, *, checkpoint: str | None, adapter: str |
                                         target=attribution_codec.FidelityTarget())
         arrays[f"gatr{i}"] = np.frombuffer(data, dtype=np.uint8)
     return UnitResult(arrays, {"outputs": len(targets)})
+
+
+def unit_frames(store: UnitStore, *, rollouts: str, trajectory: int, effort: str
+                ) -> UnitResult:
+    """The frame atlases of one trajectory, as the bundle stores them."""
+    observations = _stored_rollouts(store, rollouts)["trajectories.observations"][trajectory]
+    atlases = bundles.encode_frames(observations, effort)
+    return UnitResult({f"atlas{i}": np.frombuffer(data, np.uint8)
+                       for i, data in enumerate(atlases)}, {"atlases": len(atlases)})
 
 
 def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
