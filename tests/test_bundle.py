@@ -521,3 +521,41 @@ def test_hash_of_files_is_recorded(tmp_path):
     for name, meta in index["files"].items():
         data = (tmp_path / "b" / name).read_bytes()
         assert meta == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+@pytest.mark.parametrize("layer", ["3a", "4a"])
+def test_compiled_diffusion_gives_the_numpy_codes_on_real_frames(layer):
+    """gallery.bundle.diffuse (Numba) against codec.joint_diffuse's NumPy loops: the same
+    codes on the demo agent's value attribution of real CoinRun frames, reduced by an NMF,
+    at several steps, one per frame and one per plane."""
+    from pathlib import Path
+
+    from gallery.environments import EnvSpec
+    from gallery.environments.rollouts import TrajectoryConfig, collect_trajectories
+    from gallery.method.attribution import integrated_gradients
+    from gallery.method.nmf import NMFSettings, fit_nmf
+    from gallery.models.policy import load_policy
+
+    policy = load_policy(Path(__file__).resolve().parents[1] / "gallery" / "demo" /
+                         "coinrun-clear.jd")
+    obs = collect_trajectories(policy, EnvSpec.from_args(policy.args),
+                               TrajectoryConfig(1, 24), seed=3).observations[0]
+    attr = integrated_gradients(policy, obs, layer, "value", 4)
+    features, residual = fit_nmf(attr, NMFSettings(4, 0)).reduce_attribution(attr)
+    planes = codec.split_planes(features, residual, rendering.attribution_scale(features))
+    rng = np.random.default_rng(0)
+    for steps in (np.full(len(planes), 0.004), np.full(len(planes), 0.03),
+                  rng.choice([0.006, 0.012, 0.05], size=(len(planes), planes.shape[1]))):
+        reference = codec.joint_diffuse(planes, steps, compiled=False)
+        assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True), reference)
+        assert reference.any()
+
+
+def test_compiled_diffusion_on_random_planes():
+    rng = np.random.default_rng(5)
+    for k, h, w in ((1, 3, 5), (3, 7, 4), (8, 6, 6)):
+        planes = np.abs(rng.standard_normal((5, 2 * (k + 1), h, w))) * rng.choice(
+            [0.0, 0.01, 0.3], size=(5, 2 * (k + 1), h, w))
+        steps = rng.choice([0.002, 0.01, 0.04], size=5)
+        assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True),
+                              codec.joint_diffuse(planes, steps, compiled=False))

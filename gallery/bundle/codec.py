@@ -67,6 +67,9 @@ PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
 RANS_LOW = 1 << 23
 NUM_LEVELS = 1024
+#: Whether `joint_diffuse` runs compiled (Numba) by default; the same codes either way,
+#: about ten times faster on 64 frames (benchmarks/bench_encoder.py).
+COMPILED_DIFFUSION = True
 #: Uniform levels below the knee at most (the relative precision above it is 1/this).
 MAX_LINEAR = 64
 #: Distinct steps one file may use (a frame's step index is one byte).
@@ -182,8 +185,8 @@ def joint_weights(num_features: int, single: float = 1.0) -> np.ndarray:
     return weights
 
 
-def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | None = None
-                  ) -> np.ndarray:
+def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | None = None,
+                  compiled: bool | None = None) -> np.ndarray:
     """Codes (T, P, h, w) uint16 of non-negative planes (T, P, h, w); frame t uses the
     level table of steps[t] (or plane p of frame t that of steps[t, p]).
 
@@ -192,6 +195,10 @@ def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | N
     with a joint rounding at each position: every plane starts at its nearest level, then
     (two passes over the planes) moves to its other neighbouring level where that lowers
     e^T W e, W the `joint_weights`. The chosen errors are diffused as usual.
+
+    `compiled` (default: COMPILED_DIFFUSION): the same loops compiled with Numba
+    (gallery.bundle.diffuse); False runs them in NumPy, one position at a time over all
+    frames (the reference the compiled version is checked against).
     """
     planes = np.asarray(planes, np.float64)
     t, p, h, w = planes.shape
@@ -201,8 +208,14 @@ def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | N
     rows = rows.reshape(t, p)
     linears = np.array([linear_steps(float(x)) for x in distinct], np.float64)[rows]
     weights = joint_weights((p - 2) // 2) if weights is None else weights
-    diag = np.diag(weights)
     work = planes.copy()
+    if COMPILED_DIFFUSION if compiled is None else compiled:
+        from gallery.bundle.diffuse import diffuse
+
+        return diffuse(work, tables, np.ascontiguousarray(rows, np.int64),
+                       np.ascontiguousarray(q), np.ascontiguousarray(linears),
+                       np.ascontiguousarray(weights, np.float64))
+    diag = np.diag(weights)
     codes = np.zeros((t, p, h, w), np.uint16)
     for i in range(h):
         step = 1 if i % 2 == 0 else -1
