@@ -14,6 +14,7 @@ from gallery.pipeline.options import (
     OptionsError,
     add_arguments,
     flags,
+    from_arguments,
     from_flags,
     validate,
 )
@@ -98,8 +99,7 @@ models:
     args = parser.parse_args(["--num-envs", "2", "--num-steps", "16", "--layer", "2b",
                               "--layer", "4a", "--policy", "--policy-layer", "4a",
                               "--nmf-features", "4", "--video-speed", "6"])
-    from_cli = from_flags({flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
-                           for flag, *_ in flags()})
+    from_cli = from_arguments(args)
     from_api = interface_builder(tmp_path / "m.jd", tmp_path / "out", num_envs=2,
                                  num_steps=16, layers=["2b", "4a"], policy=True,
                                  policy_layers=["4a"], nmf_features=4, video_speed=6).options

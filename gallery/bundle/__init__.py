@@ -548,15 +548,11 @@ class BundleWriter:
         index = len(self.trajectories)
         if atlases is None:
             atlases = encode_frames(data.observations, self.image_effort)
-        t = len(data.observations)
-        h, w = display_frames(data.observations[:1]).shape[1:3]
-        written = []
-        for chunk, (start, encoded) in enumerate(zip(range(0, t, FRAMES_PER_ATLAS), atlases,
-                                                     strict=True)):
-            name = self._write(f"frames/T{index}-{chunk}.webp", encoded)
-            written.append({"file": name, "start": start,
-                            "count": min(FRAMES_PER_ATLAS, t - start)})
-        atlases = written
+        t, h, w = data.observations.shape[:3]
+        written = [{"file": self._write(f"frames/T{index}-{chunk}.webp", encoded),
+                    "start": start, "count": min(FRAMES_PER_ATLAS, t - start)}
+                   for chunk, (start, encoded) in enumerate(
+                       zip(range(0, t, FRAMES_PER_ATLAS), atlases, strict=True))]
         scalars = {
             "length": t,
             "actions": np.asarray(data.actions).astype(int).tolist(),
@@ -571,7 +567,7 @@ class BundleWriter:
             json.dumps(scalars, separators=(",", ":")).encode(), compresslevel=9, mtime=0))
         self.trajectories.append({
             "index": index, "length": t, "data": data_file,
-            "frames": {"tile": [h, w], "columns": ATLAS_COLUMNS, "atlases": atlases},
+            "frames": {"tile": [h, w], "columns": ATLAS_COLUMNS, "atlases": written},
             "episodes_completed": int(np.sum(np.asarray(data.dones) != 0)),
             "total_reward": float(np.sum(data.rewards)),
         })

@@ -12,7 +12,7 @@ from gallery.commands.rollout import parse_overrides
 from gallery.errors import UsageError
 from gallery.pipeline import distributed, progress
 from gallery.pipeline.interface import generate_interface
-from gallery.pipeline.options import OptionsError, add_arguments, flags, from_flags
+from gallery.pipeline.options import OptionsError, add_arguments, from_arguments
 from gallery.pipeline.units import Interrupted, local_pool
 
 
@@ -71,8 +71,7 @@ def working(context: distributed.Context, workers: int | None) -> Iterator[None]
 
 def run(args: argparse.Namespace) -> int:
     try:
-        options = from_flags({flag.replace("-", "_"): getattr(args, flag.replace("-", "_"))
-                              for flag, *_ in flags()})
+        options = from_arguments(args)
     except OptionsError as err:
         raise UsageError(str(err)) from None
     env = parse_overrides(args.env)

@@ -11,13 +11,13 @@ its page, the other models and the site are still built, and the exit code is 1.
 
 The per-model step is any `ModelBuilder`:
 
-    build_model(spec, checkpoint_path, settings, out_dir, *, progress=None) -> ModelResult
+    build_model(spec, checkpoint_path, settings, out_dir, *, progress=None,
+                interfaces=False) -> ModelResult
 
 It writes its files (thumbnail, interface) into `out_dir`, a fresh folder that is renamed
-into the cache only when the step succeeds. The default one below describes the policy,
-records its trajectories (mean return and length) and, when `gallery.pipeline.interface` exists,
-generates the interactive interface -- see `build_interface`, the single place where it is
-called.
+into the cache only when the step succeeds. The default one below describes the policy
+and, with `interfaces`, generates the interactive interface (`build_interface`), whose
+trajectories give the card's statistics; without, it records the trajectories alone.
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ from gallery import __version__
 from gallery.models.fetch import Cache, Fetched, FetchPolicy, fetch_checkpoint, sha256_file
 from gallery.pipeline.manifest import ComparisonSpec, Manifest, ModelSpec
 from gallery.pipeline.options import InterfaceOptions
-
-if TYPE_CHECKING:
-    from gallery.pipeline.interface import InterfaceBuilder
 from gallery.site import (
     BuildInfo,
     ComparisonEntry,
@@ -65,6 +62,9 @@ from gallery.site.budget import (  # noqa: F401 (PAGES_*, WARN_FRACTION: re-expo
     measure_site,
 )
 from gallery.site.results import RESULT_FORMAT_VERSION
+
+if TYPE_CHECKING:
+    from gallery.pipeline.interface import InterfaceBuilder
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +390,10 @@ def prepare_models(manifest: Manifest, config: BuildConfig, builder: ModelBuilde
                                               list[ModelOutcome]]:
     """Fetch and build each model in turn; a failure stays with its model.
 
-    Under MPI (`mpiexec -n N gallery build`, gallery.pipeline.distributed), the interface units of
-    every model to build are first computed together on all ranks (`pool_interface_units`);
-    each model's build then only assembles its bundle from the unit store, on rank 0."""
+    With a worker pool or under MPI (`mpiexec -n N gallery build`,
+    gallery.pipeline.distributed), the interface units of every model to build are first
+    computed together (`pool_interface_units`); each model's build then only assembles its
+    bundle from the unit store (on rank 0)."""
     cache = Cache(config.cache_dir)
     entries, fetched, outcomes = [], {}, []
     if config.interfaces and builder is build_model:
@@ -472,7 +473,7 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
                                         settings.options, adapter=settings.adapter,
                                         env=settings.env)
             units += planned.plan().units
-            store = planned.store  # where build_interface's generate_interface looks too
+            store = planned.store  # the store build_interface's builders read
         except Exception as err:  # reported by the model's own build below
             report(index, spec.id, "model", f"not pooled ({_describe(err)})")
     if not units:

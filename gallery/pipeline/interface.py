@@ -109,36 +109,19 @@ class InterfaceError(GalleryError):
 
 
 def generate_interface(checkpoint: str | Path | None, output_dir: str | Path,
-                       options: InterfaceOptions | Mapping[str, Any] | None = None, *,
-                       adapter: str | None = None, env: Mapping[str, Any] | None = None,
-                       title: str | None = None, model_id: str | None = None,
-                       rollouts: str | Path | None = None, cache_dir: str | Path | None = None,
-                       resample: bool = False, device: str | None = None,
-                       progress: Progress | None = None, **flags: Any) -> dict[str, Any]:
+                       options: InterfaceOptions | Mapping[str, Any] | None = None,
+                       **arguments: Any) -> dict[str, Any]:
     """Generate the interface of `checkpoint` (an rl-clarity checkpoint, a Stable-Baselines3
     zip, or the weights an adapter reads) into `output_dir`; returns a summary (sizes,
-    timings, fidelity checks). The folder is replaced.
-
-    `options`: an `InterfaceOptions` (gallery.pipeline.options), or its nested values as a
-    manifest's `defaults` has them; keyword options named as `gallery interface`'s flags
-    (`num_envs=2`, `policy=True`, `nmf_features=4`, `layer=["2b"]`, ...) override it.
-    `adapter`: `module:factory` reading the checkpoint (docs/adapters.md). `env`: the
-    environment where the file does not name it, or overrides of its options. `title` and
-    `model_id`: the page's title and the id in deep links. `rollouts`: a saved rollouts file
-    to show instead of recording new ones (the same frames for every model of a
-    comparison). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
-    cache folder); `resample`: compute every unit again. `device`: 'cpu' (default),
-    'cuda' or 'cuda:N'.
+    timings, fidelity checks). The folder is replaced. Options and arguments as
+    `interface_builder` takes them.
 
     The work is split into units kept in `<cache>/units` (gallery.pipeline.units): a second
     call reuses them, a killed one resumes, and under `mpiexec -n N`
     (gallery.pipeline.distributed) they are spread over the ranks; the bundle's bytes are
     the same in every case.
     """
-    builder = interface_builder(checkpoint, output_dir, options, adapter=adapter, env=env,
-                                title=title, model_id=model_id, rollouts=rollouts,
-                                cache_dir=cache_dir, resample=resample, device=device,
-                                progress=progress, **flags)
+    builder = interface_builder(checkpoint, output_dir, options, **arguments)
     return builder.run(distributed.current())
 
 
@@ -149,8 +132,20 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
                       rollouts: str | Path | None = None, cache_dir: str | Path | None = None,
                       resample: bool = False, device: str | None = None,
                       progress: Progress | None = None, **flags: Any) -> InterfaceBuilder:
-    """The builder `generate_interface` runs (arguments as there): `plan().units` lists
-    the interface's units, e.g. to pool the units of many models (gallery build)."""
+    """The builder of an interface (`generate_interface` runs it): `plan().units` lists
+    its units, e.g. to pool the units of many models (gallery build).
+
+    `options`: an `InterfaceOptions` (gallery.pipeline.options), or its nested values as a
+    manifest's `defaults` has them; keyword options named as `gallery interface`'s flags
+    (`num_envs=2`, `policy=True`, `nmf_features=4`, `layers=["2b"]`, ...) override it.
+    `adapter`: `module:factory` reading the checkpoint (docs/adapters.md). `env`: the
+    environment where the file does not name it, or overrides of its options. `title` and
+    `model_id`: the page's title and the id in deep links. `rollouts`: a saved rollouts file
+    to show instead of recording new ones (the same frames for every model of a
+    comparison). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
+    cache folder); `resample`: compute every unit again. `device`: 'cpu' (default),
+    'cuda' or 'cuda:N'.
+    """
     try:
         if options is not None and not isinstance(options, InterfaceOptions):
             options = validate(options)

@@ -208,6 +208,12 @@ def from_flags(values: Mapping[str, Any], base: InterfaceOptions | None = None
     return validate(data)
 
 
+def from_arguments(args: argparse.Namespace) -> InterfaceOptions:
+    """The options of command-line arguments parsed with `add_arguments`' flags."""
+    return from_flags({name: getattr(args, name)
+                       for name in (flag.replace("-", "_") for flag, *_ in flags())})
+
+
 def validate(data: Mapping[str, Any]) -> InterfaceOptions:
     """InterfaceOptions from nested values, or an OptionsError naming every bad option by
     its flag and by its manifest key."""
