@@ -9,6 +9,10 @@ import os
 # Read by MKL at its first product, so it works after `import torch` too.
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
+from gallery.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()  # freed tensors' memory is reused, not faulted in again
+
 from gallery.errors import CheckpointError, GalleryError  # noqa: E402
 from gallery.method.attribution import integrated_gradients, policy_attribution  # noqa: E402
 from gallery.models.policy import Policy, load_policy  # noqa: E402
