@@ -227,8 +227,9 @@ def test_build_model_records_and_evaluates_the_trajectories_once(tmp_path, monke
     result = build_model(manifest.models[0], path, settings, out, interfaces=True)
     events = [json.loads(line) for line in
               (tmp_path / "cache" / "units" / "events.jsonl").read_text().splitlines()]
-    kinds = [e["kind"] for e in events]
-    assert kinds.count("rollouts") == 1 and kinds.count("outputs") == 1
+    kinds, labels = [e["kind"] for e in events], [e["label"] for e in events]
+    assert labels.count("C: trajectories") == 1 and kinds.count("outputs") == 1
+    assert kinds.count("rollouts") == 2  # the trajectories, one group of extra observations
     assert result.interface == build_module.INTERFACE_DIR
     bundle = json.loads((out / "interface" / "bundle" / "bundle.json").read_text())
     assert [len(t := bundle["trajectories"]), t[0]["length"]] == result.steps_recorded

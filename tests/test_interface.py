@@ -129,3 +129,23 @@ def test_a_small_layer_keeps_the_patch_counts_that_fit(tmp_path):
     views = bundles.decode_feature_views((out / "bundle" / layer["feature_views"][0])
                                          .read_bytes())
     assert [g["subdiv_mult"] for g in views["grids"]] == [0.5, 1, 2]
+
+
+def test_trajectories_of_another_interface_must_fit_the_model(tmp_path):
+    """`rollouts=<another builder>`: an Atari network cannot be shown CoinRun frames; the
+    plan says so before anything is computed."""
+    from pathlib import Path
+
+    from gallery.pipeline.interface import interface_builder
+
+    demo = Path(__file__).resolve().parents[1] / "gallery" / "demo" / "coinrun-clear.jd"
+    coinrun = interface_builder(demo, tmp_path / "a", cache_dir=tmp_path / "cache",
+                                title="CoinRun")
+    breakout = interface_builder(None, tmp_path / "b", cache_dir=tmp_path / "cache",
+                                 adapter="examples.adapters.cleanrl_atari:make",
+                                 title="Breakout", rollouts=coinrun)
+    with pytest.raises(InterfaceError, match=r"CoinRun's observations are \(64, 64, 3\), "
+                       r"Breakout takes \(84, 84, 4\): they cannot share trajectories"):
+        breakout.plan()
+    assert not (tmp_path / "cache" / "units").exists() or not any(
+        (tmp_path / "cache" / "units").iterdir())

@@ -104,3 +104,36 @@ def test_training_comparison_page(run, tmp_path, monkeypatch, capsys):
     assert "training steps" in page
     feature_chart = page[page.index("Features of the last checkpoint, found earlier"):]
     assert "layer 4a" in feature_chart[:4000]
+
+
+def test_comparison_interfaces_join_the_pool_with_the_same_bytes(run, tmp_path, monkeypatch,
+                                                                 capsys):
+    """With a worker pool, the comparison's interfaces on the last checkpoint's trajectories
+    are computed in the pool beside the models' own units (they depend on its rollouts unit,
+    not on the finished model); the bundles equal a one-process build's, and the frames
+    of the shared trajectories are encoded once for all three interfaces."""
+    from gallery.pipeline.units import UnitStore
+    from tests.test_distributed import same_bytes
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    computed, sites = {}, {}
+    for workers in (0, 1):
+        cache = tmp_path / f"cache{workers}"
+        monkeypatch.setenv("GALLERY_CACHE", str(cache))
+        sites[workers] = tmp_path / f"site{workers}"
+        assert main(["build", "-m", str(_manifest(run, "training")), "-o",
+                     str(sites[workers]), "--workers", str(workers)]) == 0
+        err = capsys.readouterr().err
+        computed[workers] = [e["key"] for e in UnitStore(cache / "units").events()
+                             if e["event"] == "computed"]
+        # per model: trajectories, observations, outputs, 2 frames, NMF, features,
+        # 2 attribution; each other checkpoint on the shared trajectories: outputs, NMF,
+        # features, 2 attribution
+        assert len(computed[workers]) == len(set(computed[workers])) == 3 * 9 + 2 * 5
+        if workers:
+            assert "37 interface units of 3 model(s) and 1 comparison(s) on this process " \
+                   "and 1 worker(s)" in err
+    assert sorted(computed[0]) == sorted(computed[1])
+    for model in ("untrained", "early", "final"):
+        same_bytes(sites[0] / "compare" / "training" / "interface" / model,
+                   sites[1] / "compare" / "training" / "interface" / model)

@@ -442,9 +442,10 @@ def test_one_and_two_processes_write_the_same_bytes_and_show_each_stage(tmp_path
     # stderr is not a terminal: plain lines per stage, with counts
     for text in (one, two):
         lines = text.splitlines()
-        for expected in ("rollouts: trajectories: 32/32 steps",
-                         "rollouts: observations: 256/256 policy steps",
-                         "NMF: 2/2 units", "feature views: 2/2 units",
-                         "attribution: 4/4 units", "writing: 10/10 parts"):
+        # the trajectories and two groups of 8 environments' extra observations
+        for expected in ("rollouts: 3/3 units", "NMF: 2/2 units", "feature views: 2/2 units",
+                         "attribution: 4/4 units", "writing: 10/10 parts") + (
+                ("rollouts: trajectories: 32/32 steps",
+                 "rollouts: observations: 128/128 policy steps") if text is one else ()):
             assert any(line.startswith(expected) for line in lines), expected
         assert "\r" not in text and "\x1b[" not in text

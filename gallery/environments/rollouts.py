@@ -387,15 +387,21 @@ def collect_trajectories(policy: nn.Module, spec: EnvSpec,
 
 def collect_observations(policy: nn.Module, spec: EnvSpec,
                          config: ObservationConfig = ObservationConfig(), seed: int = 0,
-                         progress: Progress | None = None
+                         progress: Progress | None = None, group: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Gather the extra observations: `config.num_envs * config.num_obs` of them."""
+    """Gather the extra observations: `config.num_envs * config.num_obs` of them. `group`
+    numbers one of several groups of environments collected separately (an interface's
+    observation units): each group has its own environment and action seeds."""
     seeds = rollout_seeds(seed)
-    with make_vec_env(spec, config.num_envs, seeds["observation_env"],
+    env_seed, action_seed = seeds["observation_env"], seeds["observation_actions"]
+    if group is not None:
+        env_seed, action_seed = (int(np.random.SeedSequence([s, group]).generate_state(1)[0])
+                                 for s in (env_seed, action_seed))
+    with make_vec_env(spec, config.num_envs, env_seed,
                       config.full_resolution) as env, torch_threads(TORCH_THREADS):
         check_compatible(policy, env)
         return record_observations(
-            env, PolicySampler(policy, seeds["observation_actions"]), config.num_obs,
+            env, PolicySampler(policy, action_seed), config.num_obs,
             config.obs_every, full_resolution=config.full_resolution, progress=progress)
 
 

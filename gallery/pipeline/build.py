@@ -74,7 +74,6 @@ INTERFACE_DIR = "interface"
 #: Observations every model of a comparison is evaluated on (every STRIDE-th recorded frame).
 SHARED_FRAMES, SHARED_STRIDE = 32, 4
 COMPARISON_FORMAT_VERSION = 4
-SHARED_ROLLOUTS_FILE = "rollouts.npz"
 MATCHED_DIR = "matched"
 
 
@@ -461,26 +460,45 @@ def pool_interface_units(manifest: Manifest, config: BuildConfig, report: Report
     if executor is None:
         return None
     cache = Cache(config.cache_dir)
-    units = []
+    units, store, made, builders = [], None, {}, {}
+
+    def make(model_id: str, rollouts: InterfaceBuilder | None = None) -> InterfaceBuilder:
+        got, settings, title = made[model_id]
+        return interface_builder(got.path, config.cache_dir / "unused", settings.options,
+                                 adapter=settings.adapter, env=settings.env, title=title,
+                                 model_id=model_id, rollouts=rollouts)
+
     for index, spec in enumerate(manifest.models):
         try:
             got = fetch_model(spec, manifest, cache, config)
             settings = ModelSettings.of(manifest, spec)
+            made[spec.id] = got, settings, spec.title
+            builders[spec.id] = planned = make(spec.id)
+            store = planned.store  # the store build_interface's builders read
             key = model_key(got.sha256, settings, config.interfaces)
             if not config.force and ModelResult.load(config.cache_dir / "models" / key):
                 continue
-            planned = interface_builder(got.path, config.cache_dir / "unused",
-                                        settings.options, adapter=settings.adapter,
-                                        env=settings.env)
             units += planned.plan().units
-            store = planned.store  # the store build_interface's builders read
         except Exception as err:  # reported by the model's own build below
             report(index, spec.id, "model", f"not pooled ({_describe(err)})")
+    # the comparisons' interfaces on shared trajectories (side_by_side) join the pool: their
+    # units depend on the source model's rollouts unit, not on the finished model
+    comparisons = 0
+    for spec in manifest.comparisons:
+        ids = side_by_side_order(spec.kind == "training",
+                                 [i for i in spec.models if i in builders])
+        try:
+            if len(ids) > 1 and len({_game(builders[i]) for i in ids}) == 1:
+                for i in ids[1:]:
+                    units += make(i, rollouts=builders[ids[0]]).plan().units
+                comparisons += 1
+        except Exception as err:  # reported by the comparison itself
+            report(-1, spec.id, "compare", f"not pooled ({_describe(err)})")
     if not units:
         return None
     units = unique_units(units)
     report(-1, "units", "model", f"{len(units)} interface units of {len(manifest.models)} "
-           f"model(s) on {where}")
+           f"model(s) and {comparisons} comparison(s) on {where}")
     try:
         with StopFlag().installed() as stop:
             summary = run_units(units, store, executor=executor, workers=workers, stop=stop)
@@ -661,30 +679,25 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
     With `training` (checkpoints of one run, in order), the LAST model records the shared
     trajectories and its features are the ones matched in every earlier checkpoint; the
     cells of each row stay in checkpoint order."""
-    from gallery.environments.rollouts import Rollouts, save_rollouts
     from gallery.pipeline.interface import interface_builder
     from gallery.site import matching
 
     del cache_dir  # the interfaces keep their units where the models' interfaces do
     activations, thumbnails = {}, {}
-    frames = None
-    for index, entry in enumerate(built[::-1] if training else built):
-        model_id = entry.spec.id
+    frames, source = None, None
+    by_id = {e.spec.id: e for e in built}
+    for model_id in side_by_side_order(training, list(by_id)):
+        entry = by_id[model_id]
         settings = ModelSettings.of(manifest, entry.spec)
         target = folder / INTERFACE_DIR / model_id
         builder = interface_builder(
             fetched[model_id].path, target, settings.options, adapter=settings.adapter,
-            env=settings.env, title=entry.spec.title, model_id=model_id,
-            rollouts=folder / SHARED_ROLLOUTS_FILE if index > 0 else None,
+            env=settings.env, title=entry.spec.title, model_id=model_id, rollouts=source,
             progress=lambda message, model_id=model_id: say(f"{model_id}: {message}"))
         builder.run()
-        if index == 0:  # the shared trajectories: those of the first model's interface
+        if source is None:  # the shared trajectories: those of the first model's interface
+            source = builder
             recorded, observations, _ = builder.recorded()
-            save_rollouts(folder / SHARED_ROLLOUTS_FILE, Rollouts(
-                recorded, observations, metadata={
-                    "recorded_by": model_id,
-                    "trajectories": {"num_envs": recorded.num_envs,
-                                     "num_steps": recorded.num_steps}}))
             frames = matching.sample_frames(recorded.observations)
             shared.shared_steps = [recorded.num_envs, recorded.num_steps]
             say(f"shared trajectories: {recorded.num_envs} x {recorded.num_steps} steps and "
@@ -726,6 +739,20 @@ def side_by_side(manifest: Manifest, built: list[ModelEntry], fetched: dict[str,
                  "image": _thumb(thumbnails, i, layer, m["feature"])}
                 for i, m in zip(ids[1:], row["matches"], strict=True)]}
             for row in rows]})
+
+
+def side_by_side_order(training: bool, ids: list[str]) -> list[str]:
+    """The models of a comparison in the order `side_by_side` builds their interfaces: the
+    one whose trajectories they share first (a training run's last checkpoint, otherwise the
+    first model)."""
+    return ids[::-1] if training else ids
+
+
+def _game(builder: InterfaceBuilder) -> tuple[str, str, tuple[int, ...]]:
+    from gallery.site import matching
+
+    builder.plan()  # prepares the policy and the environment
+    return matching.game_of(builder.spec.to_dict(), builder.policy.observation_shape)
 
 
 def _thumb(thumbnails: dict[str, dict[str, list[str]]], model_id: str, layer: str,

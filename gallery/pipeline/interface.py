@@ -43,11 +43,12 @@ from gallery.environments.rollouts import (
     ObservationConfig,
     Trajectories,
     TrajectoryConfig,
+    collect_observations,
+    collect_trajectories,
     load_rollouts,
     metadata_path,
     policy_fingerprint,
 )
-from gallery.environments.rollouts import collect as collect_rollouts
 from gallery.errors import GalleryError
 from gallery.method.advantages import bookmarks as find_bookmarks
 from gallery.method.advantages import gae_advantages, policy_outputs
@@ -129,9 +130,10 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
                       options: InterfaceOptions | Mapping[str, Any] | None = None, *,
                       adapter: str | None = None, env: Mapping[str, Any] | None = None,
                       title: str | None = None, model_id: str | None = None,
-                      rollouts: str | Path | None = None, cache_dir: str | Path | None = None,
-                      resample: bool = False, device: str | None = None,
-                      progress: Progress | None = None, **flags: Any) -> InterfaceBuilder:
+                      rollouts: str | Path | InterfaceBuilder | None = None,
+                      cache_dir: str | Path | None = None, resample: bool = False,
+                      device: str | None = None, progress: Progress | None = None,
+                      **flags: Any) -> InterfaceBuilder:
     """The builder of an interface (`generate_interface` runs it): `plan().units` lists
     its units, e.g. to pool the units of many models (gallery build).
 
@@ -140,9 +142,10 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
     (`num_envs=2`, `policy=True`, `nmf_features=4`, `layers=["2b"]`, ...) override it.
     `adapter`: `module:factory` reading the checkpoint (docs/adapters.md). `env`: the
     environment where the file does not name it, or overrides of its options. `title` and
-    `model_id`: the page's title and the id in deep links. `rollouts`: a saved rollouts file
-    to show instead of recording new ones (the same frames for every model of a
-    comparison). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
+    `model_id`: the page's title and the id in deep links. `rollouts`: trajectories to show
+    instead of recording new ones (the same frames for every model of a comparison): a
+    saved rollouts file, or another interface's builder, whose rollouts unit this
+    interface's units then depend on (so that both plans can run in one pool). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
     cache folder); `resample`: compute every unit again. `device`: 'cpu' (default),
     'cuda' or 'cuda:N'.
     """
@@ -159,7 +162,9 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
     return InterfaceBuilder(
         None if checkpoint is None else str(checkpoint), Path(output_dir), options,
         adapter=adapter, env=dict(env or {}),
-        title=title, model_id=model_id, rollouts=None if rollouts is None else str(rollouts),
+        title=title, model_id=model_id,
+        rollouts=rollouts if rollouts is None or isinstance(rollouts, InterfaceBuilder)
+        else str(rollouts),
         cache_dir=cache_dir, resample=resample, progress=progress or _log_progress,
         device=check_device(device, distributed.current().local_rank))
 
@@ -194,10 +199,13 @@ def _log_progress(message: str) -> None:
 # number of ranks, so neither do the floating-point results.
 
 UNITS_DIR = "units"
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 """Bump when the computation of any unit changes (it is part of every unit key)."""
 OUTPUTS_PER_UNIT = 4
 """Outputs attributed together (one readout batch), as in the single-process pipeline."""
+ENVS_PER_OBSERVATION_UNIT = 8
+"""Environments whose extra observations one unit collects (each group with its own seeds),
+so that the collection, the longest unit of an interface, spreads over the cores."""
 
 
 @dataclass
@@ -214,6 +222,9 @@ class _Plan:
 
     units: list[Unit]
     rollouts: str
+    """The unit of the trajectories."""
+    observations: list[str]
+    """The units of the extra observations, in order (a given file's: its one unit)."""
     outputs: str
     nmf: dict[str, str]
     attribution: dict[str, list[list[tuple[list[str], str]]]]
@@ -230,8 +241,9 @@ class InterfaceBuilder:
     def __init__(self, checkpoint: str | None, output_dir: Path, options: InterfaceOptions, *,
                  adapter: str | None = None, env: dict[str, Any] | None = None,
                  title: str | None = None, model_id: str | None = None,
-                 rollouts: str | None = None, cache_dir: str | Path | None = None,
-                 resample: bool = False, progress: Progress = lambda message: None,
+                 rollouts: str | InterfaceBuilder | None = None,
+                 cache_dir: str | Path | None = None, resample: bool = False,
+                 progress: Progress = lambda message: None,
                  device: str = "cpu"):
         self.checkpoint = checkpoint
         # what the page names as the source: the file, or the adapter building the network
@@ -293,7 +305,16 @@ class InterfaceBuilder:
         title = self.title
         t = o.trajectories
 
-        if self.rollouts is not None:
+        if isinstance(self.rollouts, InterfaceBuilder):  # another interface's trajectories
+            source, given = self.rollouts.plan(), self.rollouts.policy.observation_shape
+            if tuple(given) != tuple(policy.observation_shape):
+                raise InterfaceError(
+                    f"{self.rollouts.title}'s observations are {tuple(given)}, {title} "
+                    f"takes {tuple(policy.observation_shape)}: they cannot share trajectories")
+            rollouts_key, num_envs = source.rollouts, len(source.frames)
+            observation_keys = source.observations
+            units += [u for u in source.units if u.key in {rollouts_key, *observation_keys}]
+        elif self.rollouts is not None:
             file_sha = sha256_file(self.rollouts)
             rollouts_key = unit_key("rollouts-file", sha256=file_sha, **base)
             num_envs = _saved_num_envs(self.rollouts)
@@ -301,17 +322,30 @@ class InterfaceBuilder:
                 policy.observation_shape)}
             units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts (given)", (),
                               (unit_given_rollouts, task)))
+            observation_keys = [rollouts_key]  # the file holds both
         else:
             trajectories = asdict(TrajectoryConfig(t.num_envs, t.num_steps))
-            observations = asdict(ObservationConfig(**o.observations.model_dump()))
             rollouts_key = unit_key("rollouts", env=self.spec.to_dict(),
-                                    trajectories=trajectories, observations=observations,
-                                    seed=t.seed, rollouts_format=ROLLOUTS_FORMAT, **base)
+                                    trajectories=trajectories, seed=t.seed,
+                                    rollouts_format=ROLLOUTS_FORMAT, **base)
             num_envs = t.num_envs
-            units.append(Unit(rollouts_key, "rollouts", f"{title}: rollouts", (), (
-                unit_rollouts,
-                {**common, "env": self.env, "trajectories": trajectories,
-                 "observations": observations, "seed": t.seed})))
+            units.append(Unit(rollouts_key, "rollouts", f"{title}: trajectories", (), (
+                unit_rollouts, {**common, "env": self.env, "trajectories": trajectories,
+                                "seed": t.seed})))
+            # the extra observations, in groups of environments collected at once
+            observation_keys = []
+            x = o.observations
+            for group, start in enumerate(range(0, x.num_envs, ENVS_PER_OBSERVATION_UNIT)):
+                config = asdict(ObservationConfig(
+                    min(ENVS_PER_OBSERVATION_UNIT, x.num_envs - start), x.num_obs,
+                    x.obs_every))
+                key = unit_key("observations", env=self.spec.to_dict(), observations=config,
+                               group=group, seed=t.seed, rollouts_format=ROLLOUTS_FORMAT,
+                               **base)
+                observation_keys.append(key)
+                units.append(Unit(key, "rollouts", f"{title}: observations {group}", (), (
+                    unit_observations, {**common, "env": self.env, "observations": config,
+                                        "group": group, "seed": t.seed})))
         outputs_key = unit_key("outputs", rollouts=rollouts_key, bookmarks=t.bookmarks, **base)
         units.append(Unit(outputs_key, "outputs", f"{title}: outputs, advantages, bookmarks",
                           (rollouts_key,), (unit_outputs, {
@@ -339,11 +373,12 @@ class InterfaceBuilder:
             if name != INPUT_LAYER:
                 c = policy.layer_shapes[name][-1]
                 k = min(o.nmf.features, c)
-                nmf_key = unit_key("nmf", rollouts=rollouts_key, layer=name, features=k,
-                                   steps=o.nmf.integrate_steps, **base)
+                nmf_key = unit_key("nmf", observations=observation_keys, layer=name,
+                                   features=k, steps=o.nmf.integrate_steps, **base)
                 nmf_keys[name] = nmf_key
-                units.append(Unit(nmf_key, "nmf", f"{title}: NMF {name}", (rollouts_key,), (
-                    unit_nmf, {**common, "rollouts": rollouts_key, "layer": name,
+                units.append(Unit(nmf_key, "nmf", f"{title}: NMF {name}",
+                                  tuple(observation_keys), (
+                    unit_nmf, {**common, "observations": observation_keys, "layer": name,
                                "features": k, "steps": o.nmf.integrate_steps})))
             steps = 1 if name == INPUT_LAYER else a.integrate_steps
             multi = a.multi_path and name != INPUT_LAYER
@@ -380,21 +415,21 @@ class InterfaceBuilder:
                 feature_settings = {"subdiv_mults": list(v.subdiv_mults),
                                     "num_mult": v.thumbnail_num_mult,
                                     "expand_mult": v.thumbnail_expand_mult}
-                feature_key = unit_key("features", rollouts=rollouts_key, nmf=nmf_key,
-                                       layer=name, **feature_settings, **base)
+                feature_key = unit_key("features", observations=observation_keys,
+                                       nmf=nmf_key, layer=name, **feature_settings, **base)
                 feature_keys[name] = feature_key
                 units.append(Unit(feature_key, "features", f"{title}: features {name}",
-                                  (rollouts_key, nmf_key), (
+                                  (*observation_keys, nmf_key), (
                                       unit_features,
-                                      {**common, "rollouts": rollouts_key, "nmf": nmf_key,
-                                       "layer": name, **feature_settings})))
+                                      {**common, "observations": observation_keys,
+                                       "nmf": nmf_key, "layer": name, **feature_settings})))
         # the order of the list is a valid order of work: dependencies first, and the
         # expensive attribution after every layer's NMF so that all ranks find work early
         order = {"rollouts": 0, "outputs": 1, "nmf": 1, "features": 2, "frames": 2,
                  "attribution": 3}
         units.sort(key=lambda u: order[u.kind])
-        self._plan = _Plan(units, rollouts_key, outputs_key, nmf_keys, attribution,
-                           feature_keys, frame_keys)
+        self._plan = _Plan(units, rollouts_key, observation_keys, outputs_key, nmf_keys,
+                           attribution, feature_keys, frame_keys)
         return self._plan
 
     # --- running ----------------------------------------------------------------------
@@ -453,7 +488,8 @@ class InterfaceBuilder:
         if outputs is None:
             raise InterfaceError(f"outputs unit {plan.outputs[:12]} is missing from "
                                  f"{self.store.root}; run the build again")
-        return trajectories, arrays.get("observations"), outputs.arrays["values"]
+        return trajectories, _stored_observations(self.store, plan.observations), \
+            outputs.arrays["values"]
 
     # --- assembling ------------------------------------------------------------------
     def assemble(self) -> dict[str, Any]:
@@ -475,7 +511,9 @@ class InterfaceBuilder:
 
         rollouts = _rollout_arrays(get(plan.rollouts, "rollouts"))
         observations = rollouts["trajectories.observations"]
-        extra = rollouts.get("observations")
+        for key in plan.observations:
+            get(key, "rollouts")  # counted in the stage timings
+        extra = _stored_observations(self.store, plan.observations)
         outputs = get(plan.outputs, "outputs")
         names = self.action_names
         title, p, v = self.title, o.presentation, o.visualisation
@@ -574,7 +612,9 @@ class InterfaceBuilder:
         settings = self.options.model_dump(mode="json")
         settings["presentation"].pop("image_effort")  # how images are encoded, not what
         settings["attribution"]["policy_layers"] = self.policy_layers
-        if self.rollouts:  # a local path: keep only the file's name
+        if isinstance(self.rollouts, InterfaceBuilder):
+            settings["rollouts"] = f"recorded by {self.rollouts.model_id}"
+        elif self.rollouts:  # a local path: keep only the file's name
             settings["rollouts"] = Path(self.rollouts).name
         out = {
             "checkpoint": {"name": self.source_name, "sha256": checkpoint_sha},
@@ -688,6 +728,14 @@ def _stored_rollouts(store: UnitStore, key: str) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _stored_observations(store: UnitStore, keys: list[str]) -> np.ndarray | None:
+    """The extra observations of the units `keys`, concatenated in order."""
+    parts = [_stored_rollouts(store, key).get("observations") for key in keys]
+    if any(part is None for part in parts):
+        return None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def _stored_nmf(store: UnitStore, key: str, device: str = "cpu") -> LayerNMF:
     found = store.load(key)
     if found is None:
@@ -698,19 +746,27 @@ def _stored_nmf(store: UnitStore, key: str, device: str = "cpu") -> LayerNMF:
 
 
 def unit_rollouts(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
-                  env: dict[str, Any], trajectories: dict[str, Any],
-                  observations: dict[str, Any], seed: int) -> UnitResult:
+                  env: dict[str, Any], trajectories: dict[str, Any], seed: int) -> UnitResult:
+    """The trajectories the interface shows."""
     policy = cached_policy(checkpoint, adapter, device)
     spec = EnvSpec.from_args(policy.args, env)
-    recorded = collect_rollouts(policy, spec, TrajectoryConfig(**trajectories),
-                                ObservationConfig(**observations), seed,
-                                progress_bars.counter("rollouts", {
-                                    "trajectories": "steps", "observations": "policy steps"}))
-    arrays = {f"trajectories.{k}": v for k, v in recorded.trajectories.arrays().items()
+    recorded = collect_trajectories(policy, spec, TrajectoryConfig(**trajectories), seed,
+                                    progress_bars.counter("rollouts", {"trajectories": "steps"}))
+    arrays = {f"trajectories.{k}": v for k, v in recorded.arrays().items()
               if k != "observations_full"}
-    if recorded.observations is not None:
-        arrays["observations"] = recorded.observations
-    return UnitResult(arrays, {"num_envs": recorded.trajectories.num_envs})
+    return UnitResult(arrays, {"num_envs": recorded.num_envs})
+
+
+def unit_observations(store: UnitStore, *, checkpoint: str | None, adapter: str | None,
+                      device: str, env: dict[str, Any], observations: dict[str, Any],
+                      group: int, seed: int) -> UnitResult:
+    """One group of environments' extra observations (NMF and feature visualisation)."""
+    policy = cached_policy(checkpoint, adapter, device)
+    spec = EnvSpec.from_args(policy.args, env)
+    extra, _ = collect_observations(policy, spec, ObservationConfig(**observations), seed,
+                                    progress_bars.counter("rollouts", {
+                                        "observations": "policy steps"}), group=group)
+    return UnitResult({"observations": extra}, {"num_envs": observations["num_envs"]})
 
 
 def unit_given_rollouts(store: UnitStore, *, path: str,
@@ -746,9 +802,9 @@ def unit_outputs(store: UnitStore, *, checkpoint: str | None, adapter: str | Non
 
 
 def unit_nmf(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
-             rollouts: str, layer: str, features: int, steps: int) -> UnitResult:
+             observations: list[str], layer: str, features: int, steps: int) -> UnitResult:
     policy = cached_policy(checkpoint, adapter, device)
-    extra = _stored_rollouts(store, rollouts)["observations"]
+    extra = _stored_observations(store, observations)
     nmf = fit_nmf(integrated_gradients(policy, extra, layer, "value", steps=steps),
                   NMFSettings(features))
     return UnitResult({"components": nmf.components},
@@ -798,11 +854,11 @@ def unit_frames(store: UnitStore, *, rollouts: str, trajectory: int, effort: str
 
 
 def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
-                  rollouts: str, nmf: str, layer: str, subdiv_mults: list[float],
-                  num_mult: int, expand_mult: float) -> UnitResult:
+                  observations: list[str], nmf: str, layer: str,
+                  subdiv_mults: list[float], num_mult: int, expand_mult: float) -> UnitResult:
     """Legend thumbnails and the feature-view grids of one layer (method.md 7)."""
     policy = cached_policy(checkpoint, adapter, device)
-    extra = _stored_rollouts(store, rollouts)["observations"]
+    extra = _stored_observations(store, observations)
     layer_nmf = _stored_nmf(store, nmf, device)
     with torch.inference_mode():
         acts = np.concatenate([

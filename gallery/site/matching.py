@@ -3,7 +3,7 @@ shared set of recorded trajectories.
 
 Every model of a comparison gets an interface built on the SAME rollouts (trajectories and
 extra observations recorded once, from one environment seed, by the comparison's first
-model; `gallery.pipeline.interface.InterfaceOptions.rollouts`). Each model's NMF features, read
+model; `interface_builder(..., rollouts=<its builder>)` in gallery.pipeline.interface). Each model's NMF features, read
 back from the interface's unit store, are applied to a sample of the shared frames
 (`feature_activations`); for every layer present in all models, each feature of the first
 model is paired with the most similar feature of each other model, by the Pearson
@@ -35,9 +35,14 @@ def game(result: Any) -> tuple[str, str, tuple[int, ...]]:
     another's frames; models of different games (CoinRun and Breakout, or one game at two
     frame stacks) cannot. Environment options (distribution mode, levels) do not count:
     their frames are the same kind."""
-    env = result.environment or {}
-    return (str(env.get("env_kind", "")), str(env.get("env_name", "")),
-            tuple(int(n) for n in result.observation_shape))
+    return game_of(result.environment or {}, result.observation_shape)
+
+
+def game_of(environment: dict[str, Any], observation_shape: Sequence[int]
+            ) -> tuple[str, str, tuple[int, ...]]:
+    """`game` of an environment's options (`EnvSpec.to_dict()`) and an observation shape."""
+    return (str(environment.get("env_kind", "")), str(environment.get("env_name", "")),
+            tuple(int(n) for n in observation_shape))
 
 
 def by_game(results: Sequence[Any]) -> dict[tuple[str, str, tuple[int, ...]], list[int]]:
