@@ -15,7 +15,8 @@ largest single process as the kernel counts it).
 trajectory frames, 16 x 16 extra observations every 16 steps, layers 2b, 3a, 4a), which
 finish in minutes on a 2-core machine; without it, the method's defaults (method.md 8:
 8 x 512 frames, 32 x 128 extra observations every 128 steps, every layer), about an hour
-there. `--policy-layer L` attributes every action and action group too, at layer L only.
+there. `--policy-layer L` attributes every action and action group too, at layer L (every
+layer keeps its value attribution): the interface to compare with the value-only one.
 
 `--site [MANIFEST]` measures `gallery build -m MANIFEST` instead (default: the demo
 manifest of commit 18a1591, two models of gallery/demo/coinrun-clear.jd with a comparison,
@@ -206,10 +207,8 @@ def main() -> None:
         raise SystemExit(f"{args.checkpoint}: no such checkpoint (give --checkpoint PATH)")
 
     options = list(QUICK) if args.quick else []
-    if args.policy_layer:
-        options = [o for i, o in enumerate(options)
-                   if o != "--layer" and (i == 0 or options[i - 1] != "--layer")]
-        options += ["--policy", "--layer", args.policy_layer]
+    if args.policy_layer:  # the same interface, with policy attribution at that layer too
+        options += ["--policy", "--policy-layer", args.policy_layer]
     if args.device:
         options += ["--device", args.device]
     scratch = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
