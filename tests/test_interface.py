@@ -149,3 +149,37 @@ def test_trajectories_of_another_interface_must_fit_the_model(tmp_path):
         breakout.plan()
     assert not (tmp_path / "cache" / "units").exists() or not any(
         (tmp_path / "cache" / "units").iterdir())
+
+
+def test_an_interface_on_a_saved_rollouts_file(tmp_path):
+    """`rollouts=<file>` (`gallery interface --rollouts FILE`): the file's trajectories and
+    extra observations, read by one unit, are what the bundle shows and indexes."""
+    from pathlib import Path
+
+    from gallery.environments import EnvSpec
+    from gallery.environments.rollouts import (
+        ObservationConfig,
+        TrajectoryConfig,
+        load_or_collect,
+    )
+    from gallery.models.policy import load_policy
+    from gallery.pipeline.interface import generate_interface
+    from gallery.pipeline.units import UnitStore
+
+    demo = Path(__file__).resolve().parents[1] / "gallery" / "demo" / "coinrun-clear.jd"
+    policy = load_policy(demo)
+    saved = tmp_path / "shared.npz"
+    load_or_collect(saved, policy, EnvSpec.from_args(policy.args, {}),
+                    trajectories=TrajectoryConfig(2, 12),
+                    observations=ObservationConfig(4, 4, 2), seed=3)
+    out = tmp_path / "interface"
+    generate_interface(demo, out, rollouts=saved, cache_dir=tmp_path / "cache",
+                       layers=["4a"], nmf_features=2, integrate_steps=2,
+                       nmf_integrate_steps=2, image_effort="fast")
+    index = bundles.validate_bundle(out / "bundle", decode_frames=0)
+    assert [t["length"] for t in index["trajectories"]] == [12, 12]
+    assert max(index["extra_observations"]["indices"]) < 16  # the file's 4 x 4
+    assert index["provenance"]["settings"]["rollouts"] == "shared.npz"
+    events = UnitStore(tmp_path / "cache" / "units").events()
+    assert [e["label"] for e in events if e["kind"] == "rollouts"] == [
+        "coinrun-clear: rollouts (given)"]

@@ -2,7 +2,8 @@
 
 Per layer, K features (8) are fitted on the value attribution of the extra observations:
 scikit-learn's NMF on the rows of `concat([max(attr, 0), max(-attr, 0)], batch axis)`
-flattened to (N*h*w, C), less the rows that are all zero. `components_` (K, C) are the feature directions.
+flattened to (N*h*w, C), less the rows that are all zero. `components_` (K, C) are the
+feature directions.
 
 The fit is scikit-learn's public `NMF` with the settings of the reference tool, whose lucid
 `ChannelReducer` wrapped `NMF(n_components)` with the defaults of scikit-learn 0.2x: init

@@ -144,10 +144,10 @@ def interface_builder(checkpoint: str | Path | None, output_dir: str | Path,
     environment where the file does not name it, or overrides of its options. `title` and
     `model_id`: the page's title and the id in deep links. `rollouts`: trajectories to show
     instead of recording new ones (the same frames for every model of a comparison): a
-    saved rollouts file, or another interface's builder, whose rollouts unit this
-    interface's units then depend on (so that both plans can run in one pool). `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user
-    cache folder); `resample`: compute every unit again. `device`: 'cpu' (default),
-    'cuda' or 'cuda:N'.
+    saved rollouts file, or another interface's builder, whose rollouts units this
+    interface's units then depend on (so that both plans can run in one pool).
+    `cache_dir`: where units are kept (default: $GALLERY_CACHE or the user cache folder);
+    `resample`: compute every unit again. `device`: 'cpu' (default), 'cuda' or 'cuda:N'.
     """
     try:
         if options is not None and not isinstance(options, InterfaceOptions):
@@ -511,9 +511,11 @@ class InterfaceBuilder:
 
         rollouts = _rollout_arrays(get(plan.rollouts, "rollouts"))
         observations = rollouts["trajectories.observations"]
-        for key in plan.observations:
-            get(key, "rollouts")  # counted in the stage timings
-        extra = _stored_observations(self.store, plan.observations)
+        # read once, and counted once in the stage timings (a given file's one unit holds
+        # both the trajectories and the extra observations)
+        extra = _concatenated_observations(
+            [rollouts if key == plan.rollouts else _rollout_arrays(get(key, "rollouts"))
+             for key in plan.observations])
         outputs = get(plan.outputs, "outputs")
         names = self.action_names
         title, p, v = self.title, o.presentation, o.visualisation
@@ -730,7 +732,12 @@ def _stored_rollouts(store: UnitStore, key: str) -> dict[str, np.ndarray]:
 
 def _stored_observations(store: UnitStore, keys: list[str]) -> np.ndarray | None:
     """The extra observations of the units `keys`, concatenated in order."""
-    parts = [_stored_rollouts(store, key).get("observations") for key in keys]
+    return _concatenated_observations([_stored_rollouts(store, key) for key in keys])
+
+
+def _concatenated_observations(units: list[dict[str, np.ndarray]]) -> np.ndarray | None:
+    """The extra observations of rollouts units' arrays, in order (None where one has none)."""
+    parts = [arrays.get("observations") for arrays in units]
     if any(part is None for part in parts):
         return None
     return parts[0] if len(parts) == 1 else np.concatenate(parts)

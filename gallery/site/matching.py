@@ -3,12 +3,13 @@ shared set of recorded trajectories.
 
 Every model of a comparison gets an interface built on the SAME rollouts (trajectories and
 extra observations recorded once, from one environment seed, by the comparison's first
-model; `interface_builder(..., rollouts=<its builder>)` in gallery.pipeline.interface). Each model's NMF features, read
-back from the interface's unit store, are applied to a sample of the shared frames
-(`feature_activations`); for every layer present in all models, each feature of the first
-model is paired with the most similar feature of each other model, by the Pearson
-correlation of the feature activations over the shared frames (per position when the
-layers have the same spatial shape, else per frame, averaged over positions).
+model; `interface_builder(..., rollouts=<its builder>)` in gallery.pipeline.interface).
+Each model's NMF features, read back from the interface's unit store, are applied to a
+sample of the shared frames (`feature_activations`); for every layer present in all
+models, each feature of the first model is paired with the most similar feature of each
+other model, by the Pearson correlation of the feature activations over the shared frames
+(per position when the layers have the same spatial shape, else per frame, averaged over
+positions).
 
 Models of different games (`game`) cannot share trajectories: a comparison of them shows
 each model's own interface, and its features unmatched.
