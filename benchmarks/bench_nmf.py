@@ -2,7 +2,7 @@
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_nmf.py [--frames 128] [--repeats 3]
         [--layers 1a 2a 2b 3a 4a] [--paper | --checkpoint PATH] [--device cuda]
-        [--rev GIT-REVISION] [--stages fit transform reduce]
+        [--rev GIT-REVISION] [--stages fit transform reduce] [--observations ROLLOUTS.npz]
 
 The data is what an interface feeds NMF: CoinRun frames recorded with the policy
 (gallery.environments.rollouts, extra observations of 32 environments, one every 128 steps; saved in
@@ -51,7 +51,8 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from gallery.environments import EnvSpec
-from gallery.environments.rollouts import ObservationConfig, TrajectoryConfig, load_or_collect
+from gallery.environments.rollouts import (ObservationConfig, TrajectoryConfig, load_or_collect,
+                                           load_rollouts)
 from gallery.method.attribution import integrated_gradients
 from gallery.models.policy import load_policy
 
@@ -92,12 +93,18 @@ def nmf_module(rev: str | None) -> types.ModuleType:
     if rev is None:
         import gallery.method.nmf
         return gallery.method.nmf
-    source = subprocess.check_output(["git", "-C", str(REPO), "show",
-                                      f"{rev}:gallery/method/nmf.py"])
+    for path in ("gallery/method/nmf.py", "gallery/nmf.py"):  # before and after the move
+        show = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"],
+                              capture_output=True, check=False)
+        if show.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"no NMF module at {rev}")
+    source = show.stdout
     module = types.ModuleType(f"gallery._nmf_{rev}")
     module.__package__ = "gallery.method"
     sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:gallery/method/nmf.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
@@ -159,6 +166,10 @@ def main() -> None:
                         help="also run gallery.method.nmf's transforms there")
     parser.add_argument("--rev", default=None,
                         help="also gallery/method/nmf.py at this git revision")
+    parser.add_argument("--observations", type=Path, default=None,
+                        help="take the frames from this saved rollouts file's extra "
+                        "observations (for example .cache/bench/coinrun-hard-rollouts.npz, "
+                        "which benchmarks/bench_analysis.py saves) instead of recording them")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stages", nargs="+", default=["fit", "transform", "reduce"],
                         choices=["fit", "transform", "reduce"])
@@ -170,7 +181,8 @@ def main() -> None:
     if args.rev:
         modules[f"gallery.method.nmf@{args.rev}"] = nmf_module(args.rev)
     policy = load_policy(checkpoint)
-    frames = record_frames(policy, checkpoint, args.frames)
+    frames = (load_rollouts(args.observations).observations[:args.frames] if args.observations
+              else record_frames(policy, checkpoint, args.frames))
     print(f"{checkpoint.name}, {len(frames)} frames, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}); best of {args.repeats}, wall "

@@ -8,10 +8,13 @@ feature directions.
 The fit is scikit-learn's public `NMF` with the settings of the reference tool, whose lucid
 `ChannelReducer` wrapped `NMF(n_components)` with the defaults of scikit-learn 0.2x: init
 'nndsvd', solver 'cd' (coordinate descent), Frobenius loss, tol 1e-4, max_iter 200. They
-are passed explicitly: today's default init, 'nndsvda', fits something else. BLAS runs on
-one thread during the fit: OpenBLAS splits the tall-and-thin products of the coordinate
-descent across threads so badly that two threads made the fit 3 to 8 times slower on a
-2-core machine (benchmarks/bench_nmf.py).
+are passed explicitly: today's default init, 'nndsvda', fits something else. NNDSVD's
+initial factors come from an exact SVD (`nndsvd`, one pass over the rows) and are handed
+to scikit-learn as init='custom': the same factors as its randomized SVD finds (for C <= 64
+columns that SVD is exact too), in a fraction of the time. BLAS runs on one thread during
+the fit: OpenBLAS splits the tall-and-thin products of the coordinate descent across
+threads so badly that two threads made the fit 3 to 8 times slower on a 2-core machine
+(benchmarks/bench_nmf.py).
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
@@ -44,7 +47,7 @@ class NMFSettings:
     n_features: int = 8
     """K, the number of features."""
     random_state: int = 0
-    """Seed for scikit-learn's randomized SVD in NNDSVD and its random inits."""
+    """Seed of scikit-learn's random inits (NNDSVD is computed exactly, without one)."""
     init: str = "nndsvd"
     """scikit-learn's init ('nndsvd': the default when the reference tool was written)."""
     max_iter: int = 200
@@ -216,7 +219,47 @@ def fit_nmf(attr: np.ndarray, settings: NMFSettings = NMFSettings()) -> LayerNMF
                 tol=settings.tol, max_iter=settings.max_iter, random_state=settings.random_state)
     with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
         warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(rows)
+        if settings.init == "nndsvd":
+            w, h = nndsvd(rows, k)
+            model.set_params(init="custom")
+            model.fit(rows, W=w, H=h)
+        else:
+            model.fit(rows)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return LayerNMF(model.components_, settings=settings, n_iter=int(model.n_iter_),
                     converged=converged)
+
+
+def nndsvd(rows: np.ndarray, k: int, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """NNDSVD initial factors (W (rows, k), H (k, C)) of non-negative `rows`, as
+    scikit-learn's init='nndsvd' builds them (Boutsidis & Gallopoulos 2008): the first
+    singular pair in absolute value; for each further pair (u, v) the larger of its
+    positive and negative parts; entries below `eps` set to zero.
+
+    The SVD is exact and takes one pass over the rows: V and S from the eigendecomposition
+    of the C x C Gram matrix (float64), U = X V / S. scikit-learn's randomized SVD makes
+    some ten passes over the rows (most of the fit at 1a, benchmarks/bench_nmf.py)."""
+    gram = np.zeros((rows.shape[1], rows.shape[1]))
+    for start in range(0, len(rows), 1 << 20):
+        block = rows[start:start + (1 << 20)].astype(np.float64)
+        gram += block.T @ block
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    order = np.argsort(eigenvalues)[::-1][:k]
+    s = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+    v = eigenvectors[:, order]
+    u = rows @ (v / np.where(s > 0, s, 1.0)).astype(rows.dtype)
+    w = np.zeros((len(rows), k), rows.dtype)
+    h = np.zeros((k, rows.shape[1]), rows.dtype)
+    w[:, 0], h[0] = np.sqrt(s[0]) * np.abs(u[:, 0]), np.sqrt(s[0]) * np.abs(v[:, 0])
+    for j in range(1, k):
+        x, y = u[:, j], v[:, j]
+        parts = [(np.maximum(x, 0), np.maximum(y, 0)), (np.maximum(-x, 0), np.maximum(-y, 0))]
+        norms = [(np.linalg.norm(a), np.linalg.norm(b)) for a, b in parts]
+        side = 0 if norms[0][0] * norms[0][1] > norms[1][0] * norms[1][1] else 1
+        (a, b), (na, nb) = parts[side], norms[side]
+        if na * nb > 0:  # else a null direction: the component starts (and stays) at zero
+            scale = np.sqrt(s[j] * na * nb)
+            w[:, j], h[j] = scale * a / na, scale * b / nb
+    w[w < eps] = 0
+    h[h < eps] = 0
+    return w, h
