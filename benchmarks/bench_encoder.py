@@ -1,13 +1,15 @@
-"""The attribution encoder with its error diffusion compiled (Numba) or in NumPy.
+"""The attribution encoder with its loops compiled (Numba) or in NumPy.
 
     .venv/bin/python benchmarks/bench_encoder.py [--checkpoint PATH] [--frames 256]
-                                                 [--repeats 2]
+                                                 [--repeats 2] [--layers 1a 2a ...]
 
 On real CoinRun frames (one recorded trajectory of the checkpoint, default the demo agent),
 per layer: the value attribution reduced by an NMF fitted on it, encoded into an
 attribution file by `gallery.bundle.codec.encode` -- the whole stage, as an attribution
-unit runs it -- with `COMPILED_DIFFUSION` on and off, alternating, best of `--repeats`.
-Prints the times, their ratio and whether the two files are byte-identical.
+unit runs it -- three ways, alternating, best of `--repeats`: all in NumPy; the error
+diffusion compiled (`COMPILED_DIFFUSION`); the diffusion and the drawing that checks each
+frame's step compiled (`COMPILED_VIEWS`, the default). Prints the times, their ratios
+and whether the files are byte-identical.
 """
 
 from __future__ import annotations
@@ -43,27 +45,36 @@ def main() -> None:
     codec.joint_diffuse(codec.split_planes(torch.zeros(1, 2, 2, 1).numpy(),
                                            torch.zeros(1, 2, 2).numpy(), 1.0), [0.01])
     print(f"{args.checkpoint}: {len(obs)} frames; times in s, best of {args.repeats}")
-    total = {True: 0.0, False: 0.0}
+    total = dict.fromkeys(SIDES, 0.0)
     for layer in args.layers or policy.layer_names:
         attr = integrated_gradients(policy, obs, layer, "value", 10)
         nmf = fit_nmf(attr, NMFSettings(8, 0))
         features, residual = nmf.reduce_attribution(attr)
-        best, files = {True: float("inf"), False: float("inf")}, {}
+        best, files = dict.fromkeys(SIDES, float("inf")), {}
         for _ in range(args.repeats):
-            for compiled in (False, True):
-                codec.COMPILED_DIFFUSION = compiled
+            for side, (diffusion, views) in SIDES.items():
+                codec.COMPILED_DIFFUSION, codec.COMPILED_VIEWS = diffusion, views
                 start = time.perf_counter()
-                files[compiled] = codec.encode(features, residual)
-                best[compiled] = min(best[compiled], time.perf_counter() - start)
-        codec.COMPILED_DIFFUSION = True
-        for compiled in best:
-            total[compiled] += best[compiled]
-        print(f"{layer:>4}: numpy {best[False]:7.2f}  compiled {best[True]:7.2f}  "
-              f"numpy/compiled {best[False] / best[True]:5.2f}x  files "
-              f"{'identical' if files[True] == files[False] else 'DIFFER'} "
-              f"({len(files[True])} bytes)")
-    print(f" all: numpy {total[False]:7.2f}  compiled {total[True]:7.2f}  "
-          f"numpy/compiled {total[False] / total[True]:5.2f}x")
+                files[side] = codec.encode(features, residual)
+                best[side] = min(best[side], time.perf_counter() - start)
+        codec.COMPILED_DIFFUSION = codec.COMPILED_VIEWS = True
+        for side in best:
+            total[side] += best[side]
+        same = all(f == files["compiled"] for f in files.values())
+        print(f"{layer:>4}: {times(best)}  files {'identical' if same else 'DIFFER'} "
+              f"({len(files['compiled'])} bytes)")
+    print(f" all: {times(total)}")
+
+
+#: (diffusion compiled, views compiled) of each side
+SIDES = {"numpy": (False, False), "diffusion": (True, False), "compiled": (True, True)}
+
+
+def times(seconds: dict[str, float]) -> str:
+    return (f"numpy {seconds['numpy']:7.2f}  diffusion compiled {seconds['diffusion']:7.2f}  "
+            f"all compiled {seconds['compiled']:7.2f}  numpy/all "
+            f"{seconds['numpy'] / seconds['compiled']:5.2f}x  diffusion/all "
+            f"{seconds['diffusion'] / seconds['compiled']:5.2f}x")
 
 
 if __name__ == "__main__":

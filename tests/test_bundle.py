@@ -524,10 +524,10 @@ def test_hash_of_files_is_recorded(tmp_path):
 
 
 @pytest.mark.parametrize("layer", ["3a", "4a"])
-def test_compiled_diffusion_gives_the_numpy_codes_on_real_frames(layer):
-    """gallery.bundle.diffuse (Numba) against codec.joint_diffuse's NumPy loops: the same
-    codes on the demo agent's value attribution of real CoinRun frames, reduced by an NMF,
-    at several steps, one per frame and one per plane."""
+def test_compiled_loops_give_the_numpy_results_on_real_frames(layer):
+    """gallery.bundle.compiled (Numba) against the codec's NumPy loops: the same codes,
+    drawings and errors on the demo agent's value attribution of real CoinRun frames,
+    reduced by an NMF, at several steps, one per frame and one per plane."""
     from pathlib import Path
 
     from gallery.environments import EnvSpec
@@ -549,13 +549,32 @@ def test_compiled_diffusion_gives_the_numpy_codes_on_real_frames(layer):
         reference = codec.joint_diffuse(planes, steps, compiled=False)
         assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True), reference)
         assert reference.any()
+        assert_compiled_views_equal_numpy(planes, codec.dequantise(reference, steps))
 
 
-def test_compiled_diffusion_on_random_planes():
+def assert_compiled_views_equal_numpy(planes, trial):
+    """gallery.bundle.compiled.views against `_premultiplied_views` in NumPy: the same
+    reference drawing and the same errors of `trial`, both roundings, with and without
+    the single-feature views."""
+    for single in (True, False):
+        drawn = {}
+        for compiled in (False, True):
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(codec, "COMPILED_VIEWS", compiled)
+                views = codec.reference_views(planes, single)
+                drawn[compiled] = (views, *codec.frame_errors(None, trial, single, views=views),
+                                   *codec.frame_errors(planes, trial, single, as_drawn=False))
+        for a, b in zip(drawn[False], drawn[True], strict=True):
+            assert np.array_equal(a, b)
+        assert drawn[True][0].any() and (drawn[True][1] > 0).any()
+
+
+def test_compiled_loops_on_random_planes():
     rng = np.random.default_rng(5)
     for k, h, w in ((1, 3, 5), (3, 7, 4), (8, 6, 6)):
         planes = np.abs(rng.standard_normal((5, 2 * (k + 1), h, w))) * rng.choice(
             [0.0, 0.01, 0.3], size=(5, 2 * (k + 1), h, w))
         steps = rng.choice([0.002, 0.01, 0.04], size=5)
-        assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True),
-                              codec.joint_diffuse(planes, steps, compiled=False))
+        codes = codec.joint_diffuse(planes, steps, compiled=False)
+        assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True), codes)
+        assert_compiled_views_equal_numpy(planes, codec.dequantise(codes, steps))

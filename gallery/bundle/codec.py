@@ -56,6 +56,7 @@ import struct
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.fft
 
 from gallery.errors import GalleryError
 from gallery.method import rendering
@@ -67,9 +68,11 @@ PROB_BITS = 12
 PROB_SCALE = 1 << PROB_BITS
 RANS_LOW = 1 << 23
 NUM_LEVELS = 1024
-#: Whether `joint_diffuse` runs compiled (Numba) by default; the same codes either way,
-#: about ten times faster on 64 frames (benchmarks/bench_encoder.py).
+#: Whether the error diffusion (`joint_diffuse`) and the drawing that checks each frame's
+#: step (`frame_errors`, `reference_views`) run compiled (Numba, gallery.bundle.compiled);
+#: the same files either way, the encoder several times faster (benchmarks/bench_encoder.py).
 COMPILED_DIFFUSION = True
+COMPILED_VIEWS = True
 #: Uniform levels below the knee at most (the relative precision above it is 1/this).
 MAX_LINEAR = 64
 #: Distinct steps one file may use (a frame's step index is one byte).
@@ -197,7 +200,7 @@ def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | N
     e^T W e, W the `joint_weights`. The chosen errors are diffused as usual.
 
     `compiled` (default: COMPILED_DIFFUSION): the same loops compiled with Numba
-    (gallery.bundle.diffuse); False runs them in NumPy, one position at a time over all
+    (gallery.bundle.compiled); False runs them in NumPy, one position at a time over all
     frames (the reference the compiled version is checked against).
     """
     planes = np.asarray(planes, np.float64)
@@ -210,7 +213,7 @@ def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | N
     weights = joint_weights((p - 2) // 2) if weights is None else weights
     work = planes.copy()
     if COMPILED_DIFFUSION if compiled is None else compiled:
-        from gallery.bundle.diffuse import diffuse
+        from gallery.bundle.compiled import diffuse
 
         return diffuse(work, tables, np.ascontiguousarray(rows, np.int64),
                        np.ascontiguousarray(q), np.ascontiguousarray(linears),
@@ -371,13 +374,15 @@ def smooth_planes(planes: np.ndarray) -> np.ndarray:
     h, w = planes.shape[-2:]
     kernel = rendering.disk_kernel()
     r = kernel.shape[0] // 2
-    # a period of at least h + r keeps wrapped-around contributions out of the frame
-    n, m = max(h + r, kernel.shape[0]), max(w + r, kernel.shape[1])
+    # a period of at least h + r keeps wrapped-around contributions out of the frame; the
+    # next length with small prime factors is several times faster than h + r itself
+    n, m = (scipy.fft.next_fast_len(max(size + r, kernel.shape[0]), real=True)
+            for size in (h, w))
     padded = np.zeros((n, m))
     for a, b in zip(*np.nonzero(kernel)):
         padded[(a - r) % n, (b - r) % m] = kernel[a, b]
-    spectrum = np.fft.rfft2(planes, s=(n, m)) * np.fft.rfft2(padded)
-    return np.fft.irfft2(spectrum, s=(n, m))[..., :h, :w]
+    spectrum = scipy.fft.rfft2(planes, s=(n, m)) * scipy.fft.rfft2(padded)
+    return scipy.fft.irfft2(spectrum, s=(n, m))[..., :h, :w]
 
 
 def _premultiplied_views(smoothed: np.ndarray, single_features: bool, as_drawn: bool = False):
@@ -419,13 +424,38 @@ def _premultiplied_views(smoothed: np.ndarray, single_features: bool, as_drawn: 
                     np.concatenate([np.clip(rgb, 0, 1), alpha], axis=-1))
 
 
+def _compiled_views(smoothed: np.ndarray, single_features: bool, as_drawn: bool,
+                    reference: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_premultiplied_views` in one compiled pass (gallery.bundle.compiled.views): the
+    views (T, V, h, w, 4) uint8 when `reference` is None, otherwise the sums over each view
+    of |error| and error^2 against `reference`, (T, V) int64 each."""
+    from gallery.bundle.compiled import views as draw
+
+    t, p, h, w = smoothed.shape
+    k1 = p // 2
+    hues = rendering.feature_hues(k1 - 1)
+    pos, neg = smoothed[:, :k1], smoothed[:, k1:]
+    prin = np.stack([(x.transpose(0, 2, 3, 1)[..., :-1] @ hues)  # as `_premultiplied_views`
+                     for x in (pos + neg, pos, neg)])
+    count = 3 * (2 + (k1 if single_features else 0))
+    out = np.zeros((t, count, h, w, 4) if reference is None else (0, 0, 0, 0, 0), np.uint8)
+    abs_sums, square_sums = np.zeros((2, t, count), np.int64)
+    draw(np.ascontiguousarray(smoothed), np.ascontiguousarray(prin), hues, single_features,
+         as_drawn, np.zeros((0, 0, 0, 0, 0), np.uint8) if reference is None else reference,
+         out, abs_sums, square_sums)
+    return out, abs_sums, square_sums
+
+
 def reference_views(reference: np.ndarray, single_features: bool = True) -> np.ndarray:
     """(T, V, h, w, 4) uint8: every direction and view of exact planes (T, P, h, w) as the
     reference renderer rounds them (`premultiplied_uint8`), in `_premultiplied_views`'
     order. The search for a frame's step compares many trials with the same reference,
     so it draws the reference once."""
-    return np.stack([v for _, _, v in _premultiplied_views(smooth_planes(reference),
-                                                           single_features)], axis=1)
+    smoothed = smooth_planes(reference)
+    if COMPILED_VIEWS:
+        return _compiled_views(smoothed, single_features, False, None)[0]
+    return np.stack([v for _, _, v in _premultiplied_views(smoothed, single_features)],
+                    axis=1)
 
 
 def frame_errors(reference: np.ndarray | None, planes: np.ndarray, single_features: bool = True,
@@ -435,19 +465,24 @@ def frame_errors(reference: np.ndarray | None, planes: np.ndarray, single_featur
     of dequantised `planes` against exact `reference` planes (both (T, P, h, w)), or
     against their drawing `views` (`reference_views`) when given; the former drawn as the
     viewer draws them (`as_drawn`, see `_premultiplied_views`)."""
-    t = len(planes)
-    mae, psnr = np.zeros(t), np.full(t, np.inf)
     if views is None:
         views = reference_views(reference, single_features)
-    drawn = _premultiplied_views(smooth_planes(planes), single_features, as_drawn)
-    for v, (_, _, got) in enumerate(drawn):
-        diff = views[:, v].astype(np.int16) - got.astype(np.int16)
-        mae = np.maximum(mae, np.abs(diff).mean(axis=(1, 2, 3)) / 255)
-        mse = (diff.astype(np.float64) ** 2).mean(axis=(1, 2, 3))
-        with np.errstate(divide="ignore"):
-            psnr = np.minimum(psnr, np.where(mse == 0, np.inf,
-                                             10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300))))
-    return mae, psnr
+    smoothed = smooth_planes(planes)
+    if COMPILED_VIEWS:
+        _, abs_sums, square_sums = _compiled_views(smoothed, single_features, as_drawn,
+                                                   np.ascontiguousarray(views))
+    else:
+        diffs = [views[:, v].astype(np.int64) - got for v, (_, _, got) in enumerate(
+            _premultiplied_views(smoothed, single_features, as_drawn))]
+        abs_sums = np.stack([np.abs(d).sum(axis=(1, 2, 3)) for d in diffs], axis=1)
+        square_sums = np.stack([(d * d).sum(axis=(1, 2, 3)) for d in diffs], axis=1)
+    # integer sums: exact, so these equal the means of the errors in any order
+    size = np.prod(views.shape[2:])
+    mae = (abs_sums / size / 255).max(axis=1, initial=0.0)
+    mse = square_sums / size
+    with np.errstate(divide="ignore"):
+        psnr = np.where(mse == 0, np.inf, 10 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-300)))
+    return mae, psnr.min(axis=1, initial=np.inf)
 
 
 def plane_steps(steps: np.ndarray, residual_steps: np.ndarray, planes: int) -> np.ndarray:

@@ -1,10 +1,14 @@
-"""The error diffusion of gallery.bundle.codec (`joint_diffuse`), compiled with Numba.
+"""The loops of gallery.bundle.codec that run compiled (Numba): the error diffusion
+(`diffuse`) and the drawing of every view that checks a frame's step (`views`).
 
 `codec.joint_diffuse` visits the positions of a plane one after the other (each position's
 rounding moves the error to the next ones), with some 200 small NumPy operations per
-position; this is the same arithmetic as plain loops, compiled once per process, and
-about ten times faster on 64 frames (`benchmarks/bench_encoder.py`). Its codes equal
-`joint_diffuse`'s, checked on real attribution planes in tests/test_bundle.py.
+position; `diffuse` is the same arithmetic as plain loops. `codec.frame_errors` draws 33
+views of every frame it checks, each some dozen NumPy passes over the frame; `views` draws
+each pixel of every view in one pass and sums its errors on the way. Both are compiled once
+per process; `benchmarks/bench_encoder.py` times the encoder with and without them. Their
+results equal the NumPy versions' (tests/test_bundle.py, on real attribution planes): the
+arithmetic is the same IEEE operations in the same order, and error sums are of integers.
 """
 
 from __future__ import annotations
@@ -98,3 +102,70 @@ def diffuse(work: np.ndarray, tables: np.ndarray, rows: np.ndarray, steps: np.nd
                         for k in range(p):
                             work[f, k, a, b] += error[k] * share
     return codes
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pixel(r: float, g: float, b: float, as_drawn: bool
+           ) -> tuple[float, float, float, float]:
+    # codec._premultiplied_views for one pixel: premultiplied 8-bit RGBA of colour rgb
+    # (np.rint rounds halves to even, as np.round)
+    alpha = min(math.sqrt((r * r + g * g) + b * b), 1.0)
+    a = np.rint(alpha * 255.0)
+    if a == 0.0:  # every channel is at most alpha, so it rounds to 0 too
+        return 0.0, 0.0, 0.0, 0.0
+    if not as_drawn:
+        return (np.rint(min(max(r, 0.0), 1.0) * 255.0), np.rint(min(max(g, 0.0), 1.0) * 255.0),
+                np.rint(min(max(b, 0.0), 1.0) * 255.0), a)
+    return (np.rint(np.rint(min(max(r / alpha, 0.0), 1.0) * 255.0) * a / 255.0),
+            np.rint(np.rint(min(max(g / alpha, 0.0), 1.0) * 255.0) * a / 255.0),
+            np.rint(np.rint(min(max(b / alpha, 0.0), 1.0) * 255.0) * a / 255.0), a)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _directed(smoothed: np.ndarray, f: int, c: int, k1: int, i: int, j: int, d: int) -> float:
+    # plane c's amount in direction d (abs, pos, neg) at frame f, position (i, j)
+    pos, neg = smoothed[f, c, i, j], smoothed[f, k1 + c, i, j]
+    return pos + neg if d == 0 else (pos if d == 1 else neg)
+
+
+@njit(cache=True, nogil=True)
+def views(smoothed: np.ndarray, prin: np.ndarray, hues: np.ndarray, single: bool,
+          as_drawn: bool, reference: np.ndarray, out: np.ndarray,
+          abs_sums: np.ndarray, square_sums: np.ndarray) -> None:
+    """Every direction and view of smoothed planes (T, P, h, w), in
+    `codec._premultiplied_views`' order, given each direction's principal colour `prin`
+    (3, T, h, w, 3) and the feature hues (K, 3). With an empty `reference` the views are
+    written to `out` (T, V, h, w, 4) uint8; otherwise the sums over each view of |error|
+    and error^2 against `reference` (T, V, h, w, 4) are added to `abs_sums` and
+    `square_sums` (T, V) int64."""
+    t, p, h, w = smoothed.shape
+    k1 = p // 2
+    k = k1 - 1
+    per_direction = 2 + (k + 1 if single else 0)
+    store = reference.shape[0] == 0
+    colour = np.zeros((per_direction, 3))
+    for f in range(t):
+        for i in range(h):
+            for j in range(w):
+                for d in range(3):  # abs, pos, neg
+                    residual = _directed(smoothed, f, k, k1, i, j, d)
+                    for c in range(3):
+                        colour[0, c] = prin[d, f, i, j, c]
+                        colour[1, c] = prin[d, f, i, j, c] + residual
+                    if single:
+                        for m in range(k):
+                            x = _directed(smoothed, f, m, k1, i, j, d)
+                            for c in range(3):
+                                colour[2 + m, c] = x * hues[m, c]
+                        for c in range(3):
+                            colour[2 + k, c] = residual
+                    for v in range(per_direction):
+                        rgba = _pixel(colour[v, 0], colour[v, 1], colour[v, 2], as_drawn)
+                        column = d * per_direction + v
+                        for c in range(4):
+                            if store:
+                                out[f, column, i, j, c] = np.uint8(rgba[c])
+                            else:
+                                e = np.int64(reference[f, column, i, j, c]) - np.int64(rgba[c])
+                                abs_sums[f, column] += abs(e)
+                                square_sums[f, column] += e * e
