@@ -199,7 +199,7 @@ def _log_progress(message: str) -> None:
 # number of ranks, so neither do the floating-point results.
 
 UNITS_DIR = "units"
-UNIT_VERSION = 2
+UNIT_VERSION = 3
 """Bump when the computation of any unit changes (it is part of every unit key)."""
 OUTPUTS_PER_UNIT = 4
 """Outputs attributed together (one readout batch), as in the single-process pipeline."""
