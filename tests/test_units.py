@@ -357,10 +357,10 @@ WHERE: list[tuple[str, bool]] = []
 
 
 def where(store: UnitStore, *, name: str, deps: list[str], delay: float = 0.0) -> UnitResult:
-    """A unit that records whether it ran on the main thread."""
+    """A unit that records whether it ran in run_units' own process (its "unit" thread)."""
     time.sleep(delay)
     with ORDER_LOCK:
-        WHERE.append((name, threading.current_thread() is threading.main_thread()))
+        WHERE.append((name, threading.current_thread().name.startswith("unit")))
     return UnitResult({}, {"pid": os.getpid()})
 
 
@@ -382,6 +382,23 @@ def test_a_unit_that_runs_alone_runs_here_and_every_start_is_reported(tmp_path):
     assert sorted(started) == ["a", "b0", "b1", "b2"] and started[0] == "a"
     # with b0..b2 ready, one goes to the worker and one is computed here
     assert {here for name, here in WHERE[1:]} == {True, False}
+
+
+def test_workers_are_fed_while_this_process_computes(tmp_path):
+    """A long unit computed here does not hold back the units that a free worker can
+    take meanwhile."""
+    ORDER.clear()
+
+    def unit(name: str, delay: float) -> Unit:
+        return Unit(unit_key("f", name=name), "f", name, (),
+                    (record, {"name": name, "deps": [], "delay": delay}))
+
+    # y0 goes to the worker, x is computed here, y1 and y2 follow y0 on the worker
+    units = [unit("y0", 0.05), unit("x", 1.5), unit("y1", 0.05), unit("y2", 0.05)]
+    with ThreadPoolExecutor(1) as pool:
+        summary = run_units(units, UnitStore(tmp_path), executor=pool, workers=1)
+    assert summary.computed == 4
+    assert ORDER == ["y0", "y1", "y2", "x"]
 
 
 def test_local_pool_spreads_units_over_processes(tmp_path, monkeypatch):

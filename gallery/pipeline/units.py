@@ -439,58 +439,59 @@ def run_units(units: Sequence[Unit], store: UnitStore, *, executor: Any = None,
         return summary
 
     waiting = list(todo)
+    # the workers' units, and at most one unit of this process's own, computed on a thread
+    # so that this loop keeps handing units to workers that free up meanwhile
     running: dict[futures.Future, Unit] = {}
+    here = futures.ThreadPoolExecutor(1, thread_name_prefix="unit")
+    mine: futures.Future | None = None
     failure: BaseException | None = None
-    while waiting or running:
-        if not stop and failure is None:
-            startable = [u for u in waiting if ready(u)]
-            if not running and len(startable) == 1:
-                # the only unit that can run (the rollouts, say): here, where its progress
-                # shows; a worker would do nothing else meanwhile
-                local = startable[0]
-                waiting.remove(local)
-                if started:
-                    started(local)
-                _, computed, seconds = run_task(str(store.root), local)
-                finished(local, computed, seconds)
-                continue
-            while len(running) < workers:
+
+    def start(unit: Unit, pool: Any) -> futures.Future:
+        waiting.remove(unit)
+        if started:
+            started(unit)
+        future = pool.submit(run_task, str(store.root), unit)
+        running[future] = unit
+        return future
+
+    try:
+        while waiting or running:
+            if not stop and failure is None:
+                startable = [u for u in waiting if ready(u)]
+                if not running and len(startable) == 1:
+                    # the only unit that can run (the rollouts, say): here, where its
+                    # progress shows; a worker would do nothing else meanwhile
+                    mine = start(startable[0], here)
+                while len(running) - (mine is not None) < workers:
+                    unit = next((u for u in waiting if ready(u)), None)
+                    if unit is None:
+                        break
+                    start(unit, executor)
                 unit = next((u for u in waiting if ready(u)), None)
-                if unit is None:
-                    break
-                waiting.remove(unit)
-                if started:
-                    started(unit)
-                running[executor.submit(run_task, str(store.root), unit)] = unit
-            local = next((u for u in waiting if ready(u)), None)
-            if local is not None and len(running) >= workers:
-                # every worker is busy: compute one here rather than wait idle
-                waiting.remove(local)
-                if started:
-                    started(local)
-                _, computed, seconds = run_task(str(store.root), local)
-                finished(local, computed, seconds)
-        complete = [f for f in running if f.done()]
-        if not complete:
+                if unit is not None and mine is None:
+                    # every worker is busy: compute one here rather than wait idle
+                    mine = start(unit, here)
             if not running:
-                if stop or failure is not None:
-                    break
-                if waiting and not any(ready(u) for u in waiting):
+                if waiting and not stop and failure is None:
                     raise RuntimeError("unit graph stalled: "
                                        + ", ".join(u.label for u in waiting[:3]))
-                continue
-            complete = list(futures.wait(running, timeout=0.5,
-                                         return_when=futures.FIRST_COMPLETED)[0])
-        for future in complete:
-            unit = running.pop(future)
-            try:
-                _, computed, seconds = future.result()
-            except BaseException as err:  # keep the others' results, then report it
-                failure = failure or err
-                continue
-            finished(unit, computed, seconds)
-        if (stop or failure is not None) and not running:
-            break
+                break
+            complete = futures.wait(running, timeout=0.5,
+                                    return_when=futures.FIRST_COMPLETED)[0]
+            for future in complete:
+                unit = running.pop(future)
+                if future is mine:
+                    mine = None
+                try:
+                    _, computed, seconds = future.result()
+                except BaseException as err:  # keep the others' results, then report it
+                    failure = failure or err
+                    continue
+                finished(unit, computed, seconds)
+            if (stop or failure is not None) and not running:
+                break
+    finally:
+        here.shutdown(wait=True)
     if failure is not None:
         raise failure
     if stop and len(done) < len(units):
