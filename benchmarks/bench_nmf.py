@@ -51,8 +51,12 @@ from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
 from gallery.environments import EnvSpec
-from gallery.environments.rollouts import (ObservationConfig, TrajectoryConfig, load_or_collect,
-                                           load_rollouts)
+from gallery.environments.rollouts import (
+    ObservationConfig,
+    TrajectoryConfig,
+    load_or_collect,
+    load_rollouts,
+)
 from gallery.method.attribution import integrated_gradients
 from gallery.models.policy import load_policy
 

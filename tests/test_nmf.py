@@ -115,7 +115,7 @@ def test_nndsvd_is_the_definitions_init(case, coinrun_layer):
     if rows.shape[1] <= 18:
         from sklearn.decomposition._nmf import _initialize_nmf
 
-        sk_w, sk_h = _initialize_nmf(rows.astype(np.float64), k, init="nndsvd", random_state=0)
+        _, sk_h = _initialize_nmf(rows.astype(np.float64), k, init="nndsvd", random_state=0)
         assert_allclose(h, sk_h, rtol=0, atol=2e-5 * np.abs(sk_h).max())
 
 

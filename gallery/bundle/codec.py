@@ -472,10 +472,12 @@ def frame_errors(reference: np.ndarray | None, planes: np.ndarray, single_featur
         _, abs_sums, square_sums = _compiled_views(smoothed, single_features, as_drawn,
                                                    np.ascontiguousarray(views))
     else:
-        diffs = [views[:, v].astype(np.int64) - got for v, (_, _, got) in enumerate(
-            _premultiplied_views(smoothed, single_features, as_drawn))]
-        abs_sums = np.stack([np.abs(d).sum(axis=(1, 2, 3)) for d in diffs], axis=1)
-        square_sums = np.stack([(d * d).sum(axis=(1, 2, 3)) for d in diffs], axis=1)
+        sums = []
+        for v, (_, _, got) in enumerate(_premultiplied_views(smoothed, single_features,
+                                                             as_drawn)):
+            diff = views[:, v].astype(np.int64) - got
+            sums.append((np.abs(diff).sum(axis=(1, 2, 3)), (diff * diff).sum(axis=(1, 2, 3))))
+        abs_sums, square_sums = (np.stack(part, axis=1) for part in zip(*sums))
     # integer sums: exact, so these equal the means of the errors in any order
     size = np.prod(views.shape[2:])
     mae = (abs_sums / size / 255).max(axis=1, initial=0.0)
