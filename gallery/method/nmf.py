@@ -10,11 +10,11 @@ The fit is scikit-learn's public `NMF` with the settings of the reference tool, 
 'nndsvd', solver 'cd' (coordinate descent), Frobenius loss, tol 1e-4, max_iter 200. They
 are passed explicitly: today's default init, 'nndsvda', fits something else. NNDSVD's
 initial factors come from an exact SVD (`nndsvd`, one pass over the rows) and are handed
-to scikit-learn as init='custom': the same factors as its randomized SVD finds (for C <= 64
-columns that SVD is exact too), in a fraction of the time. BLAS runs on one thread during
-the fit: OpenBLAS splits the tall-and-thin products of the coordinate descent across
-threads so badly that two threads made the fit 3 to 8 times slower on a 2-core machine
-(benchmarks/bench_nmf.py).
+to scikit-learn as init='custom': the factors its randomized SVD approximates (exactly
+for C <= 18 columns; at 2a's 32, up to 2e-4 of the largest entry off), in a fraction of
+the time. BLAS runs on one thread during the fit: OpenBLAS splits the tall-and-thin
+products of the coordinate descent across threads so badly that two threads made the fit
+3 to 8 times slower on a 2-core machine (benchmarks/bench_nmf.py).
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
