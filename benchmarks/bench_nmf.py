@@ -97,18 +97,24 @@ def nmf_module(rev: str | None) -> types.ModuleType:
     if rev is None:
         import gallery.method.nmf
         return gallery.method.nmf
-    for path in ("gallery/method/nmf.py", "gallery/nmf.py"):  # before and after the move
+    # before and after the move into gallery/method
+    return module_at(rev, ("gallery/method/nmf.py", "gallery/nmf.py"), "gallery.method")
+
+
+def module_at(rev: str, paths: tuple[str, ...], package: str) -> types.ModuleType:
+    """The first of `paths` that exists at git revision `rev`, loaded as a module of
+    `package` (its imports resolve in this tree)."""
+    for path in paths:
         show = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"],
                               capture_output=True, check=False)
         if show.returncode == 0:
             break
     else:
-        raise SystemExit(f"no NMF module at {rev}")
-    source = show.stdout
-    module = types.ModuleType(f"gallery._nmf_{rev}")
-    module.__package__ = "gallery.method"
+        raise SystemExit(f"none of {', '.join(paths)} at {rev}")
+    module = types.ModuleType(f"{package}._{Path(path).stem}_{rev}")
+    module.__package__ = package
     sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
+    exec(compile(show.stdout, f"{rev}:{path}", "exec"), module.__dict__)
     return module
 
 
