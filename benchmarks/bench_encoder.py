@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from bench_nmf import module_at  # the same directory: run as a script
 
 from gallery.bundle import codec
