@@ -3,6 +3,7 @@ on the same recorded CoinRun frames in one run; then the whole default analysis.
 
     .venv/bin/python benchmarks/bench_analysis.py [--frames 128] [--device cpu|cuda]
         [--checkpoint ../shared/checkpoints/coinrun.jd] [--quick] [--skip-full]
+        [--skip-layers] [--skip-value | --skip-policy]
 
 Per layer it prints the best wall time of `--repeats` alternating rounds of
 
@@ -213,6 +214,8 @@ def main() -> None:
     parser.add_argument("--skip-layers", action="store_true", help="whole analysis only")
     parser.add_argument("--skip-policy", action="store_true",
                         help="whole analysis without policy attribution")
+    parser.add_argument("--skip-value", action="store_true",
+                        help="whole analysis with policy attribution only")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device "
           f"{args.device}" + (f" ({torch.cuda.get_device_name(args.device)})"
@@ -222,7 +225,8 @@ def main() -> None:
     if not args.skip_layers:
         per_layer(policy, observations[:args.frames], args.repeats, args.policy_frames)
     if not args.skip_full:
-        full_analysis(policy, arrays, observations, AnalysisConfig(), "value attribution")
+        if not args.skip_value:
+            full_analysis(policy, arrays, observations, AnalysisConfig(), "value attribution")
         if not args.skip_policy:
             full_analysis(policy, arrays, observations,
                           AnalysisConfig(policy_attribution=True), "policy attribution")
