@@ -534,7 +534,7 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
     step its last error predicts (the error grows about in proportion to the step),
     inside that bracket, until the two are neighbours. Every eighth frame starts from a
     trial step; the others start from the answer of the nearest such frame (neighbouring
-    frames need about the same step), which saves about a third of the checks. Every
+    frames need about the same step), which saves about a quarter of the checks. Every
     frame's final codes are checked, in every direction and view. Returns (steps (T,),
     codes (T, P, h, w), MAE (T,), PSNR (T,)).
     """
