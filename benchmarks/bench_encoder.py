@@ -78,9 +78,10 @@ def main() -> None:
         codec.COMPILED_DIFFUSION = codec.COMPILED_VIEWS = True
         for side in best:
             total[side] += best[side]
-        same = all(files[side] == files["compiled"] for side in SIDES if side in files)
-        print(f"{layer:>4}: {times(best)}  files {'identical' if same else 'DIFFER'} "
-              f"({len(files['compiled'])} bytes)")
+        compared = [side for side in SIDES if side in files]
+        same = ("" if len(compared) < 2 else "identical " if all(
+            files[side] == files["compiled"] for side in compared) else "DIFFER ")
+        print(f"{layer:>4}: {times(best)}  files {same}({len(files['compiled'])} bytes)")
         if args.rev:
             print(f"      {args.rev}: {best[args.rev]:7.2f} s, {len(files[args.rev])} bytes, "
                   f"worst frame {errors(files[args.rev])}; this tree {errors(files['compiled'])}"

@@ -564,11 +564,13 @@ def choose_steps(planes: np.ndarray, target: FidelityTarget = FidelityTarget(),
             index[frames] = np.clip(guess, fails[frames] + 1, passes[frames] - 1)
             frames = frames[passes[frames] > fails[frames] + 1]
 
-    seeds = np.arange(0, t, 8)
+    every = 8  # one frame in `every` searched from the trial step
+    seeds = np.arange(0, t, every)
     search(seeds)
     rest = np.setdiff1d(np.arange(t), seeds)
     if len(rest):
-        index[rest] = passes[seeds[np.minimum(np.round(rest / 8).astype(int), len(seeds) - 1)]]
+        nearest = np.minimum(np.round(rest / every).astype(int), len(seeds) - 1)
+        index[rest] = passes[seeds[nearest]]
         search(rest)
     return ladder[passes], codes, mae, psnr
 
