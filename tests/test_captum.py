@@ -57,12 +57,22 @@ def policy_and_obs(request, tmp_path_factory):
 
 
 @pytest.mark.parametrize("target", ["value", 2])
-def test_equal_to_captum_on_every_layer(policy_and_obs, target):
+def test_equal_to_captum_on_every_layer(policy_and_obs, target, monkeypatch):
     """Ours is Captum's computation (zero baseline at the layer, right Riemann sum): equal
-    to float32 rounding (1e-5 of the largest value) on every layer."""
+    to float32 rounding (1e-5 of the largest value) on every layer. Where a layer is read
+    only by a convolution (`policy.affine_split`: clear's 2a, Nature's c1 and c2) the
+    engine sums the same terms in another order (through the convolution once): within
+    2e-5 (relative L2) and 1e-4 of the largest value of Captum there, and the plain order,
+    the split turned off, equal to rounding again."""
     policy, obs = policy_and_obs
     for layer in policy.layer_names:
         theirs = captum_ig(policy, obs, layer, target)
         ours = integrated_gradients(policy, obs, layer, target, steps=10)
-        assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * np.abs(theirs).max(),
-                        err_msg=layer)
+        scale = np.abs(theirs).max()
+        if policy.affine_split(layer) is not None:
+            assert np.linalg.norm(ours - theirs) <= 2e-5 * np.linalg.norm(theirs), layer
+            assert np.abs(ours - theirs).max() <= 1e-4 * scale, layer
+            with monkeypatch.context() as patch:
+                patch.setattr(policy, "affine_split", lambda layer: None)
+                ours = integrated_gradients(policy, obs, layer, target, steps=10)
+        assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5 * scale, err_msg=layer)

@@ -177,3 +177,29 @@ def test_demo_checkpoint(coinrun_frames, device):
 def test_paper_coinrun_model(coinrun_frames, device):
     policy = load_policy(shared_path("checkpoints", "coinrun.jd"))
     check_every_layer(policy, coinrun_frames, device, "coinrun.jd")
+
+
+@pytest.mark.parametrize("cnn", ["clear", "nature"])
+def test_a_layer_read_by_one_convolution_is_attributed_after_it(cnn, tmp_path, request,
+                                                                monkeypatch):
+    """Where a bottleneck is read only by a convolution (clear's 2a, Nature's c1 and c2),
+    the engine pushes the scaled copies through that convolution once and its summed
+    gradients back through it once (`policy.affine_split`): the plain computation's sums,
+    re-associated. In float64 both agree to 1e-12 of the largest value, for the value and
+    two logits at once."""
+    kwargs = {"env_kind": "atari", "obs_shape": (84, 84, 4)} if cnn == "nature" else {}
+    frames = request.getfixturevalue("atari_frames" if cnn == "nature" else "coinrun_frames")
+    policy = random_policy(tmp_path, cnn, 11, **kwargs).double()
+    split = [layer for layer in policy.layer_names if policy.affine_split(layer)]
+    assert split == (["c1", "c2"] if cnn == "nature" else ["2a"])
+    readout = readout_matrix(policy, ["value", 0, 2])
+
+    def attribution(layer: str) -> np.ndarray:
+        return np.concatenate([b for _, b in attribution_batches(policy, frames, layer,
+                                                                 readout, STEPS)], 1)
+
+    after = {layer: attribution(layer) for layer in split}
+    monkeypatch.setattr(policy, "affine_split", lambda layer: None)
+    for layer in split:
+        plain = attribution(layer)
+        assert np.abs(after[layer] - plain).max() <= 1e-12 * np.abs(plain).max(), layer

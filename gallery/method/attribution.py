@@ -332,21 +332,40 @@ def _attribution_batches(policy: torch.nn.Module, obs: Tensor, layer: str, reado
 def _integrated_gradients(policy: torch.nn.Module, obs: Tensor, layer: str, readout: Tensor,
                           steps: int, steps_per_pass: int, needs_obs: bool) -> Tensor:
     """(O, B, h, w, c): acts * (1/n) sum_k grad f(k/n acts) for every readout row f, the
-    k/n-scaled copies of the batch stacked into passes of `steps_per_pass` steps."""
+    k/n-scaled copies of the batch stacked into passes of `steps_per_pass` steps.
+
+    When the layer is read only by an affine map z = L(a) + b (`policy.affine_split`),
+    the passes start after it: L(k/n a) + b = k/n L(a) + b, so L runs once per frame,
+    and grad_a f = L^T grad_z f, so the summed gradients go back through L once. At
+    clear's 2a (read by 2b's convolution, most of the network's work after it) that is
+    a third of the work."""
+    known = getattr(policy, "affine_split", None)
+    split = known(layer) if known is not None and not needs_obs else None
     with torch.no_grad():
         acts = policy.activations_nchw(obs, layer)
-    total = torch.zeros((len(readout),) + tuple(acts.shape), dtype=acts.dtype,
+        start = acts if split is None else split.linear(acts)
+    total = torch.zeros((len(readout),) + tuple(start.shape), dtype=acts.dtype,
                         device=acts.device)
     for first in range(1, steps + 1, steps_per_pass):
         alphas = torch.arange(first, min(first + steps_per_pass, steps + 1),
                               dtype=acts.dtype, device=acts.device) / steps
-        scaled = (alphas.view(-1, 1, 1, 1, 1) * acts).flatten(0, 1).requires_grad_(True)
+        scaled = (alphas.view(-1, 1, 1, 1, 1) * start).flatten(0, 1)
+        if split is not None:
+            scaled = scaled + split.bias
+        scaled.requires_grad_(True)
         extra = (obs.repeat(len(alphas), 1, 1, 1),) if needs_obs else ()
         with torch.enable_grad():
-            logits, value = policy.forward_from_nchw(scaled, layer, *extra)
+            logits, value = (policy.forward_from_nchw(scaled, layer, *extra) if split is None
+                             else split.rest(scaled))
             outputs = torch.cat([value[:, None], logits], dim=1)
             for o, grad in enumerate(_readout_gradients(outputs, scaled, readout)):
-                total[o] += grad.unflatten(0, (len(alphas), len(acts))).sum(dim=0)
+                total[o] += grad.unflatten(0, (len(alphas), len(start))).sum(dim=0)
+    if split is not None:  # back through L once: its gradient does not depend on the point
+        point = acts.detach().requires_grad_(True)
+        with torch.enable_grad():
+            mapped = split.linear(point)
+            total = torch.stack([torch.autograd.grad(mapped, point, g, retain_graph=True)[0]
+                                 for g in total])
     return (acts * total / steps).permute(0, 1, 3, 4, 2)
 
 

@@ -73,13 +73,23 @@ class Conv(nn.Module):
         self.kernel, self.stride, self.padding = kernel_hwio.shape[0], stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._convolve(x, self.bias)
+
+    def linear(self, x: Tensor) -> Tensor:
+        """The convolution without its bias (forward(x) = linear(x) + bias)."""
+        return self._convolve(x, None)
+
+    def _convolve(self, x: Tensor, bias: Tensor | None) -> Tensor:
         if self.padding == "same":
             pads = same_padding(x.shape[2], self.kernel, self.stride) + same_padding(
                 x.shape[3], self.kernel, self.stride)
             if pads[0] == pads[1] and pads[2] == pads[3]:  # symmetric: let the kernel pad
-                return F.conv2d(x, self.weight, self.bias, self.stride, (pads[0], pads[2]))
+                return F.conv2d(x, self.weight, bias, self.stride, (pads[0], pads[2]))
             x = _pad_same(x, self.kernel, self.stride)
-        return F.conv2d(x, self.weight, self.bias, self.stride)
+        return F.conv2d(x, self.weight, bias, self.stride)
+
+    def bias_nchw(self) -> Tensor:
+        return self.bias.view(-1, 1, 1)
 
 
 class Dense(nn.Module):
@@ -95,6 +105,13 @@ class Dense(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight, self.bias)
+
+    def linear(self, x: Tensor) -> Tensor:
+        """The map without its bias (forward(x) = linear(x) + bias)."""
+        return F.linear(x, self.weight)
+
+    def bias_nchw(self) -> Tensor:
+        return self.bias
 
 
 def l2_pool(x: Tensor, size: int = 2) -> Tensor:
@@ -177,6 +194,15 @@ class GraphNetwork(nn.Module):
         if self.latent not in values:
             raise ValueError(f"{start} is not a bottleneck: the observation is needed too")
         return values[self.latent], {k: values[k] for k in keep}
+
+    def affine_consumer(self, name: str) -> tuple[str, Conv | Dense] | None:
+        """(name, module) of the node that alone reads node `name`, when it is a
+        convolution or a dense layer reading nothing else: an affine map of `name`'s
+        value. None otherwise."""
+        users = self.consumers[name]
+        if len(users) == 1 and users[0].op in ("conv", "dense") and users[0].inputs == (name,):
+            return users[0].name, self.layers[_key(users[0].name)]
+        return None
 
     def heads(self, latent: Tensor) -> tuple[Tensor, Tensor]:
         return self.pi(latent), self.vf(latent)[:, 0]

@@ -6,6 +6,8 @@ the `_nchw` variants skip the layout conversions for hot loops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,16 @@ def _atari_action_names(env_id: str) -> list[str] | None:
 
 class LayerError(GalleryError):
     """A layer name that the policy does not offer."""
+
+
+@dataclass(frozen=True)
+class AffineSplit:
+    """A layer read only by an affine map, z = linear(a) + bias (NCHW), and the rest of the
+    network from z: `rest(z)` gives (logits, value)."""
+
+    linear: Callable[[Tensor], Tensor]
+    bias: Tensor
+    rest: Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 class PolicyBase(nn.Module):
@@ -113,6 +125,11 @@ class PolicyBase(nn.Module):
                           ) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def affine_split(self, layer: str) -> AffineSplit | None:
+        """The affine map that alone reads `layer`, when the policy knows one (a
+        bottleneck feeding a convolution); None otherwise."""
+        return None
+
     def _unknown_layer(self, layer: str) -> LayerError:
         return LayerError(f"no layer {layer!r}; this policy offers "
                           f"{', '.join(self.layer_names) or 'none'} (and 'input')")
@@ -166,6 +183,18 @@ class Policy(PolicyBase):
             x = None if obs is None else _to_nchw(obs)
             latent, _ = self.network.run(x, start=node.name, start_value=acts)
         return self.network.heads(latent)
+
+    def affine_split(self, layer: str) -> AffineSplit | None:
+        node = self._node(layer)
+        consumer = self.network.affine_consumer(node.name)
+        if node.op == "input" or consumer is None or node.name not in self._bottlenecks:
+            return None
+        name, module = consumer
+
+        def rest(z: Tensor) -> tuple[Tensor, Tensor]:  # the consumer is a bottleneck too
+            return self.network.heads(self.network.run(None, start=name, start_value=z)[0])
+
+        return AffineSplit(module.linear, module.bias_nchw(), rest)
 
     def _node(self, layer: str) -> Node:
         if layer == "input":
