@@ -35,6 +35,21 @@ def test_forward_from_every_layer_reproduces_forward(cnn, kw):
         torch.testing.assert_close(v2, value, rtol=0, atol=1e-5)
 
 
+def test_activations_stop_at_the_layer():
+    """A layer's activations run the network up to that layer only: the first layer's
+    leave every later convolution and both heads alone."""
+    p = _policy("clear")
+    called = []
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: called.append(name))
+             for name, module in p.network.layers.items()]
+    hooks += [head.register_forward_hook(lambda m, i, o: called.append("head"))
+              for head in (p.network.pi, p.network.vf)]
+    p.activations(torch.rand(2, *p.observation_shape), p.layer_names[0])
+    assert len(called) == 1 and called[0].endswith("1a__conv2d__Conv2D")
+    for hook in hooks:
+        hook.remove()
+
+
 def test_impala_block_entries_keep_the_skip_path():
     p = _policy("impala", stack_channels="8")
     obs = torch.rand(2, 64, 64, 3)

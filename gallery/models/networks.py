@@ -162,13 +162,15 @@ class GraphNetwork(nn.Module):
         return self.nodes[-1].name
 
     def run(self, x: Tensor | None, *, start: str | None = None, start_value: Tensor | None = None,
-            keep: frozenset[str] = frozenset()) -> tuple[Tensor, dict[str, Tensor]]:
+            keep: frozenset[str] = frozenset(), until: str | None = None
+            ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Evaluate the graph on NCHW input `x`.
 
         With `start`, that node's value is replaced by `start_value`; when `x` is None only
         the nodes downstream of `start` are evaluated (valid for bottleneck nodes). Returns
         the latent and the values of the nodes named in `keep`; any other value is dropped
-        once its consumers have run, so a pass holds only what it still needs.
+        once its consumers have run, so a pass holds only what it still needs. With
+        `until`, evaluation stops once that node is computed, and the latent is None.
         """
         values: dict[str, Tensor] = {}
         if x is not None:
@@ -187,6 +189,8 @@ class GraphNetwork(nn.Module):
                 del args
             else:
                 continue
+            if node.name == until:
+                return None, {k: values[k] for k in keep}
             for i in node.inputs:  # (a replaced start node's inputs count as used)
                 pending[i] -= 1
                 if not pending[i] and i not in keep and i in values:

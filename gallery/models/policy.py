@@ -168,7 +168,7 @@ class Policy(PolicyBase):
         x = _to_nchw(obs)
         if node.op == "input":
             return x
-        _, kept = self.network.run(x, keep=frozenset([node.name]))
+        _, kept = self.network.run(x, keep=frozenset([node.name]), until=node.name)
         return kept[node.name]
 
     def forward_from_nchw(self, acts: Tensor, layer: str, obs: Tensor | None = None
