@@ -437,6 +437,31 @@ def test_written_bundle_validates(tmp_path):
     assert sizes["first_load_bytes"] < sizes["total_bytes"] + 100
 
 
+def test_extra_atlases_made_beforehand_give_the_same_bundle(tmp_path, monkeypatch):
+    """An interface encodes the extra observations' atlases in a unit of their own
+    (`encode_extra_atlases`) and hands them to the writer: the bundle is the one the writer
+    makes by itself, file for file; atlases of other observations are refused."""
+    index = write_small_bundle(tmp_path / "a")
+    shown = np.array(index["extra_observations"]["indices"])
+    add = bundles.BundleWriter.add_extra_observations
+
+    def beforehand(indices):
+        return lambda self, observations: add(
+            self, observations, bundles.encode_extra_atlases(observations, indices))
+
+    monkeypatch.setattr(bundles.BundleWriter, "add_extra_observations", beforehand(shown))
+    write_small_bundle(tmp_path / "b")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*"))
+    assert any(str(f).startswith("observations/extra-") for f in files)
+    for f in files:
+        if (tmp_path / "a" / f).is_file():
+            assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    monkeypatch.setattr(bundles.BundleWriter, "add_extra_observations", beforehand(shown[1:]))
+    with pytest.raises(bundles.BundleError, match="other observations"):
+        write_small_bundle(tmp_path / "c")
+
+
 def test_trajectory_json_holds_the_arrays(tmp_path):
     write_small_bundle(tmp_path / "b", grid=False)
     data = bundles.read_json(tmp_path / "b" / "trajectories" / "T0.json.gz")

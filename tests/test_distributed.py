@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "gallery" / "demo" / "coinrun-clear.jd"
 TINY = ["--num-envs", "2", "--num-steps", "16", "--obs-num-envs", "16", "--num-obs", "4",
         "--obs-every", "4", "--layer", "3a", "--layer", "4a", "--image-effort", "fast"]
-UNITS = 14  # trajectories, 2 x observations (16 environments), outputs, 2 x frames, 2 x nmf,
-#            2 x features, 2 layers x 2 trajectories
+UNITS = 15  # trajectories, 2 x observations (16 environments), outputs, 2 x frames, 2 x nmf,
+#            2 x features, the extra observations' images, 2 layers x 2 trajectories
 TIMEOUT = 300
 
 
@@ -263,8 +263,8 @@ def test_gallery_build_pools_the_units_of_every_model(tmp_path):
         events = UnitStore(cache / "units").events()
         keys = [e["key"] for e in events if e["event"] == "computed"]
         # per model: trajectories, 2 observations, outputs, 2 frames, nmf, features,
-        # 2 attribution
-        assert len(keys) == len(set(keys)) == 2 * 10
+        # the extra observations' images, 2 attribution
+        assert len(keys) == len(set(keys)) == 2 * 11
         if ranks:
             assert "interface units of 2 model(s) and 0 comparison(s) on 3 MPI ranks" \
                 in done.stderr

@@ -126,12 +126,12 @@ def test_comparison_interfaces_join_the_pool_with_the_same_bytes(run, tmp_path, 
         err = capsys.readouterr().err
         computed[workers] = [e["key"] for e in UnitStore(cache / "units").events()
                              if e["event"] == "computed"]
-        # per model: trajectories, observations, outputs, 2 frames, NMF, features,
-        # 2 attribution; each other checkpoint on the shared trajectories: outputs, NMF,
-        # features, 2 attribution
-        assert len(computed[workers]) == len(set(computed[workers])) == 3 * 9 + 2 * 5
+        # per model: trajectories, observations, outputs, 2 frames, NMF, features, extra
+        # observations' images, 2 attribution; each other checkpoint on the shared
+        # trajectories: outputs, NMF, features, extra observations' images, 2 attribution
+        assert len(computed[workers]) == len(set(computed[workers])) == 3 * 10 + 2 * 6
         if workers:
-            assert "37 interface units of 3 model(s) and 1 comparison(s) on this process " \
+            assert "42 interface units of 3 model(s) and 1 comparison(s) on this process " \
                    "and 1 worker(s)" in err
     assert sorted(computed[0]) == sorted(computed[1])
     for model in ("untrained", "early", "final"):

@@ -55,8 +55,9 @@ MAX_FILE_BYTES = 20 * 1024 * 1024
 #: Frames per observation atlas image, and tiles per atlas row.
 FRAMES_PER_ATLAS = 1024
 ATLAS_COLUMNS = 32
-#: Extra observations per atlas image (feature views refer to them).
+#: Extra observations per atlas image (feature views refer to them), and tiles per row.
 EXTRA_PER_ATLAS = 256
+EXTRA_COLUMNS = 16
 
 OutputKind = Literal["value", "action", "action_group"]
 LayerKind = Literal["attribution", "gradients"]
@@ -443,6 +444,14 @@ EXTRA_SUBSAMPLING = "4:4:4"
 EXTRA_WEBP_QUALITY = 80
 
 
+def extra_encoding() -> dict[str, Any]:
+    """What `encode_extra` does here (AVIF and its settings, or the WebP fallback)."""
+    if not pil_features.check("avif"):
+        return {"format": "webp", "quality": EXTRA_WEBP_QUALITY}
+    return {"format": "avif", "quality": EXTRA_QUALITY, "speed": EXTRA_SPEED,
+            "subsampling": EXTRA_SUBSAMPLING}
+
+
 def encode_extra(pixels: np.ndarray) -> tuple[bytes, str]:
     """An atlas of extra observations, uint8 (H, W, 3), as lossy AVIF (or WebP where Pillow
     has no AVIF); returns the bytes and the file extension."""
@@ -453,6 +462,25 @@ def encode_extra(pixels: np.ndarray) -> tuple[bytes, str]:
         out, "AVIF", quality=EXTRA_QUALITY, speed=EXTRA_SPEED, subsampling=EXTRA_SUBSAMPLING,
         max_threads=1)
     return out.getvalue(), "avif"
+
+
+@dataclass(frozen=True)
+class ExtraAtlases:
+    """The atlases of the extra observations a bundle's feature views show."""
+
+    indices: np.ndarray
+    """Which extra observations, in increasing order."""
+    images: list[tuple[bytes, str]]
+    """(bytes, file extension) of each atlas (`encode_extra`)."""
+
+
+def encode_extra_atlases(observations: np.ndarray, indices: np.ndarray) -> ExtraAtlases:
+    """Extra observations `observations[indices]` (indices increasing) as the bundle stores
+    them: atlases of EXTRA_PER_ATLAS, EXTRA_COLUMNS to a row."""
+    frames = display_frames(np.asarray(observations)[indices])
+    return ExtraAtlases(np.asarray(indices, np.int64), [
+        encode_extra(tile(frames[start:start + EXTRA_PER_ATLAS], EXTRA_COLUMNS))
+        for start in range(0, len(frames), EXTRA_PER_ATLAS)])
 
 
 def encode_image(pixels: np.ndarray, effort: str = "fast", lossy_quality: int | None = None
@@ -523,6 +551,7 @@ class BundleWriter:
         self.layers: list[dict[str, Any]] = []
         self.bookmarks: dict[str, list[dict[str, Any]]] = {"high": [], "low": []}
         self.extra_observations: np.ndarray | None = None
+        self.extra_atlases: ExtraAtlases | None = None
         self.referenced: set[int] = set()
         self.fidelity_report: list[dict[str, Any]] = []
 
@@ -690,10 +719,13 @@ class BundleWriter:
             entry["feature_views"] = [None] * entry["features"]
         entry["feature_views"][feature] = name
 
-    def add_extra_observations(self, observations: np.ndarray) -> None:
+    def add_extra_observations(self, observations: np.ndarray,
+                               atlases: ExtraAtlases | None = None) -> None:
         """The extra observations feature-view grids index into (only referenced ones are
-        written, at `finish`)."""
+        written, at `finish`), and optionally their atlases made beforehand (they must
+        hold exactly the observations the views refer to)."""
         self.extra_observations = np.asarray(observations)
+        self.extra_atlases = atlases
 
     def _write_extra(self) -> dict[str, Any] | None:
         if not self.referenced:
@@ -704,14 +736,20 @@ class BundleWriter:
         if indices[0] < 0 or indices[-1] >= len(self.extra_observations):
             raise BundleError(f"feature views refer to extra observation {indices[-1]}, but "
                               f"there are {len(self.extra_observations)}")
-        frames = display_frames(self.extra_observations[indices])
+        given = self.extra_atlases
+        if given is None:
+            given = encode_extra_atlases(self.extra_observations, indices)
+        elif not np.array_equal(given.indices, indices):
+            raise BundleError("the extra observations' atlases were made for other "
+                              "observations than the feature views refer to")
         atlases = []
-        for chunk, start in enumerate(range(0, len(frames), EXTRA_PER_ATLAS)):
-            part = frames[start:start + EXTRA_PER_ATLAS]
-            data, extension = encode_extra(tile(part, 16))
+        for chunk, (data, extension) in enumerate(given.images):
             name = self._write(f"observations/extra-{chunk}.{extension}", data)
-            atlases.append({"file": name, "start": start, "count": len(part)})
-        return {"indices": indices.tolist(), "tile": list(frames.shape[1:3]), "columns": 16,
+            start = chunk * EXTRA_PER_ATLAS
+            atlases.append({"file": name, "start": start,
+                            "count": min(EXTRA_PER_ATLAS, len(indices) - start)})
+        tile_shape = display_frames(self.extra_observations[:1]).shape[1:3]
+        return {"indices": indices.tolist(), "tile": list(tile_shape), "columns": EXTRA_COLUMNS,
                 "atlases": atlases}
 
     def finish(self, provenance: dict[str, Any], default_layer: str | None = None

@@ -232,6 +232,8 @@ class _Plan:
     features: dict[str, str]
     frames: list[str]
     """Per trajectory, the unit holding its frame atlases."""
+    extra_images: str | None
+    """The unit holding the atlases of the extra observations the feature views show."""
 
 
 class InterfaceBuilder:
@@ -423,13 +425,23 @@ class InterfaceBuilder:
                                       unit_features,
                                       {**common, "observations": observation_keys,
                                        "nmf": nmf_key, "layer": name, **feature_settings})))
+        extra_key = None
+        if feature_keys:  # the extra observations the feature views show, as images
+            extra_key = unit_key("extra images", observations=observation_keys,
+                                 features=list(feature_keys.values()),
+                                 encoding=bundles.extra_encoding(),
+                                 unit_version=UNIT_VERSION, gallery=base["gallery"])
+            units.append(Unit(extra_key, "frames", f"{title}: extra observations' images",
+                              (*observation_keys, *feature_keys.values()), (
+                                  unit_extra_images, {"observations": observation_keys,
+                                                      "features": list(feature_keys.values())})))
         # the order of the list is a valid order of work: dependencies first, and the
         # expensive attribution after every layer's NMF so that all ranks find work early
         order = {"rollouts": 0, "outputs": 1, "nmf": 1, "features": 2, "frames": 2,
                  "attribution": 3}
         units.sort(key=lambda u: order[u.kind])
         self._plan = _Plan(units, rollouts_key, observation_keys, outputs_key, nmf_keys,
-                           attribution, feature_keys, frame_keys)
+                           attribution, feature_keys, frame_keys, extra_key)
         return self._plan
 
     # --- running ----------------------------------------------------------------------
@@ -554,7 +566,13 @@ class InterfaceBuilder:
             [bundles.BookmarkEntry(*b) for b in outputs.value["high"]],
             [bundles.BookmarkEntry(*b) for b in outputs.value["low"]])
         if extra is not None:
-            writer.add_extra_observations(extra)
+            atlases = None
+            if plan.extra_images is not None:
+                stored = get(plan.extra_images, "frames")
+                atlases = bundles.ExtraAtlases(stored.arrays["indices"], [
+                    (stored.arrays[f"atlas{i}"].tobytes(), extension)
+                    for i, extension in enumerate(stored.value["extensions"])])
+            writer.add_extra_observations(extra, atlases)
             writing.update()
         for name, per_trajectory in plan.attribution.items():
             if name == INPUT_LAYER:
@@ -858,6 +876,26 @@ def unit_frames(store: UnitStore, *, rollouts: str, trajectory: int, effort: str
     atlases = bundles.encode_frames(observations, effort)
     return UnitResult({f"atlas{i}": np.frombuffer(data, np.uint8)
                        for i, data in enumerate(atlases)}, {"atlases": len(atlases)})
+
+
+def unit_extra_images(store: UnitStore, *, observations: list[str], features: list[str]
+                      ) -> UnitResult:
+    """The atlases of the extra observations that the feature views of every layer show
+    (`features`: the layers' features units), as the bundle stores them."""
+    shown: set[int] = set()
+    for key in features:
+        found = store.load(key)
+        if found is None:
+            raise InterfaceError(f"features unit {key[:12]} is missing from {store.root}")
+        for name, array in found.arrays.items():
+            if name.endswith("_indices"):
+                shown.update(np.unique(array).tolist())
+    extra = _stored_observations(store, observations)
+    atlases = bundles.encode_extra_atlases(extra, np.array(sorted(shown), np.int64))
+    return UnitResult({"indices": atlases.indices,
+                       **{f"atlas{i}": np.frombuffer(data, np.uint8)
+                          for i, (data, _) in enumerate(atlases.images)}},
+                      {"extensions": [extension for _, extension in atlases.images]})
 
 
 def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | None, device: str,
