@@ -26,7 +26,8 @@ then not reported, and the sites are compared page by page.
 `--commit REV` builds the same interface from a `git worktree` of REV too (the built
 viewer is copied in), in a subprocess with the same settings, one after the other in this
 session, and prints the ratio of the wall times; `--first REV|HEAD` chooses which runs
-first. The numbers depend on the machine's load: the load average is printed with each run.
+first. The numbers depend on the machine's load: the load average is printed with each run, and, where the tree logs when its units finish, the time from
+the command's start to its first unit's start and to its last unit's end.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def worktree(rev: str, scratch: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)],
-                       capture_output=True)
+                       check=False, capture_output=True)
 
 
 def build(tree: Path, checkpoint: Path, options: list[str], scratch: Path, name: str,
@@ -124,7 +125,7 @@ def build(tree: Path, checkpoint: Path, options: list[str], scratch: Path, name:
                    str(out), "--cache-dir", str(cache), *options]
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+    start, epoch = time.perf_counter(), time.time()
     process = subprocess.Popen(command, cwd=tree, env=env, stdout=subprocess.PIPE,
                                stderr=None if not quiet else subprocess.DEVNULL, text=True)
     memory = TreeMemory(process.pid)
@@ -140,10 +141,24 @@ def build(tree: Path, checkpoint: Path, options: list[str], scratch: Path, name:
                          if line.startswith("seconds")), "")
     stages = {k: float(v) for k, v in re.findall(r"(\w+) (\d+(?:\.\d+)?)", seconds_line)}
     bundle = re.search(r"bundle\s+([\d.]+) MB", stdout)
-    return {"name": name, "wall_s": wall, "cpu_s": cpu, "cpu_percent": 100 * cpu / wall,
+    return {"units_span_s": units_span(cache / "units", epoch),"name": name, "wall_s": wall, "cpu_s": cpu, "cpu_percent": 100 * cpu / wall,
             "peak_tree_bytes": peak_tree, "peak_process_bytes": after.ru_maxrss * 1024,
             "stages_s": stages, "bundle_mb": float(bundle.group(1)) if bundle else None,
             "load_before": load, "load_after": os.getloadavg()[0], "output": str(out)}
+
+
+def units_span(store: Path, epoch: float) -> list[float] | None:
+    """[first unit's start, last unit's end] in seconds from the command's start, from the
+    unit store's event log (None where its events carry no finishing time: older trees).
+    Before the first: loading and planning; after the last: writing the bundle."""
+    path = store / "events.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines()] \
+        if path.is_file() else []
+    spans = [(e["finished"] - e["seconds"], e["finished"]) for e in events
+             if e.get("event") == "computed" and "finished" in e]
+    if not spans:
+        return None
+    return [min(s for s, _ in spans) - epoch, max(f for _, f in spans) - epoch]
 
 
 def same_bundle(a: str, b: str) -> bool:
@@ -178,7 +193,9 @@ def report(result: dict) -> str:
             f"{result['cpu_percent']:4.0f}%, peak memory {result['peak_tree_bytes'] / 1e9:.2f} GB "
             f"(largest process {result['peak_process_bytes'] / 1e9:.2f} GB), bundle "
             f"{result['bundle_mb']} MB, load {result['load_before']:.1f}->"
-            f"{result['load_after']:.1f}\n{'':>12}stages (s): {stages}")
+            f"{result['load_after']:.1f}\n{'':>12}stages (s): {stages}" + (
+                f"\n{'':>12}units from {result['units_span_s'][0]:.1f} s to "
+                f"{result['units_span_s'][1]:.1f} s" if result.get("units_span_s") else ""))
 
 
 def main() -> None:

@@ -182,7 +182,7 @@ class UnitStore:
             result.seconds = time.perf_counter() - start
             self.save(key, result, kind)
             self.event("computed", key, kind=kind, label=label,
-                       seconds=round(result.seconds, 3))
+                       seconds=round(result.seconds, 3), finished=round(time.time(), 3))
             return result, True
 
     # the event log
