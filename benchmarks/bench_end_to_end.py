@@ -244,8 +244,10 @@ def main() -> None:
             runs = [("HEAD" if len(counts) == 1 else f"HEAD-w{w}", ROOT, w) for w in counts]
             if args.commit:
                 other = stack.enter_context(worktree(args.commit, scratch))
+                # (a name of its own: each run's cache folder is named after it)
                 runs.insert(0 if args.first == "REV" else len(runs),
-                            (args.commit, other, counts[0]))
+                            (args.commit if args.commit != "HEAD" else "HEAD-worktree", other,
+                             counts[0]))
             for name, tree, workers in runs:
                 print(f"--- {name} ({tree})", flush=True)
                 results.append(build(tree, args.checkpoint.resolve(), options, scratch, name,

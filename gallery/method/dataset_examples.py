@@ -112,14 +112,22 @@ def feature_grid(acts: np.ndarray, observations: np.ndarray, *, subdiv_mult: flo
     acts = _check_acts(acts, observations)
     if not subdiv_mult > 0:
         raise FeatureVisualisationError(f"subdiv_mult must be > 0, not {subdiv_mult}")
-    cells_first, centres = _resample_cells_first(acts, subdiv_mult)
+    chosen, cell_acts, centres = grid_choices(acts.transpose(1, 2, 0), subdiv_mult, top_frac)
+    return FeatureGrid(subdiv_mult, chosen, cell_acts, centres, (acts.shape[1], acts.shape[2]))
+
+
+def grid_choices(cells: np.ndarray, subdiv_mult: float, top_frac: float = 0.1
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The observation each cell of the resampled grid shows, its activation there and the
+    cells' centres ((gh, gw), (gh, gw), (gh, gw, 2)), from activations with the
+    observations last (h, w, N): contiguous, they are resampled without a copy."""
+    cells_first, centres = _resample_cells_first(cells, subdiv_mult)
     gh, gw, n = cells_first.shape
     max_rep = math.ceil(gh * gw / (n * top_frac))
     scores = cells_first.reshape(gh * gw, n).T  # (choices, items), a view
     chosen = assign_with_max_repetition(scores, max_rep=max_rep, strict=False)
     cell_acts = scores[chosen, np.arange(gh * gw)]
-    return FeatureGrid(subdiv_mult, chosen.reshape(gh, gw), cell_acts.reshape(gh, gw),
-                       centres, (acts.shape[1], acts.shape[2]))
+    return chosen.reshape(gh, gw), cell_acts.reshape(gh, gw), centres
 
 
 def render_grid(grid: FeatureGrid, observations: np.ndarray, *, expand_mult: float = 4
@@ -140,21 +148,22 @@ def resample_grid(acts: np.ndarray, subdiv_mult: float) -> tuple[np.ndarray, np.
     padded grid's ends map onto each other), and the padding is cropped again -- the
     reference tool's use of scipy.ndimage.zoom(order=1), computed separably.
     """
-    cells_first, centres = _resample_cells_first(np.asarray(acts), subdiv_mult)
+    cells_first, centres = _resample_cells_first(np.asarray(acts).transpose(1, 2, 0),
+                                                 subdiv_mult)
     return cells_first.transpose(2, 0, 1), centres
 
 
-def _resample_cells_first(acts: np.ndarray, subdiv_mult: float
+def _resample_cells_first(cells: np.ndarray, subdiv_mult: float
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """`resample_grid` with the observations last: (gh, gw, N) float32, contiguous."""
-    _, h, w = acts.shape
+    """`resample_grid` with the observations last, in (h, w, N) and out (gh, gw, N) float32,
+    contiguous."""
+    h, w, _ = cells.shape
     rows = _zoom_coordinates(h + 2, subdiv_mult - (subdiv_mult - 1) / (h + 2))
     cols = _zoom_coordinates(w + 2, subdiv_mult - (subdiv_mult - 1) / (w + 2))
     if len(rows) <= 2 or len(cols) <= 2:
         raise FeatureVisualisationError(f"subdiv_mult {subdiv_mult} is too small for "
                                         f"{h}x{w} activations: no grid cell is left")
-    padded = np.pad(np.asarray(acts, dtype=np.float32).transpose(1, 2, 0),
-                    [(1, 1), (1, 1), (0, 0)], mode="edge")
+    padded = np.pad(np.asarray(cells, dtype=np.float32), [(1, 1), (1, 1), (0, 0)], mode="edge")
     grid = _lerp(_lerp(padded, rows[1:-1], axis=0), cols[1:-1], axis=1)
     centres = np.stack(np.meshgrid(rows[1:-1] - 0.5, cols[1:-1] - 0.5, indexing="ij"), -1)
     return np.ascontiguousarray(grid), centres

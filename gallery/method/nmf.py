@@ -92,7 +92,9 @@ class LayerNMF:
     def transform(self, x: np.ndarray | torch.Tensor, device: Any = None) -> np.ndarray:
         """Feature amounts (..., K) >= 0 of non-negative (..., C): NNLS row by row."""
         x = self._tensor(x, device)
-        if x.numel() and (bool((x < 0).any()) or not bool(torch.isfinite(x).all())):
+        # one pass: NaN propagates to both ends, -inf shows as the least, +inf as the most
+        low, high = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+        if not (bool(low >= 0) and bool(torch.isfinite(high))):
             raise AnalysisError("NMF transforms finite non-negative values only; split signed "
                                 "attribution with max(x, 0) and max(-x, 0)")
         return self._amounts(x).cpu().numpy()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -63,8 +62,8 @@ from gallery.method.attribution import (
 )
 from gallery.method.dataset_examples import (
     FeatureVisualisationError,
-    assign_with_max_repetition,
     feature_thumbnail,
+    grid_choices,
     resample_grid,
 )
 from gallery.method.nmf import LayerNMF, NMFSettings, fit_nmf
@@ -922,9 +921,11 @@ def unit_features(store: UnitStore, *, checkpoint: str | None, adapter: str | No
         raise InterfaceError(f"layer {layer}: no feature-view patch count of "
                              f"{list(subdiv_mults)} fits its {layer_hw[0]}x{layer_hw[1]} "
                              "positions; add 1 to visualisation.subdiv_mults")
+    # each feature's amounts with the observations last, contiguous: resampled as they are
+    cells = np.ascontiguousarray(reduced.transpose(3, 1, 2, 0))
     for f in range(layer_nmf.n_features):
         for i in kept:
-            g = feature_grid(reduced[..., f], subdiv_mults[i])
+            g = feature_grid(cells[f], subdiv_mults[i])
             arrays[f"f{f}s{i}_indices"] = np.asarray(g.indices)
             arrays[f"f{f}s{i}_acts"] = np.asarray(g.acts)
             arrays[f"f{f}s{i}_rows"] = np.asarray(g.centre_rows)
@@ -947,19 +948,15 @@ def _target(spec: bundles.OutputSpec) -> Any:
     return spec.actions[0] if spec.kind == "action" else list(spec.actions)
 
 
-def feature_grid(acts: np.ndarray, subdiv_mult: float, top_frac: float = 0.1
+def feature_grid(cells: np.ndarray, subdiv_mult: float, top_frac: float = 0.1
                  ) -> bundles.FeatureGrid:
-    """The grid of a full feature view (method.md 7) without its image: which extra
-    observation each cell shows, how strongly, and the cells' centres. The viewer lays the
-    patches out for every expand_mult (as gallery.method.dataset_examples.feature_view does)."""
-    grid, centres = resample_grid(acts, subdiv_mult)
-    n, gh, gw = grid.shape
-    max_rep = math.ceil(gh * gw / (n * top_frac))
-    chosen = assign_with_max_repetition(grid.reshape(n, gh * gw), max_rep=max_rep,
-                                        strict=False).reshape(gh, gw)
-    cell_acts = grid[chosen, np.arange(gh)[:, None], np.arange(gw)[None, :]]
-    return bundles.FeatureGrid(subdiv_mult, chosen, cell_acts, centres[:, 0, 0], centres[0, :, 1],
-                               acts.shape[1:3])
+    """The grid of a full feature view (method.md 7) without its image, from a feature's
+    amounts with the observations last (h, w, N): which extra observation each cell shows,
+    how strongly, and the cells' centres. The viewer lays the patches out for every
+    expand_mult (as gallery.method.dataset_examples.feature_view does)."""
+    chosen, cell_acts, centres = grid_choices(cells, subdiv_mult, top_frac)
+    return bundles.FeatureGrid(subdiv_mult, chosen, cell_acts, centres[:, 0, 0],
+                               centres[0, :, 1], cells.shape[:2])
 
 
 def _same_size(images: list[np.ndarray]) -> list[np.ndarray]:
