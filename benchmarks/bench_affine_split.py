@@ -1,7 +1,8 @@
 """Integrated gradients after the convolution that reads a layer, against the plain passes.
 
-    .venv/bin/python benchmarks/bench_affine_split.py [--checkpoint ../shared/checkpoints/coinrun.jd]
-        [--observations 1024] [--frames 512] [--repeats 2]
+    .venv/bin/python benchmarks/bench_affine_split.py
+        [--checkpoint ../shared/checkpoints/coinrun.jd] [--observations 1024] [--frames 512]
+        [--repeats 2]
 
 Where a layer is read only by a convolution (clear's 2a, Nature's c1 and c2),
 `gallery.method.attribution` pushes the 10 scaled copies through that convolution once and

@@ -26,8 +26,9 @@ then not reported, and the sites are compared page by page.
 `--commit REV` builds the same interface from a `git worktree` of REV too (the built
 viewer is copied in), in a subprocess with the same settings, one after the other in this
 session, and prints the ratio of the wall times; `--first REV|HEAD` chooses which runs
-first. The numbers depend on the machine's load: the load average is printed with each run, and, where the tree logs when its units finish, the time from
-the command's start to its first unit's start and to its last unit's end.
+first. The numbers depend on the machine's load: the load average is printed with each
+run, and, where the tree logs when its units finish, the time from the command's start
+to its first unit's start and to its last unit's end.
 """
 
 from __future__ import annotations
@@ -141,10 +142,11 @@ def build(tree: Path, checkpoint: Path, options: list[str], scratch: Path, name:
                          if line.startswith("seconds")), "")
     stages = {k: float(v) for k, v in re.findall(r"(\w+) (\d+(?:\.\d+)?)", seconds_line)}
     bundle = re.search(r"bundle\s+([\d.]+) MB", stdout)
-    return {"units_span_s": units_span(cache / "units", epoch),"name": name, "wall_s": wall, "cpu_s": cpu, "cpu_percent": 100 * cpu / wall,
+    return {"name": name, "wall_s": wall, "cpu_s": cpu, "cpu_percent": 100 * cpu / wall,
             "peak_tree_bytes": peak_tree, "peak_process_bytes": after.ru_maxrss * 1024,
             "stages_s": stages, "bundle_mb": float(bundle.group(1)) if bundle else None,
-            "load_before": load, "load_after": os.getloadavg()[0], "output": str(out)}
+            "load_before": load, "load_after": os.getloadavg()[0], "output": str(out),
+            "units_span_s": units_span(cache / "units", epoch)}
 
 
 def units_span(store: Path, epoch: float) -> list[float] | None:

@@ -748,9 +748,8 @@ class BundleWriter:
             start = chunk * EXTRA_PER_ATLAS
             atlases.append({"file": name, "start": start,
                             "count": min(EXTRA_PER_ATLAS, len(indices) - start)})
-        tile_shape = display_frames(self.extra_observations[:1]).shape[1:3]
-        return {"indices": indices.tolist(), "tile": list(tile_shape), "columns": EXTRA_COLUMNS,
-                "atlases": atlases}
+        return {"indices": indices.tolist(), "tile": list(self.extra_observations.shape[1:3]),
+                "columns": EXTRA_COLUMNS, "atlases": atlases}
 
     def finish(self, provenance: dict[str, Any], default_layer: str | None = None
                ) -> dict[str, Any]:
