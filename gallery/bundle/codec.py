@@ -211,13 +211,13 @@ def joint_diffuse(planes: np.ndarray, steps: np.ndarray, weights: np.ndarray | N
     rows = rows.reshape(t, p)
     linears = np.array([linear_steps(float(x)) for x in distinct], np.float64)[rows]
     weights = joint_weights((p - 2) // 2) if weights is None else weights
-    work = planes.copy()
     if COMPILED_DIFFUSION if compiled is None else compiled:
         from gallery.bundle.compiled import diffuse
 
-        return diffuse(work, tables, np.ascontiguousarray(rows, np.int64),
+        return diffuse(np.ascontiguousarray(planes), tables, np.ascontiguousarray(rows, np.int64),
                        np.ascontiguousarray(q), np.ascontiguousarray(linears),
                        np.ascontiguousarray(weights, np.float64))
+    work = planes.copy()
     diag = np.diag(weights)
     codes = np.zeros((t, p, h, w), np.uint16)
     for i in range(h):
