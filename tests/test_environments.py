@@ -132,6 +132,26 @@ def test_procgen_is_seeded():
     assert not np.array_equal(first_obs(spec, seed=3), first_obs(spec, seed=4))
 
 
+def test_procgen_steps_alike_in_the_calling_thread():
+    """threads=0 (what the rollouts use) steps the environments without Procgen's
+    threads: the same observations, rewards and episode starts as with its default 4."""
+    actions = np.random.default_rng(0).integers(0, 15, size=(1010, 4))
+    runs = []
+    for threads in (None, 0):
+        # CoinRun ends an episode after 1000 steps at the latest
+        with make_vec_env(procgen(), 4, seed=5, threads=threads) as env:
+            steps = []
+            for a in actions:
+                env.act(a)
+                step = env.observe()
+                steps.append((step.obs, step.reward, step.first))
+            runs.append(steps)
+    assert any(first.any() for _, _, first in runs[0])  # an episode ended on the way
+    for one, other in zip(*runs, strict=True):
+        for a, b in zip(one, other, strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_num_levels_and_start_level_pass_through():
     with make_vec_env(procgen(num_levels=1, start_level=42), 3, seed=0) as env:
         assert env.level_seeds().tolist() == [42, 42, 42]

@@ -337,13 +337,15 @@ class VecEnv(ABC):
         self.close()
 
 
-def make_vec_env(spec: EnvSpec, num_envs: int, seed: int,
-                 full_resolution: bool = False) -> VecEnv:
-    """`num_envs` seeded copies of the environment `spec` describes."""
+def make_vec_env(spec: EnvSpec, num_envs: int, seed: int, full_resolution: bool = False,
+                 threads: int | None = None) -> VecEnv:
+    """`num_envs` seeded copies of the environment `spec` describes. `threads`: Procgen's
+    stepping threads (None: its default, 4; 0 steps the environments in the calling
+    thread). The observations are the same with any number."""
     if num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, not {num_envs}")
     if spec.env_kind == "procgen":
-        env: VecEnv = ProcgenVecEnv(spec, num_envs, seed, full_resolution)
+        env: VecEnv = ProcgenVecEnv(spec, num_envs, seed, full_resolution, threads)
     else:
         env = AtariVecEnv(spec, num_envs, seed, full_resolution)
     if spec.frame_stack > 1:
@@ -373,10 +375,13 @@ def atari_action_names(env_id: str) -> tuple[str, ...]:
 class ProcgenVecEnv(VecEnv):
     """Procgen's own vectorised gym3 environment, observations from its 'rgb' key."""
 
-    def __init__(self, spec: EnvSpec, num_envs: int, seed: int, full_resolution: bool = False):
+    def __init__(self, spec: EnvSpec, num_envs: int, seed: int, full_resolution: bool = False,
+                 threads: int | None = None):
         kwargs = dict(spec.options)
         if kwargs["distribution_mode"] == "exploration":  # procgen picks the level itself
             del kwargs["num_levels"], kwargs["start_level"]
+        if threads is not None:
+            kwargs["num_threads"] = threads
         self._env = _procgen().ProcgenGym3Env(
             num=num_envs, env_name=spec.env_name, rand_seed=_procgen_seed(seed),
             render_mode="rgb_array" if full_resolution else None, **kwargs)
