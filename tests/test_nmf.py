@@ -10,10 +10,13 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 from sklearn.decomposition import NMF
+from sklearn.exceptions import ConvergenceWarning
 
 from gallery.method.attribution import AnalysisError, integrated_gradients, prepare_observations
+from gallery.method.compiled import BLOCK, fit_coordinate_descent
 from gallery.method.nmf import LayerNMF, NMFSettings, fit_nmf, nndsvd, signed_rows
 from gallery.models.policy import load_policy
+from tests.reference.checkpoints import make_checkpoint, write_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 DEMO = TESTS.parent / "gallery" / "demo" / "coinrun-clear.jd"
@@ -81,6 +84,50 @@ def test_fit_matches_scikit_learn_with_the_reference_settings():
     reference = _reference_model(k=3).fit(rows)
     assert_allclose(ours.components, reference.components_, rtol=2e-5, atol=1e-6)
     assert ours.converged
+
+
+def _scikit_learn_fit(rows: np.ndarray, w: np.ndarray, h: np.ndarray, max_iter: int = 200
+                      ) -> NMF:
+    """scikit-learn's NMF fitted from the initial factors (W, H), as the reference tool's."""
+    model = NMF(n_components=h.shape[0], init="custom", solver="cd", beta_loss="frobenius",
+                tol=1e-4, max_iter=max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(rows, W=w.copy(), H=h.copy())
+
+
+def _fit_cases(tmp_path: Path) -> dict[str, tuple[np.ndarray, int]]:
+    """Non-zero signed rows and K: the demo's real CoinRun attribution at three layers,
+    two random clear networks' attribution at 1a, and random non-negative rows."""
+    frames = np.load(COINRUN_FRAMES)["obs"]
+    cases = {}
+    for name, policy in [("demo", load_policy(DEMO))] + [
+            (f"random network {seed}", load_policy(write_checkpoint(
+                tmp_path / f"clear-{seed}.jd", make_checkpoint("clear", seed=seed))))
+            for seed in (1, 2)]:
+        for layer in ("1a", "2b", "3a"):
+            rows = signed_rows(integrated_gradients(policy, frames, layer, "value", 10))
+            cases[f"{name} {layer}"] = rows[rows.any(axis=1)], 8
+    rng = np.random.default_rng(3)
+    rows = np.abs(rng.standard_normal((3000, 12), np.float32)) * (rng.random((3000, 1)) < 0.7)
+    cases["random rows"] = rows[rows.any(axis=1)], 5
+    return cases
+
+
+def test_compiled_fit_is_scikit_learns_bit_for_bit(tmp_path):
+    """The blocked, compiled coordinate descent against scikit-learn's NMF from the same
+    initial factors: the same components to the bit and the same number of iterations, on
+    real attribution and on random rows, converging or stopped at max_iter."""
+    for name, (rows, k) in _fit_cases(tmp_path).items():
+        w, h = nndsvd(rows, k)
+        for max_iter in (200, 3):
+            want = _scikit_learn_fit(rows, w, h, max_iter)
+            got, n_iter = fit_coordinate_descent(rows, w.copy(), h.copy(), 1e-4, max_iter)
+            assert n_iter == want.n_iter_, name
+            assert np.array_equal(np.ascontiguousarray(got).view(np.uint32),
+                                  want.components_.view(np.uint32)), f"{name}, {max_iter}"
+        # more rows than one block, so blocks follow each other
+        assert len(rows) > BLOCK or name == "random rows"
 
 
 def _nndsvd_reference(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,12 +9,16 @@ The fit is scikit-learn's public `NMF` with the settings of the reference tool, 
 `ChannelReducer` wrapped `NMF(n_components)` with the defaults of scikit-learn 0.2x: init
 'nndsvd', solver 'cd' (coordinate descent), Frobenius loss, tol 1e-4, max_iter 200. They
 are passed explicitly: today's default init, 'nndsvda', fits something else. NNDSVD's
-initial factors come from an exact SVD (`nndsvd`, one pass over the rows) and are handed
-to scikit-learn as init='custom': the factors its randomized SVD approximates (exactly
-for C <= 18 columns; at 2a's 32, up to 2e-4 of the largest entry off), in a fraction of
-the time. BLAS runs on one thread during the fit: OpenBLAS splits the tall-and-thin
-products of the coordinate descent across threads so badly that two threads made the fit
-3 to 8 times slower on a 2-core machine (benchmarks/bench_nmf.py).
+initial factors come from an exact SVD (`nndsvd`, one pass over the rows): the factors
+its randomized SVD approximates (exactly for C <= 18 columns; at 2a's 32, up to 2e-4 of
+the largest entry off), in a fraction of the time. From them, the coordinate descent is
+scikit-learn's (`_fit_coordinate_descent`) with its row updates compiled and blocked
+(gallery.method.compiled): the same components and iterations, bit for bit, as `NMF.fit`
+with init='custom' (tests/test_nmf.py), and 1.5x faster at clear's 1a, where the rows
+(tens of millions) no longer come from memory once per feature. Other inits are left to
+scikit-learn's `NMF`. BLAS runs on one thread during the fit: OpenBLAS splits the
+tall-and-thin products of the coordinate descent across threads so badly that two threads
+made the fit 3 to 8 times slower on a 2-core machine (benchmarks/bench_nmf.py).
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
@@ -217,19 +221,24 @@ def fit_nmf(attr: np.ndarray, settings: NMFSettings = NMFSettings()) -> LayerNMF
         return LayerNMF(np.zeros((k, channels)), settings=settings)
     if len(rows) < k:  # NNDSVD needs K <= rows; zero rows change nothing else
         rows = np.concatenate([rows, np.zeros((k - len(rows), channels), rows.dtype)])
-    model = NMF(n_components=k, init=settings.init, solver="cd", beta_loss="frobenius",
-                tol=settings.tol, max_iter=settings.max_iter, random_state=settings.random_state)
-    with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
-        warnings.simplefilter("always", ConvergenceWarning)
+    with threadpool_limits(1, user_api="blas"):
         if settings.init == "nndsvd":
-            w, h = nndsvd(rows, k)
-            model.set_params(init="custom")
-            model.fit(rows, W=w, H=h)
+            from gallery.method.compiled import fit_coordinate_descent  # Numba: on first use
+
+            components, n_iter = fit_coordinate_descent(rows, *nndsvd(rows, k), settings.tol,
+                                                        settings.max_iter)
+            # scikit-learn's ConvergenceWarning condition
+            converged = not (n_iter == settings.max_iter and settings.tol > 0)
         else:
-            model.fit(rows)
-    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    return LayerNMF(model.components_, settings=settings, n_iter=int(model.n_iter_),
-                    converged=converged)
+            model = NMF(n_components=k, init=settings.init, solver="cd",
+                        beta_loss="frobenius", tol=settings.tol, max_iter=settings.max_iter,
+                        random_state=settings.random_state)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                model.fit(rows)
+            components, n_iter = model.components_, model.n_iter_
+            converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return LayerNMF(components, settings=settings, n_iter=int(n_iter), converged=converged)
 
 
 def nndsvd(rows: np.ndarray, k: int, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
