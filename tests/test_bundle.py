@@ -168,6 +168,8 @@ def test_rans_round_trip_many_streams():
     encoded = codec.rans_encode(symbols, tables, freq)
     decoded = codec.rans_decode(encoded, tables, freq, n)
     assert np.array_equal(decoded, symbols)
+    # the compiled coder writes the NumPy loop's bytes
+    assert encoded == codec.rans_encode(symbols, tables, freq, compiled=False)
     ideal = -np.log2(freq[tables, symbols] / codec.PROB_SCALE).sum() / 8
     assert sum(len(e) for e in encoded) <= ideal + 4 * streams + 8
 
@@ -221,6 +223,21 @@ def test_contexts_count_causal_neighbours_and_earlier_planes():
     # counts beyond the last bucket share it
     assert codec.contexts(codes, codec.ContextModel(True, 2, 1))[0, 0, 3, 3] == 1 * 2 + 1
     assert ctx.max() < model.tables(4)
+
+
+def test_joint_counts_give_every_models_counts():
+    """One count of (plane, contexts, first symbol) summed into each model's tables: the
+    same counts as counting each model's `contexts` directly."""
+    rng = np.random.default_rng(8)
+    codes = ((rng.random((5, 10, 9, 11)) < 0.4) * rng.integers(0, 9, (5, 10, 9, 11))
+             ).astype(np.uint16)
+    joint = codec.joint_counts(codes)
+    for model in codec.CONTEXT_MODELS:
+        direct = np.bincount((codec.contexts(codes, model) * (codec.ESCAPE + 1)
+                              + np.minimum(codes, codec.ESCAPE)).ravel(),
+                             minlength=model.tables(10) * (codec.ESCAPE + 1))
+        assert np.array_equal(codec.model_counts(joint, model), direct.reshape(-1, 4))
+        assert direct.sum() == codes.size and (direct > 0).sum() > 20
 
 
 @pytest.mark.parametrize("model", codec.CONTEXT_MODELS)
@@ -554,7 +571,8 @@ def test_hash_of_files_is_recorded(tmp_path):
 def test_compiled_loops_give_the_numpy_results_on_real_frames(layer):
     """gallery.bundle.compiled (Numba) against the codec's NumPy loops: the same codes,
     drawings and errors on the demo agent's value attribution of real CoinRun frames,
-    reduced by an NMF, at several steps, one per frame and one per plane."""
+    reduced by an NMF, at several steps, one per frame and one per plane; the same file
+    from the compiled rANS coder."""
     from pathlib import Path
 
     from gallery.environments import EnvSpec
@@ -577,6 +595,14 @@ def test_compiled_loops_give_the_numpy_results_on_real_frames(layer):
         assert np.array_equal(codec.joint_diffuse(planes, steps, compiled=True), reference)
         assert reference.any()
         assert_compiled_views_equal_numpy(planes, codec.dequantise(reference, steps))
+    # the whole file: the compiled rANS coder writes the NumPy coder's bytes
+    files = {}
+    for compiled in (False, True):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(codec, "COMPILED_RANS", compiled)
+            files[compiled] = codec.encode(features, residual)
+    assert files[True] == files[False]
+    assert codec.decode(files[True]).codes().shape == planes.shape
 
 
 def assert_compiled_views_equal_numpy(planes, trial):

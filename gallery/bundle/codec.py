@@ -73,6 +73,8 @@ NUM_LEVELS = 1024
 #: the same files either way, the encoder several times faster (benchmarks/bench_encoder.py).
 COMPILED_DIFFUSION = True
 COMPILED_VIEWS = True
+#: Whether the rANS coder (`rans_encode`) runs compiled: the same bytes, some 20x faster.
+COMPILED_RANS = True
 #: Uniform levels below the knee at most (the relative precision above it is 1/this).
 MAX_LINEAR = 64
 #: Distinct steps one file may use (a frame's step index is one byte).
@@ -733,19 +735,61 @@ def frequency_tables(codes: np.ndarray, model: ContextModel,
 
 
 def ideal_bytes(codes: np.ndarray, model: ContextModel,
-                parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> float:
+                parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                counts: np.ndarray | None = None) -> float:
     """Size estimate of the first symbols and their tables under `model` (ideal code
-    lengths of the counts; the excess costs the same under every model)."""
+    lengths of the counts; the excess costs the same under every model). `counts`: the
+    codes' `joint_counts`, if already computed."""
     codes = np.asarray(codes)
-    first = np.minimum(codes, ESCAPE).astype(np.int64)
-    ctx = contexts(codes, model, parts)
-    counts = np.bincount((ctx * (ESCAPE + 1) + first).ravel(),
-                         minlength=model.tables(codes.shape[1]) * (ESCAPE + 1))
-    counts = counts.reshape(-1, ESCAPE + 1).astype(np.float64)
+    if counts is None:
+        counts = joint_counts(codes, parts)
+    counts = model_counts(counts, model).astype(np.float64)
     totals = counts.sum(axis=1, keepdims=True)
     bits = -(counts * np.log2(np.where(counts > 0, counts / np.maximum(totals, 1), 1))).sum()
     table_bytes = len(counts) + 2.7 * np.count_nonzero(counts)
     return bits / 8 + table_bytes
+
+
+#: The buckets `joint_counts` keeps: enough for every model of `CONTEXT_MODELS`.
+_DENSITY = max(m.density for m in CONTEXT_MODELS)
+_ACTIVITY = max(m.activity for m in CONTEXT_MODELS)
+
+
+def joint_counts(codes: np.ndarray,
+                 parts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(P, LOCAL_CONTEXTS, density, activity, ESCAPE + 1) int64: how often each first
+    symbol occurs in each plane and context, with the density and activity counts capped
+    at the largest buckets of any model; `model_counts` sums it into any model's tables
+    (one pass over the codes for all of them)."""
+    codes = np.asarray(codes)
+    p = codes.shape[1]
+    local, count, earlier = context_parts(codes) if parts is None else parts
+    plane = np.arange(p, dtype=np.int32)[None, :, None, None]
+    key = (plane * LOCAL_CONTEXTS + local) * _DENSITY + np.minimum(count, _DENSITY - 1)
+    key = (key * _ACTIVITY + np.minimum(earlier, _ACTIVITY - 1)) * (ESCAPE + 1) + \
+        np.minimum(codes, ESCAPE)
+    shape = (p, LOCAL_CONTEXTS, _DENSITY, _ACTIVITY, ESCAPE + 1)
+    return np.bincount(key.ravel(), minlength=math.prod(shape)).reshape(shape)
+
+
+def model_counts(joint: np.ndarray, model: ContextModel) -> np.ndarray:
+    """(tables, ESCAPE + 1) int64: the counts of the first symbols in the tables of
+    `model` (`contexts`), from `joint_counts`: the same integers as counting them there."""
+    if not model.per_plane:
+        joint = np.stack([joint[plane_classes(len(joint)) == c].sum(axis=0)
+                          for c in range(PLANE_CLASSES)])
+    joint = _merge_buckets(joint, 2, model.density)
+    joint = _merge_buckets(joint, 3, model.activity)
+    return joint.reshape(-1, ESCAPE + 1)
+
+
+def _merge_buckets(counts: np.ndarray, axis: int, buckets: int) -> np.ndarray:
+    """Counts with the buckets along `axis` from `buckets - 1` on summed into the last one
+    (min(count, buckets - 1), as `contexts` caps them)."""
+    kept = np.take(counts, range(buckets - 1), axis=axis)
+    rest = np.take(counts, range(buckets - 1, counts.shape[axis]), axis=axis).sum(
+        axis=axis, keepdims=True)
+    return np.concatenate([kept, rest], axis=axis)
 
 
 def choose_context_model(codes: np.ndarray,
@@ -755,8 +799,8 @@ def choose_context_model(codes: np.ndarray,
     their `context_parts`, if already computed)."""
     if not np.asarray(codes).size:
         return CONTEXT_MODELS[-1]
-    parts = context_parts(codes) if parts is None else parts
-    return min(CONTEXT_MODELS, key=lambda m: ideal_bytes(codes, m, parts))
+    counts = joint_counts(codes, parts)
+    return min(CONTEXT_MODELS, key=lambda m: ideal_bytes(codes, m, counts=counts))
 
 
 def normalise_counts(counts: np.ndarray) -> np.ndarray:
@@ -841,11 +885,16 @@ def unpack_tables(data: memoryview, rows: int) -> tuple[np.ndarray, int]:
 # --- rANS -------------------------------------------------------------------------------
 
 
-def rans_encode(symbols: np.ndarray, tables: np.ndarray, freq: np.ndarray) -> list[bytes]:
+def rans_encode(symbols: np.ndarray, tables: np.ndarray, freq: np.ndarray,
+                compiled: bool | None = None) -> list[bytes]:
     """Encode S streams at once: symbols (S, n) uint16 with table ids (S, n).
 
     `freq` is (num_tables, 256). Returns one byte string per stream; each starts with the
     32-bit final state (big-endian) and is decoded front to back.
+
+    `compiled` (default: COMPILED_RANS): the same loop compiled with Numba
+    (gallery.bundle.compiled.rans), one stream at a time; False runs it in NumPy, one
+    symbol position at a time over all streams (the reference it is checked against).
     """
     cum = np.concatenate([np.zeros((len(freq), 1), np.int64), np.cumsum(freq, axis=1)[:, :-1]],
                          axis=1)
@@ -854,20 +903,26 @@ def rans_encode(symbols: np.ndarray, tables: np.ndarray, freq: np.ndarray) -> li
     capacity = 2 * n + 8
     out = np.zeros((streams, capacity), dtype=np.uint8)
     length = np.zeros(streams, dtype=np.int64)
-    rows = np.arange(streams)
-    limit_scale = (RANS_LOW >> PROB_BITS) << 8
-    for t in range(n - 1, -1, -1):
-        f = freq[tables[:, t], symbols[:, t]]
-        c = cum[tables[:, t], symbols[:, t]]
-        limit = limit_scale * f
-        for _ in range(2):  # x < 2^31 and limit >= 2^19: at most two bytes out
-            emit = state >= limit
-            if not emit.any():
-                break
-            out[rows[emit], length[emit]] = state[emit] & 0xFF
-            length += emit
-            state = np.where(emit, state >> 8, state)
-        state = (state // f) * PROB_SCALE + state % f + c
+    if COMPILED_RANS if compiled is None else compiled:
+        from gallery.bundle.compiled import rans
+
+        rans(np.ascontiguousarray(symbols), np.ascontiguousarray(tables),
+             np.ascontiguousarray(freq, np.int64), cum, RANS_LOW, PROB_BITS, out, length, state)
+    else:
+        rows = np.arange(streams)
+        limit_scale = (RANS_LOW >> PROB_BITS) << 8
+        for t in range(n - 1, -1, -1):
+            f = freq[tables[:, t], symbols[:, t]]
+            c = cum[tables[:, t], symbols[:, t]]
+            limit = limit_scale * f
+            for _ in range(2):  # x < 2^31 and limit >= 2^19: at most two bytes out
+                emit = state >= limit
+                if not emit.any():
+                    break
+                out[rows[emit], length[emit]] = state[emit] & 0xFF
+                length += emit
+                state = np.where(emit, state >> 8, state)
+            state = (state // f) * PROB_SCALE + state % f + c
     result = []
     for s in range(streams):
         tail = struct.pack("<I", int(state[s]))

@@ -180,3 +180,29 @@ def views(smoothed: np.ndarray, prin: np.ndarray, hues: np.ndarray, single: bool
                                 e = np.int64(reference[f, column, i, j, c]) - np.int64(rgba[c])
                                 abs_sums[f, column] += abs(e)
                                 square_sums[f, column] += e * e
+
+
+@njit(cache=True, nogil=True)
+def rans(symbols: np.ndarray, tables: np.ndarray, freq: np.ndarray, cum: np.ndarray,
+         low: int, prob_bits: int, out: np.ndarray, length: np.ndarray,
+         states: np.ndarray) -> None:
+    # codec.rans_encode's loop, one stream after the other: bytes out[s, :length[s]] in
+    # the order they are emitted, final state states[s]
+    limit_scale = (low >> prob_bits) << 8
+    scale = 1 << prob_bits
+    for s in range(symbols.shape[0]):
+        state = low
+        k = 0
+        for t in range(symbols.shape[1] - 1, -1, -1):
+            f = freq[tables[s, t], symbols[s, t]]
+            c = cum[tables[s, t], symbols[s, t]]
+            limit = limit_scale * f
+            for _ in range(2):  # x < 2^31 and limit >= 2^19: at most two bytes out
+                if state < limit:
+                    break
+                out[s, k] = state & 0xFF
+                k += 1
+                state >>= 8
+            state = (state // f) * scale + state % f + c
+        length[s] = k
+        states[s] = state
