@@ -1,5 +1,6 @@
 """The loops of gallery.bundle.codec that run compiled (Numba): the error diffusion
-(`diffuse`) and the drawing of every view that checks a frame's step (`views`).
+(`diffuse`), the drawing of every view that checks a frame's step (`views`) and the rANS
+coder (`rans`).
 
 `codec.joint_diffuse` visits the positions of a plane one after the other (each position's
 rounding moves the error to the next ones), with some 200 small NumPy operations per
@@ -9,6 +10,8 @@ each pixel of every view in one pass and sums its errors on the way. Both are co
 per process; `benchmarks/bench_encoder.py` times the encoder with and without them. Their
 results equal the NumPy versions' (tests/test_bundle.py, on real attribution planes): the
 arithmetic is the same IEEE operations in the same order, and error sums are of integers.
+`codec.rans_encode` steps all streams together, one symbol position at a time; `rans`
+codes one stream after the other with the same integer arithmetic, so the same bytes.
 """
 
 from __future__ import annotations
