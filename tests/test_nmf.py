@@ -97,8 +97,8 @@ def _scikit_learn_fit(rows: np.ndarray, w: np.ndarray, h: np.ndarray, max_iter: 
 
 
 def _fit_cases(tmp_path: Path) -> dict[str, tuple[np.ndarray, int]]:
-    """Non-zero signed rows and K: the demo's real CoinRun attribution at three layers,
-    two random clear networks' attribution at 1a, and random non-negative rows."""
+    """Non-zero signed rows and K: the real CoinRun attribution of the demo and of two
+    random clear networks at three layers each, and random non-negative rows."""
     frames = np.load(COINRUN_FRAMES)["obs"]
     cases = {}
     for name, policy in [("demo", load_policy(DEMO))] + [
@@ -127,7 +127,7 @@ def test_compiled_fit_is_scikit_learns_bit_for_bit(tmp_path):
             assert np.array_equal(np.ascontiguousarray(got).view(np.uint32),
                                   want.components_.view(np.uint32)), f"{name}, {max_iter}"
         # more rows than one block, so blocks follow each other
-        assert len(rows) > BLOCK or name == "random rows"
+        assert len(rows) > BLOCK, name
 
 
 def _nndsvd_reference(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

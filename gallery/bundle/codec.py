@@ -73,7 +73,7 @@ NUM_LEVELS = 1024
 #: the same files either way, the encoder several times faster (benchmarks/bench_encoder.py).
 COMPILED_DIFFUSION = True
 COMPILED_VIEWS = True
-#: Whether the rANS coder (`rans_encode`) runs compiled: the same bytes, some 20x faster.
+#: Whether the rANS coder (`rans_encode`) runs compiled: the same bytes, about 10x faster.
 COMPILED_RANS = True
 #: Uniform levels below the knee at most (the relative precision above it is 1/this).
 MAX_LINEAR = 64

@@ -14,11 +14,12 @@ its randomized SVD approximates (exactly for C <= 18 columns; at 2a's 32, up to 
 the largest entry off), in a fraction of the time. From them, the coordinate descent is
 scikit-learn's (`_fit_coordinate_descent`) with its row updates compiled and blocked
 (gallery.method.compiled): the same components and iterations, bit for bit, as `NMF.fit`
-with init='custom' (tests/test_nmf.py), and 1.5x faster at clear's 1a, where the rows
-(tens of millions) no longer come from memory once per feature. Other inits are left to
-scikit-learn's `NMF`. BLAS runs on one thread during the fit: OpenBLAS splits the
-tall-and-thin products of the coordinate descent across threads so badly that two threads
-made the fit 3 to 8 times slower on a 2-core machine (benchmarks/bench_nmf.py).
+with init='custom' (tests/test_nmf.py), and 1.77x faster at coinrun.jd's 1a, where the
+rows (tens of millions) no longer come from memory once per feature (docs/engine.md).
+Other inits are left to scikit-learn's `NMF`. BLAS runs on one thread during the fit:
+OpenBLAS splits the tall-and-thin products of the coordinate descent across threads so
+badly that two threads made the fit 3 to 8 times slower on a 2-core machine
+(benchmarks/bench_nmf.py).
 
 Transforms -- feature amounts of activations, the reduction of attribution -- solve each
 row's non-negative least squares against the fixed components as `NMF.transform` does
